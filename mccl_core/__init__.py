@@ -1,0 +1,1 @@
+"""MCCL: multi-grained compositional visual clue learning for intent recognition."""
