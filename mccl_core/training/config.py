@@ -1,0 +1,69 @@
+"""Training configuration.
+
+One dataclass holds every knob of the training loop so that ``params.yaml`` (DVC), the Kubeflow
+train step and tests all describe a run the same way. Defaults follow the Query2Label family on
+Intentonomy (spec: "Training defaults"); the demo pipeline overrides size and epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and run settings of :func:`mccl_core.training.train`."""
+
+    epochs: int = 30
+    #: Global batch size; under DDP each of the ``world_size`` processes gets ``batch_size // world_size``.
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    #: OneCycle warm-up fraction.
+    pct_start: float = 0.2
+    #: EMA decay of the weights (0 disables EMA). A warm-up ``(1 + step) / (10 + step)`` caps it early
+    #: so short runs are not evaluated on the random initialisation.
+    ema_decay: float = 0.9997
+    #: Max global gradient norm (0 disables clipping).
+    grad_clip: float = 10.0
+    image_size: int = 224
+    #: Train-time augmentation (RandomResizedCrop, flip, RandAugment); off gives deterministic inputs.
+    augment: bool = True
+    num_workers: int = 2
+    seed: int = 0
+    #: ``torch.use_deterministic_algorithms`` + no cudnn benchmark: bit-exact resume on CPU.
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: ``auto``: bf16 autocast on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: channels_last memory format (CUDA only; it slows CPU convolutions).
+    channels_last: bool = True
+    #: Convert BatchNorm to SyncBatchNorm when more than one process trains.
+    sync_batchnorm: bool = False
+    #: Cap on optimiser steps per epoch (0: the whole epoch) - for smoke tests and sweeps.
+    max_steps_per_epoch: int = 0
+    #: Evaluate on val every N epochs (the last epoch is always evaluated).
+    eval_every: int = 1
+    output_dir: Path = field(default_factory=lambda: Path("outputs/train"))
+    #: Resume from ``output_dir/checkpoints/last.pt`` when it exists.
+    resume: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a params.yaml section, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train config keys {unknown}; valid keys: {sorted(known)}")
+        values = dict(values)
+        if "output_dir" in values:
+            values["output_dir"] = Path(values["output_dir"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["output_dir"] = str(self.output_dir)
+        return out

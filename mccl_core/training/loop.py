@@ -1,0 +1,394 @@
+"""The MCCL training loop: single process or DDP under torchrun, resumable every epoch.
+
+Order of one step (why it matters): forward -> loss -> backward -> clip -> optimiser step ->
+scheduler step -> MCC momentum update (uses the tokens/assignments of *this* forward and no
+gradient, as in online clustering) -> EMA update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from mccl_core.metrics import mean_average_precision, split_tuned_protocol
+from mccl_core.models import ModelConfig, PrototypeBank, build_model
+from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from mccl_core.training.config import TrainConfig
+from mccl_core.training.distributed import DistContext, all_gather_objects, init_distributed
+from mccl_core.training.ema import ModelEMA
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+FINAL_MODEL_NAME = "model.pt"
+HISTORY_NAME = "history.json"
+
+
+@dataclass
+class TrainInputs:
+    """Everything the loop needs besides configs; built by :func:`mccl_core.training.run.prepare_inputs`."""
+
+    train_set: Dataset
+    val_set: Dataset | None
+    class_names: list[str]
+    label_embeddings: np.ndarray | None = None
+    cooccurrence: np.ndarray | None = None
+    prototype_bank: PrototypeBank | None = None
+    #: Backbone weights as they stood when CPI ran (so prototypes and backbone match).
+    backbone_state: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    lr: float
+    seconds: float
+    images_per_second: float
+    val_macro_f1_split_tuned: float | None = None
+    val_threshold_split_tuned: float | None = None
+    val_map: float | None = None
+    prototype_health: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric view (for MLflow / DVC), fixed names across runs."""
+        out = {
+            "train_loss": self.train_loss,
+            "lr": self.lr,
+            "epoch_seconds": self.seconds,
+            "train_images_per_second": self.images_per_second,
+        }
+        if self.val_map is not None:
+            out["val_map"] = self.val_map
+            out["val_macro_f1_split_tuned"] = float(self.val_macro_f1_split_tuned)
+            out["val_threshold_split_tuned"] = float(self.val_threshold_split_tuned)
+        out.update({f"mcc_{k}": float(v) for k, v in self.prototype_health.items()})
+        return out
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord]
+    model_path: Path
+    checkpoint_path: Path
+    resumed_from_epoch: int | None
+
+
+EpochCallback = Callable[[EpochRecord], None]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _per_rank_batch(cfg: TrainConfig, ctx: DistContext) -> int:
+    if cfg.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} (global) is not divisible by the {ctx.world_size} training processes"
+        )
+    return cfg.batch_size // ctx.world_size
+
+
+def _train_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext, epoch: int) -> DataLoader:
+    # DistributedSampler also for one process: its permutation depends only on (seed, epoch), so
+    # the union of the ranks' batches at step i equals the single-process batch i.
+    sampler = DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    # A per-epoch generator fixes the worker seeds, so a resumed epoch sees the same augmentations.
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + ctx.rank)
+    return DataLoader(
+        dataset,
+        batch_size=_per_rank_batch(cfg, ctx),
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        pin_memory=ctx.device.type == "cuda",
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def _steps_per_epoch(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> int:
+    per_rank_samples = math.floor(len(dataset) / ctx.world_size)
+    steps = per_rank_samples // _per_rank_batch(cfg, ctx)
+    if steps == 0:
+        raise ValueError(
+            f"training set of {len(dataset)} images is smaller than one global batch of {cfg.batch_size}"
+        )
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    return steps
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module,
+    dataset: Dataset,
+    ctx: DistContext,
+    batch_size: int,
+    precision: str = "auto",
+    num_workers: int = 0,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """Sigmoid scores [N, C] for ``dataset`` in dataset order; each rank scores its shard, all gather."""
+    model.eval()
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    indices: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    bar = tqdm(loader, desc="predict", leave=False, disable=not (progress and ctx.is_main))
+    for batch in bar:
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        if channels_last and ctx.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(ctx.device, precision):
+            logits = model(images).logits
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        indices.append(batch["index"].numpy())
+    local = (np.concatenate(indices), np.concatenate(scores))
+    gathered = all_gather_objects(local, ctx)
+    out = np.full((len(dataset), local[1].shape[1]), np.nan, dtype=np.float32)
+    for idx, sc in gathered:  # DistributedSampler pads with repeats: writing twice is harmless
+        out[idx] = sc
+    if np.isnan(out).any():
+        raise RuntimeError("some images received no prediction while gathering across ranks")
+    return out
+
+
+def _label_matrix(dataset: Dataset) -> np.ndarray:
+    return dataset.label_matrix()  # type: ignore[attr-defined]
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    inputs: TrainInputs,
+    ctx: DistContext | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainResult:
+    """Train (or resume) a model; returns the per-epoch history and the final weights' path.
+
+    The final ``model.pt`` holds the EMA weights when EMA is on (what is evaluated each epoch),
+    together with the model config and class names, so evaluation and serving rebuild it alone.
+    """
+    ctx = ctx or init_distributed(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    out_dir = Path(cfg.output_dir)
+    ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    num_classes = len(inputs.class_names)
+
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+    model = build_model(
+        model_cfg,
+        num_classes=num_classes,
+        label_embeddings=inputs.label_embeddings,
+        cooccurrence=inputs.cooccurrence,
+        prototype_bank=inputs.prototype_bank,
+    )
+    if inputs.backbone_state is not None:
+        model.backbone.load_state_dict(inputs.backbone_state)
+    model.to(ctx.device)
+    use_channels_last = cfg.channels_last and ctx.device.type == "cuda"
+    if use_channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ctx.enabled and cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = _steps_per_epoch(inputs.train_set, cfg, ctx)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
+    )
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    resumed_from: int | None = None
+    if cfg.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        restore_rng_state(state["rng"])
+        history = [EpochRecord(**rec) for rec in state["history"]]
+        start_epoch = int(state["epoch"]) + 1
+        resumed_from = int(state["epoch"])
+        if ctx.is_main:
+            log.info("resumed from %s after epoch %d", ckpt_path, resumed_from)
+
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+
+    for epoch in range(start_epoch, cfg.epochs):
+        record = _train_one_epoch(train_model, ema, optimizer, scheduler, inputs, cfg, ctx, epoch, steps_per_epoch)
+        evaluate_now = inputs.val_set is not None and (
+            (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        )
+        if evaluate_now:
+            eval_model = ema.module if ema is not None else model
+            scores = predict_scores(
+                eval_model, inputs.val_set, ctx, _per_rank_batch(cfg, ctx), cfg.precision,
+                channels_last=use_channels_last,
+            )
+            val_true = _label_matrix(inputs.val_set)
+            tuned = split_tuned_protocol(val_true, scores)
+            record.val_macro_f1_split_tuned = float(tuned.report.macro_f1)
+            record.val_threshold_split_tuned = float(tuned.threshold)
+            record.val_map = float(mean_average_precision(val_true, scores).map)
+        history.append(record)
+        if ctx.is_main:
+            log.info(_format_epoch(record, cfg.epochs))
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": capture_rng_state(),
+                    "history": [asdict(r) for r in history],
+                    "train_config": cfg.to_dict(),
+                    "model_config": model_cfg.to_dict(),
+                },
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        if ctx.enabled:
+            torch.distributed.barrier()
+
+    final_path = out_dir / FINAL_MODEL_NAME
+    if ctx.is_main:
+        final_model = ema.module if ema is not None else model
+        save_final_model(final_path, final_model, model_cfg, inputs.class_names)
+        (out_dir / HISTORY_NAME).write_text(json.dumps([asdict(r) for r in history], indent=2))
+    return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
+
+
+def _train_one_epoch(
+    train_model: nn.Module,
+    ema: ModelEMA | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    inputs: TrainInputs,
+    cfg: TrainConfig,
+    ctx: DistContext,
+    epoch: int,
+    steps_per_epoch: int,
+) -> EpochRecord:
+    model = _unwrap(train_model)
+    train_model.train()
+    model.prototype_health(reset=True)
+    loader = _train_loader(inputs.train_set, cfg, ctx, epoch)
+    use_channels_last = cfg.channels_last and ctx.device.type == "cuda"
+    loss_sum = torch.zeros((), device=ctx.device)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.is_main, leave=False)
+    for step, batch in enumerate(loader):
+        if step >= steps_per_epoch:
+            break
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        labels = batch["labels"].to(ctx.device, non_blocking=True)
+        if use_channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(ctx.device, cfg.precision):
+            output = train_model(images)
+        loss = model.loss(output, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        model.update_prototypes(output, labels)
+        if ema is not None:
+            ema.update(model)
+        loss_sum += loss.detach()
+        seen += images.shape[0]
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    bar.close()
+    if ctx.enabled:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= ctx.world_size
+    seconds = time.perf_counter() - start
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=float(loss_sum.item() / max(1, steps_per_epoch)),
+        lr=float(scheduler.get_last_lr()[0]),
+        seconds=seconds,
+        images_per_second=seen * ctx.world_size / max(seconds, 1e-9),
+        prototype_health={k: float(v) for k, v in model.prototype_health(reset=False).items()},
+    )
+
+
+def _format_epoch(record: EpochRecord, epochs: int) -> str:
+    parts = [f"epoch {record.epoch + 1}/{epochs}", f"loss {record.train_loss:.4f}", f"lr {record.lr:.2e}",
+             f"{record.images_per_second:.1f} img/s"]
+    if record.val_map is not None:
+        parts += [f"val mAP {100 * record.val_map:.2f}",
+                  f"val macro-F1 (split-tuned) {100 * record.val_macro_f1_split_tuned:.2f}"]
+    for key, value in record.prototype_health.items():
+        parts.append(f"{key} {value:.3g}")
+    return " | ".join(parts)
+
+
+def save_final_model(path: Path, model: nn.Module, model_cfg: ModelConfig, class_names: list[str]) -> None:
+    """Weights plus what is needed to rebuild the module without the training inputs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": "mccl-model/1",
+        "model_config": model_cfg.to_dict(),
+        "class_names": list(class_names),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
