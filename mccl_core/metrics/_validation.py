@@ -16,7 +16,7 @@ import numpy as np
 _MAX_LISTED = 5
 
 
-def _to_numpy(values: Any, name: str) -> np.ndarray:
+def to_numpy(values: Any, name: str) -> np.ndarray:
     """Convert array-likes (NumPy, lists, torch tensors) to a NumPy array without importing torch."""
     if hasattr(values, "detach") and hasattr(values, "cpu"):
         # torch.Tensor: bf16/half cannot go straight to NumPy, so upcast first.
@@ -42,7 +42,7 @@ def _first_positions(mask: np.ndarray) -> str:
 
 def as_label_matrix(y_true: Any, name: str = "y_true") -> np.ndarray:
     """Return a binary (N, C) int64 label matrix or raise ValueError saying what is wrong."""
-    array = _to_numpy(y_true, name)
+    array = to_numpy(y_true, name)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n_samples, n_classes) matrix, got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
@@ -66,7 +66,7 @@ def as_label_matrix(y_true: Any, name: str = "y_true") -> np.ndarray:
 
 def as_score_matrix(scores: Any, name: str = "scores") -> np.ndarray:
     """Return a finite (N, C) float64 score matrix or raise ValueError saying what is wrong."""
-    array = _to_numpy(scores, name).astype(np.float64)
+    array = to_numpy(scores, name).astype(np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n_samples, n_classes) matrix, got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
@@ -133,3 +133,12 @@ def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> tu
     if len(names) != num_classes:
         raise ValueError(f"class_names has {len(names)} entries but the matrices have {num_classes} classes")
     return names
+
+
+def format_id_list(ids: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    """'N id(s): a, b, c' or 'N id(s), first 5: a, b, ...' for error messages about image ids."""
+    ids = list(ids)
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    if len(ids) <= limit:
+        return f"{len(ids)} id(s): {shown}"
+    return f"{len(ids)} id(s), first {limit}: {shown}"

@@ -178,7 +178,18 @@ def select_threshold(
 ) -> tuple[float, float]:
     """Return ``(threshold, macro_f1)`` maximising macro-F1; ties go to the lowest threshold."""
     candidates = _check_thresholds(thresholds)
-    curve = threshold_curve(y_true, scores, candidates)
+    return pick_threshold(candidates, threshold_curve(y_true, scores, candidates))
+
+
+def pick_threshold(candidates: Sequence[float], macro_f1_per_candidate: Sequence[float]) -> tuple[float, float]:
+    """Return ``(threshold, macro_f1)`` of the best candidate; exact ties go to the lowest threshold.
+
+    The order of ``candidates`` does not matter: the lowest of all maximising thresholds wins.
+    """
+    values = _check_thresholds(candidates)
+    curve = tuple(float(v) for v in macro_f1_per_candidate)
+    if len(curve) != len(values):
+        raise ValueError(f"{len(values)} candidate thresholds but {len(curve)} macro-F1 values")
     best_f1 = max(curve)
-    best_threshold = min(t for t, f in zip(candidates, curve, strict=True) if f == best_f1)
+    best_threshold = min(t for t, f in zip(values, curve, strict=True) if f == best_f1)
     return best_threshold, best_f1

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from mccl_core.metrics import mean_average_precision, split_tuned_protocol
+from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import ModelConfig, PrototypeBank, build_model
 from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mccl_core.training.config import TrainConfig
@@ -274,10 +274,10 @@ def train(
                 channels_last=use_channels_last,
             )
             val_true = _label_matrix(inputs.val_set)
-            tuned = split_tuned_protocol(val_true, scores)
+            tuned = split_tuned_protocol(val_true, scores, split="val")
             record.val_macro_f1_split_tuned = float(tuned.report.macro_f1)
             record.val_threshold_split_tuned = float(tuned.threshold)
-            record.val_map = float(mean_average_precision(val_true, scores).map)
+            record.val_map = float(tuned.average_precision.map)
         history.append(record)
         if ctx.is_main:
             log.info(_format_epoch(record, cfg.epochs))

@@ -1,0 +1,128 @@
+"""Which data to use (:class:`DataConfig`) and the single entry point :func:`load_split`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from mccl_core.data.dataset import SPLITS, IntentDataset
+from mccl_core.data.demo import STAMP_FILE
+from mccl_core.data.images import DEFAULT_MAX_PIXELS
+from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, load_intentonomy_records
+from mccl_core.data.manifest import load_manifest_records, manifest_path_for_split, read_class_list
+from mccl_core.data.mdid import MDID_NUM_SPLITS, load_mdid_records
+
+Source = Literal["demo", "intentonomy", "mdid", "manifest"]
+SOURCES: tuple[str, ...] = ("demo", "intentonomy", "mdid", "manifest")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    Attributes:
+        source: ``demo`` | ``intentonomy`` | ``mdid`` | ``manifest``.
+        root: dataset root. demo/intentonomy: folder holding ``low/`` and ``annotations/``;
+            mdid: folder with ``<post_id>.jpg|.jpeg|.png``; manifest: unused (paths are relative
+            to the manifest's folder), may be ``.``.
+        annotations: demo/intentonomy: per-split annotation file overriding
+            ``<root>/annotations/intentonomy_<split>2020.json``.
+        mdid_split_index: which of MDID's 5 train/val splits (0..4).
+        mdid_splits_file: compact MDID split file overriding the bundled one.
+        manifest: CSV/JSONL manifest; may contain ``{split}`` for one file per split.
+        class_list: class-list file for ``manifest`` (one name per line or JSON).
+        max_image_pixels: images above this many pixels are refused (decompression bombs).
+    """
+
+    source: Source = "demo"
+    root: Path = Path("data/demo")
+    annotations: dict[str, Path] = field(default_factory=dict)
+    mdid_split_index: int = 0
+    mdid_splits_file: Path | None = None
+    manifest: Path | None = None
+    class_list: Path | None = None
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"DataConfig.source must be one of {list(SOURCES)}, got {self.source!r}")
+        self.root = Path(self.root)
+        self.annotations = {str(k): Path(v) for k, v in (self.annotations or {}).items()}
+        unknown = sorted(set(self.annotations) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"DataConfig.annotations keys must be splits {list(SPLITS)}, got {unknown}")
+        self.mdid_splits_file = Path(self.mdid_splits_file) if self.mdid_splits_file is not None else None
+        self.manifest = Path(self.manifest) if self.manifest is not None else None
+        self.class_list = Path(self.class_list) if self.class_list is not None else None
+        if self.source == "mdid" and not 0 <= self.mdid_split_index < MDID_NUM_SPLITS:
+            raise ValueError(f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}")
+        if self.source == "manifest" and (self.manifest is None or self.class_list is None):
+            raise ValueError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
+
+    def annotation_file(self, split: str) -> Path:
+        """Annotation file of ``split`` for the demo / intentonomy sources."""
+        return self.annotations.get(split, self.root / "annotations" / ANNOTATION_FILENAMES[split])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-friendly form (paths as strings)."""
+        return {
+            "source": self.source,
+            "root": str(self.root),
+            "annotations": {k: str(v) for k, v in self.annotations.items()},
+            "mdid_split_index": self.mdid_split_index,
+            "mdid_splits_file": str(self.mdid_splits_file) if self.mdid_splits_file else None,
+            "manifest": str(self.manifest) if self.manifest else None,
+            "class_list": str(self.class_list) if self.class_list else None,
+            "max_image_pixels": self.max_image_pixels,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (catches config typos)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DataConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def load_split(
+    cfg: DataConfig,
+    split: str,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+) -> IntentDataset:
+    """The ``split`` ("train" | "val" | "test") of the configured source as an :class:`IntentDataset`.
+
+    Annotations are fully validated here (all problems reported at once); images are read lazily.
+    MDID has only "train" and "val" for each ``mdid_split_index``; asking it for "test" raises
+    ``ValueError`` (the MDID protocol averages val accuracy over the 5 split indices).
+    The demo source does not generate data: run ``generate_demo`` (or ``mccl data demo``) first.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    name = cfg.source
+    if cfg.source in ("demo", "intentonomy"):
+        annotation_file = cfg.annotation_file(split)
+        if cfg.source == "demo" and not annotation_file.is_file() and not (cfg.root / STAMP_FILE).is_file():
+            raise FileNotFoundError(
+                f"demo dataset not found under {str(cfg.root)!r} (no {annotation_file.name}); generate it with "
+                f"`python -m mccl_core.data.cli demo --out {cfg.root}` or mccl_core.data.generate_demo"
+            )
+        records, names, descriptions = load_intentonomy_records(annotation_file, cfg.root, split)
+    elif cfg.source == "mdid":
+        records, names, descriptions = load_mdid_records(cfg.root, cfg.mdid_split_index, split, cfg.mdid_splits_file)
+        name = f"mdid[{cfg.mdid_split_index}]"
+    else:
+        assert cfg.manifest is not None and cfg.class_list is not None
+        names, descriptions = read_class_list(cfg.class_list)
+        manifest = manifest_path_for_split(cfg.manifest, split)
+        records = load_manifest_records(manifest, names, split)
+        name = f"manifest {manifest.name}"
+    return IntentDataset(
+        records, names, descriptions, transform, name=name, split=split, max_pixels=cfg.max_image_pixels
+    )

@@ -1,0 +1,1 @@
+"""Bundled data resources (Intentonomy metadata, MDID splits); see ATTRIBUTION.md."""

@@ -1,0 +1,268 @@
+"""Model configuration dataclasses.
+
+Every ``[ours]`` default of the MCCL spec (``shared/spec/MCCL.md``) is a field here rather than a
+constant in code, so ablations and sweeps are pure config changes (``params.yaml`` -> ``from_dict``).
+Validation happens in ``__post_init__`` so a bad value fails when the config is read, not deep
+inside a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+RESNET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
+RESNET_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ConfigError(ValueError):
+    """A model config value or key is invalid (the message names the dotted key)."""
+
+
+@dataclass
+class BackboneConfig:
+    """torchvision ResNet trunk.
+
+    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision's download; needs internet)
+    or a path to a local torchvision-format ResNet state dict (loaded with ``weights_only=True``).
+    ``stages``: which residual stages provide patch tokens, ordered shallow -> deep. The paper uses
+    layer3 + layer4 (adding layer1/layer2 naively hurt).
+    """
+
+    depth: int = 101
+    stages: tuple[str, ...] = ("layer3", "layer4")
+    weights: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.depth not in RESNET_DEPTHS:
+            raise ConfigError(f"backbone.depth={self.depth!r}: must be one of {RESNET_DEPTHS}")
+        self.stages = tuple(self.stages)
+        if not self.stages:
+            raise ConfigError("backbone.stages: at least one stage is required")
+        unknown = [s for s in self.stages if s not in RESNET_STAGES]
+        if unknown:
+            raise ConfigError(f"backbone.stages: unknown stage(s) {unknown}; valid: {RESNET_STAGES}")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"backbone.stages: duplicate stage in {list(self.stages)}")
+        if list(self.stages) != sorted(self.stages, key=RESNET_STAGES.index):
+            raise ConfigError(
+                f"backbone.stages: {list(self.stages)} must be ordered shallow -> deep "
+                f"(e.g. ['layer3', 'layer4'])"
+            )
+        if not isinstance(self.weights, (str, Path)) or str(self.weights).strip() == "":
+            raise ConfigError("backbone.weights: expected 'none', 'imagenet' or a file path")
+        self.weights = str(self.weights)
+
+
+@dataclass
+class CPIConfig:
+    """Class-specific prototype initialisation (frequency-aware allocation + per-class k-means).
+
+    K_c = clip(round(K_total * n_c^-a / sum_j n_j^-a), k_min, k_max) with
+    K_total = prototypes_per_class * num_classes.
+    """
+
+    prototypes_per_class: float = 8.0
+    exponent: float = 1.0
+    k_min: int = 2
+    k_max: int = 32
+    max_patches_per_class: int = 10_000
+    kmeans_iters: int = 50
+    kmeans_restarts: int = 3
+    kmeans_tol: float = 1e-6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prototypes_per_class <= 0:
+            raise ConfigError("cpi.prototypes_per_class must be > 0")
+        if self.exponent < 0:
+            raise ConfigError("cpi.exponent must be >= 0 (0 = uniform allocation)")
+        if not 1 <= self.k_min <= self.k_max:
+            raise ConfigError(f"cpi: need 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
+        if self.max_patches_per_class < 1:
+            raise ConfigError("cpi.max_patches_per_class must be >= 1")
+        if self.kmeans_iters < 1 or self.kmeans_restarts < 1:
+            raise ConfigError("cpi.kmeans_iters and cpi.kmeans_restarts must be >= 1")
+
+
+@dataclass
+class MCCConfig:
+    """Multi-grained compositional clue learning (soft assignment + momentum prototype update)."""
+
+    enabled: bool = True
+    temperature: float = 0.1
+    residual: float = 0.0
+    momentum: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"mcc.temperature={self.temperature}: must be > 0")
+        if not 0.0 <= self.residual <= 1.0:
+            raise ConfigError(f"mcc.residual={self.residual}: must be in [0, 1]")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ConfigError(f"mcc.momentum={self.momentum}: must be in [0, 1]")
+
+
+@dataclass
+class PKIConfig:
+    """Prior-knowledge infusion: label-embedding GCN queries + Transformer decoder."""
+
+    use_gcn: bool = True
+    tau: float = 0.1
+    p: float = 0.2
+    gcn_layers: int = 2
+    dim: int = 512
+    decoder_layers: int = 2
+    heads: int = 8
+    ff_dim: int = 2048
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"pki.tau={self.tau}: must be in (0, 1]")
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"pki.p={self.p}: must be in [0, 1]")
+        if self.gcn_layers < 1 or self.decoder_layers < 1:
+            raise ConfigError("pki.gcn_layers and pki.decoder_layers must be >= 1")
+        if self.dim < 1 or self.heads < 1 or self.dim % self.heads != 0:
+            raise ConfigError(f"pki.dim={self.dim} must be a positive multiple of pki.heads={self.heads}")
+        if self.dim % 4 != 0:
+            raise ConfigError(f"pki.dim={self.dim} must be divisible by 4 (2-D sine positional encoding)")
+        if self.ff_dim < 1:
+            raise ConfigError("pki.ff_dim must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"pki.dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """Training loss. ``kind='auto'`` = ASL for MCCL variants, BCE for the plain baseline.
+
+    ``reduction='mean'`` is the mean over the batch of per-sample sums over classes; it couples to
+    the learning rate and to the per-GPU batch size under DDP, hence explicit.
+    """
+
+    kind: Literal["auto", "asl", "bce"] = "auto"
+    gamma_neg: float = 2.0
+    gamma_pos: float = 0.0
+    clip: float = 0.05
+    eps: float = 1e-8
+    reduction: Literal["mean", "sum", "none"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "asl", "bce"):
+            raise ConfigError(f"loss.kind={self.kind!r}: must be 'auto', 'asl' or 'bce'")
+        if self.reduction not in ("mean", "sum", "none"):
+            raise ConfigError(f"loss.reduction={self.reduction!r}: must be 'mean', 'sum' or 'none'")
+        if self.gamma_neg < 0 or self.gamma_pos < 0:
+            raise ConfigError("loss.gamma_neg and loss.gamma_pos must be >= 0")
+        if not 0.0 <= self.clip < 1.0:
+            raise ConfigError(f"loss.clip={self.clip}: must be in [0, 1)")
+        if not 0.0 < self.eps < 1e-2:
+            raise ConfigError(f"loss.eps={self.eps}: must be in (0, 1e-2)")
+
+
+@dataclass
+class ModelConfig:
+    """Full model config. ``variant='baseline'`` = global pool + linear + BCE on the backbone.
+
+    Ablations of the MCCL variant: ``use_cpi=False`` (random prototypes with the same allocation),
+    ``mcc.enabled=False`` (raw tokens to the decoder), ``pki.use_gcn=False`` (projected raw label
+    embeddings as queries).
+    """
+
+    variant: Literal["mccl", "baseline"] = "mccl"
+    use_cpi: bool = True
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cpi: CPIConfig = field(default_factory=CPIConfig)
+    mcc: MCCConfig = field(default_factory=MCCConfig)
+    pki: PKIConfig = field(default_factory=PKIConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("mccl", "baseline"):
+            raise ConfigError(f"variant={self.variant!r}: must be 'mccl' or 'baseline'")
+
+    @property
+    def loss_kind(self) -> str:
+        """The loss actually used: resolves ``loss.kind='auto'`` by variant."""
+        if self.loss.kind != "auto":
+            return self.loss.kind
+        return "bce" if self.variant == "baseline" else "asl"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ModelConfig":
+        """Build from a nested mapping (e.g. the ``model:`` block of params.yaml).
+
+        Unknown keys raise :class:`ConfigError` naming the dotted key and the valid keys, so a typo
+        like ``pki.tau_`` cannot silently fall back to a default.
+        """
+        return _from_dict(cls, data or {}, prefix="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists instead of tuples) suitable for YAML/JSON and ``from_dict``."""
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Light type check/coercion of YAML scalars against a field annotation."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(annotation, value, prefix=f"{key}.")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}: must be one of {list(choices)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true/false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return str(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'model'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise ConfigError(f"unknown model config key(s): {names}; valid keys here: {sorted(valid)}")
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)

@@ -1,0 +1,264 @@
+"""MCC: multi-grained compositional clue learning.
+
+Each patch token x_n of a stage is softly assigned to the stage's class-owned prototypes,
+
+    a_{n,k} = softmax_k( cos(x_n, p_k) / t ),     x_hat_n = sum_k a_{n,k} p_k,
+
+and the rebuilt token x_hat (optionally mixed with the normalised token by ``residual``) is what
+the decoder sees, so every token is expressed as a composition of class clues.
+
+Prototypes are buffers, not parameters: they receive no gradient and move only by the online
+clustering update after each optimiser step (ProtoSeg / PIP-Net lineage). For prototype k owned by
+class c, using only patches of images that carry c:
+
+    m_k = normalise( sum_n a_{n,k} x_n ),   p_k <- normalise( l p_k + (1 - l) m_k ).
+
+The update is one masked matmul per stage (``(a * carries_owner)^T @ x``); under
+``torch.distributed`` the sums, counts and health statistics are all-reduced in a single call, so
+every rank applies the same update and prototypes stay identical across replicas.
+
+All similarity/softmax/update math runs in float32 with autocast disabled: bf16 cosine
+similarities divided by t = 0.1 would quantise the softmax logits to ~0.08 steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cpi import PrototypeBank
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClueState:
+    """Detached per-stage inputs of the momentum update.
+
+    ``tokens[i]``: L2-normalised patch tokens ``[B, N_i, C_i]`` (float32);
+    ``assignments[i]``: soft assignments ``[B, N_i, K_i]`` (float32, rows sum to 1).
+    """
+
+    stages: tuple[str, ...]
+    tokens: list[Tensor]
+    assignments: list[Tensor]
+
+
+class CompositionalClues(nn.Module):
+    """Soft assignment to class prototypes, token reconstruction and momentum prototype update.
+
+    Args:
+        bank: initial prototypes (CPI or random) and owner class per prototype, per stage.
+        temperature: softmax temperature t of the cosine assignment.
+        residual: weight r of the normalised input token in ``(1 - r) x_hat + r x``.
+        momentum: l in ``p <- l p + (1 - l) m`` (1.0 freezes the prototypes).
+    """
+
+    def __init__(
+        self,
+        bank: PrototypeBank,
+        temperature: float = 0.1,
+        residual: float = 0.0,
+        momentum: float = 0.999,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.stages: tuple[str, ...] = tuple(bank.stages)
+        self.num_classes = bank.num_classes
+        self.temperature = float(temperature)
+        self.residual = float(residual)
+        self.momentum = float(momentum)
+        for stage in self.stages:
+            protos = F.normalize(bank.prototypes[stage].detach().float().clone(), dim=1)
+            owners = bank.owners[stage].detach().long().clone()
+            self.register_buffer(f"prototypes_{stage}", protos)
+            self.register_buffer(f"owners_{stage}", owners)
+            # Derived / per-epoch state: not part of checkpoints.
+            onehot = F.one_hot(owners, self.num_classes).float()  # [K, C]
+            self.register_buffer(f"owner_onehot_{stage}", onehot, persistent=False)
+            k = protos.shape[0]
+            self.register_buffer(f"usage_sum_{stage}", torch.zeros(k, dtype=torch.float64), persistent=False)
+            self.register_buffer(f"argmax_hits_{stage}", torch.zeros(k, dtype=torch.float64), persistent=False)
+            self.register_buffer(f"epoch_start_{stage}", protos.clone(), persistent=False)
+        self.register_buffer("_patches_seen", torch.zeros(len(self.stages), dtype=torch.float64), persistent=False)
+        self._updates_since_reset = 0
+        self._epoch_start_valid = False
+        self.register_load_state_dict_post_hook(_invalidate_health_after_load)
+
+    # -- accessors -------------------------------------------------------------------------
+    def prototypes(self, stage: str) -> Tensor:
+        return getattr(self, f"prototypes_{stage}")
+
+    def owners(self, stage: str) -> Tensor:
+        return getattr(self, f"owners_{stage}")
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return tuple(int(self.prototypes(s).shape[1]) for s in self.stages)
+
+    def num_prototypes(self, stage: str) -> int:
+        return int(self.prototypes(stage).shape[0])
+
+    def export_bank(self, template: PrototypeBank) -> PrototypeBank:
+        """Current prototypes as a :class:`PrototypeBank` (e.g. for interpretability reports)."""
+        return PrototypeBank(
+            self.stages,
+            {s: self.prototypes(s).detach().float().cpu().clone() for s in self.stages},
+            {s: self.owners(s).detach().cpu().clone() for s in self.stages},
+            template.allocation,
+            self.num_classes,
+            {**template.metadata, "source": f"{template.metadata.get('source', 'unknown')}+trained"},
+        )
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, stage_tokens: Sequence[Tensor]) -> tuple[list[Tensor], ClueState]:
+        """``stage_tokens[i]``: ``[B, N_i, C_i]`` -> rebuilt tokens (float32) and the update state."""
+        if len(stage_tokens) != len(self.stages):
+            raise ValueError(f"MCC expects {len(self.stages)} stages {self.stages}, got {len(stage_tokens)}")
+        rebuilt_all: list[Tensor] = []
+        tokens_all: list[Tensor] = []
+        assign_all: list[Tensor] = []
+        for stage, tokens in zip(self.stages, stage_tokens):
+            with torch.autocast(device_type=tokens.device.type, enabled=False):
+                protos = self.prototypes(stage)
+                x = F.normalize(tokens.float(), dim=-1)
+                assignments = torch.softmax((x @ protos.T) / self.temperature, dim=-1)
+                rebuilt = assignments @ protos
+                if self.residual > 0:
+                    rebuilt = (1.0 - self.residual) * rebuilt + self.residual * x
+            rebuilt_all.append(rebuilt)
+            tokens_all.append(x.detach())
+            assign_all.append(assignments.detach())
+        return rebuilt_all, ClueState(self.stages, tokens_all, assign_all)
+
+    # -- online clustering update -----------------------------------------------------------
+    @torch.no_grad()
+    def update_prototypes(self, state: ClueState, labels: Tensor) -> dict[str, int]:
+        """Momentum update from one batch; returns per-stage number of prototypes updated.
+
+        ``labels``: ``[B, num_classes]`` multi-hot or soft (an image carries c when > 0).
+        Prototypes whose owner class is absent from the (global) batch stay bit-identical.
+        """
+        if tuple(state.stages) != self.stages:
+            raise ValueError(f"clue state stages {state.stages} do not match MCC stages {self.stages}")
+        device = self.prototypes(self.stages[0]).device
+        carries = (labels.detach().to(device) > 0).float()
+        if carries.ndim != 2 or carries.shape[1] != self.num_classes:
+            raise ValueError(f"labels must be [B, {self.num_classes}], got {tuple(labels.shape)}")
+        if not self._epoch_start_valid:
+            for stage in self.stages:
+                getattr(self, f"epoch_start_{stage}").copy_(self.prototypes(stage))
+            self._epoch_start_valid = True
+
+        with torch.autocast(device_type=device.type, enabled=False):
+            packed: list[Tensor] = []
+            shapes: list[tuple[int, int]] = []
+            for i, stage in enumerate(self.stages):
+                x = state.tokens[i].to(device, torch.float32)  # [B, N, C]
+                a = state.assignments[i].to(device, torch.float32)  # [B, N, K]
+                if x.shape[0] != carries.shape[0]:
+                    raise ValueError(f"clue state batch {x.shape[0]} != labels batch {carries.shape[0]}")
+                k, c = self.prototypes(stage).shape
+                owner_present = carries @ getattr(self, f"owner_onehot_{stage}").T  # [B, K] in {0,1}
+                weighted = (a * owner_present[:, None, :]).flatten(0, 1)  # [B*N, K]
+                sums = weighted.T @ x.flatten(0, 1)  # [K, C]
+                counts = owner_present.sum(0)  # images carrying the owner class
+                usage = a.sum(dim=(0, 1))  # [K]
+                hits = torch.bincount(a.argmax(dim=-1).flatten(), minlength=k).float()
+                patches = torch.tensor([float(a.shape[0] * a.shape[1])], device=device)
+                packed += [sums.flatten(), counts, usage, hits, patches]
+                shapes.append((k, c))
+            flat = torch.cat(packed)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+
+            updated: dict[str, int] = {}
+            offset = 0
+            for i, (stage, (k, c)) in enumerate(zip(self.stages, shapes)):
+                sums = flat[offset : offset + k * c].view(k, c)
+                offset += k * c
+                counts, usage, hits = flat[offset : offset + k], flat[offset + k : offset + 2 * k], flat[offset + 2 * k : offset + 3 * k]
+                offset += 3 * k
+                patches = flat[offset]
+                offset += 1
+
+                protos = self.prototypes(stage)
+                norms = sums.norm(dim=1, keepdim=True)
+                present = (counts > 0) & (norms.squeeze(1) > 1e-12)
+                means = sums / norms.clamp_min(1e-12)
+                moved = F.normalize(self.momentum * protos + (1.0 - self.momentum) * means, dim=1)
+                protos.copy_(torch.where(present[:, None], moved, protos))
+                updated[stage] = int(present.sum())
+
+                getattr(self, f"usage_sum_{stage}").add_(usage.double())
+                getattr(self, f"argmax_hits_{stage}").add_(hits.double())
+                self._patches_seen[i] += patches.double()
+        self._updates_since_reset += 1
+        return updated
+
+    # -- health ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def health(self, reset: bool = False) -> dict[str, float]:
+        """Per-stage prototype health accumulated since the last reset (e.g. one epoch).
+
+        ``{stage}/usage_entropy``: entropy (nats) of the mean assignment distribution;
+        ``{stage}/usage_entropy_norm``: the same divided by log K (1 = uniform use);
+        ``{stage}/never_assigned``: prototypes that were never any patch's argmax (collapse);
+        ``{stage}/mean_drift``, ``{stage}/max_drift``: L2 distance of prototypes from their value
+        at the first update after the reset (0 = static prototypes). NaN entropy = no updates yet.
+        With ``reset=True`` the accumulators are cleared and the next update re-snapshots.
+        """
+        report: dict[str, float] = {"updates": float(self._updates_since_reset)}
+        for i, stage in enumerate(self.stages):
+            k = self.num_prototypes(stage)
+            patches = float(self._patches_seen[i])
+            usage = getattr(self, f"usage_sum_{stage}")
+            if patches > 0:
+                q = (usage / usage.sum()).clamp_min(0)
+                entropy = float(-(q[q > 0] * q[q > 0].log()).sum())
+            else:
+                entropy = math.nan
+            drift = (
+                (self.prototypes(stage) - getattr(self, f"epoch_start_{stage}")).norm(dim=1)
+                if self._epoch_start_valid
+                else torch.zeros(k, device=usage.device)
+            )
+            report[f"{stage}/prototypes"] = float(k)
+            report[f"{stage}/usage_entropy"] = entropy
+            report[f"{stage}/usage_entropy_norm"] = entropy / math.log(k) if k > 1 else math.nan
+            report[f"{stage}/never_assigned"] = float((getattr(self, f"argmax_hits_{stage}") == 0).sum()) if patches > 0 else math.nan
+            report[f"{stage}/mean_drift"] = float(drift.mean())
+            report[f"{stage}/max_drift"] = float(drift.max())
+            report[f"{stage}/patches"] = patches
+        if reset:
+            self.reset_health()
+        return report
+
+    def reset_health(self) -> None:
+        for stage in self.stages:
+            getattr(self, f"usage_sum_{stage}").zero_()
+            getattr(self, f"argmax_hits_{stage}").zero_()
+        self._patches_seen.zero_()
+        self._updates_since_reset = 0
+        self._epoch_start_valid = False
+
+    def extra_repr(self) -> str:
+        sizes = ", ".join(f"{s}: {self.num_prototypes(s)}x{c}" for s, c in zip(self.stages, self.stage_channels))
+        return f"prototypes=({sizes}), temperature={self.temperature}, residual={self.residual}, momentum={self.momentum}"
+
+
+def _invalidate_health_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    """Loaded prototypes/owners replace the constructed ones: refresh derived state."""
+    if isinstance(module, CompositionalClues):
+        for stage in module.stages:
+            onehot = F.one_hot(module.owners(stage).long(), module.num_classes).to(module.prototypes(stage))
+            getattr(module, f"owner_onehot_{stage}").copy_(onehot)
+        module.reset_health()

