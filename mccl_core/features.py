@@ -29,6 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from mccl_core.models import CPIConfig, PrototypeBank, PrototypeBankBuilder
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "features.json"
@@ -47,15 +49,6 @@ class ExtractConfig:
     num_workers: int = 0
 
 
-@dataclass
-class StageTokens:
-    """In-memory tokens of one stage: ``tokens[i]`` came from image ``image_index[i]``."""
-
-    stage: str
-    tokens: np.ndarray  # [M, C] float32, L2-normalised
-    image_index: np.ndarray  # [M] int64 index into the image list
-
-
 def _subsample_tokens(feature_map: torch.Tensor, keep: int, generator: torch.Generator) -> torch.Tensor:
     """[B, C, H, W] -> L2-normalised [B, n, C] with n = min(keep, H * W) seeded random positions."""
     tokens = feature_map.flatten(2).transpose(1, 2).float()  # [B, HW, C]
@@ -68,7 +61,7 @@ def _subsample_tokens(feature_map: torch.Tensor, keep: int, generator: torch.Gen
 
 
 def _stage_names(backbone: nn.Module) -> list[str]:
-    return list(getattr(backbone, "stages"))
+    return list(getattr(backbone, "stage_names"))
 
 
 @torch.no_grad()
@@ -100,23 +93,22 @@ def iter_stage_tokens(
         yield indices, [_subsample_tokens(m, cfg.tokens_per_image, generator).cpu().numpy() for m in maps]
 
 
-def collect_stage_tokens(
-    backbone: nn.Module, dataset: Dataset, cfg: ExtractConfig, device: torch.device
-) -> tuple[list[StageTokens], np.ndarray]:
-    """All tokens in memory (small datasets, tests); returns per-stage tokens and the label matrix."""
-    stop = len(dataset) if not cfg.max_images else min(cfg.max_images, len(dataset))
-    per_stage: list[list[np.ndarray]] = [[] for _ in _stage_names(backbone)]
-    owners: list[list[np.ndarray]] = [[] for _ in _stage_names(backbone)]
-    for indices, stage_tokens in iter_stage_tokens(backbone, dataset, cfg, device, 0, stop):
-        for s, tokens in enumerate(stage_tokens):
-            per_stage[s].append(tokens.reshape(-1, tokens.shape[-1]))
-            owners[s].append(np.repeat(indices, tokens.shape[1]))
-    labels = dataset.label_matrix()[:stop]  # type: ignore[attr-defined]
-    stages = [
-        StageTokens(name, np.concatenate(per_stage[s]), np.concatenate(owners[s]))
-        for s, name in enumerate(_stage_names(backbone))
-    ]
-    return stages, labels
+def run_cpi(
+    backbone: nn.Module,
+    dataset: Dataset,
+    cpi_cfg: CPIConfig,
+    extract_cfg: ExtractConfig,
+    device: torch.device,
+) -> PrototypeBank:
+    """CPI straight from the backbone, without Parquet shards (small datasets, tests, notebooks)."""
+    builder = PrototypeBankBuilder(
+        dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names  # type: ignore[attr-defined]
+    )
+    labels = torch.from_numpy(dataset.label_matrix())  # type: ignore[attr-defined]
+    stop = len(dataset) if not extract_cfg.max_images else min(extract_cfg.max_images, len(dataset))
+    for indices, stage_tokens in iter_stage_tokens(backbone, dataset, extract_cfg, device, 0, stop):
+        builder.add([torch.from_numpy(t) for t in stage_tokens], labels[indices], torch.from_numpy(indices))
+    return builder.build(device=device)
 
 
 # ----------------------------------------------------------------------------- Parquet shards
@@ -190,17 +182,19 @@ def _write_shard(path: Path, columns: dict[str, list]) -> None:
     os.replace(tmp, path)
 
 
-def read_token_shards(features_dir: Path) -> tuple[list[StageTokens], np.ndarray, list[str]]:
-    """Read every shard back into per-stage token matrices plus the image label matrix."""
+def read_features_manifest(features_dir: Path) -> dict:
     manifest_path = features_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} is missing: run the extract step first")
-    manifest = json.loads(manifest_path.read_text())
+    return json.loads(manifest_path.read_text())
+
+
+def iter_token_shards(features_dir: Path) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
+    """Yield ``(image_positions [B], {stage: tokens [B, n, C] float32}, labels [B, num_classes])``
+    shard by shard, so CPI streams over datasets larger than memory."""
+    manifest = read_features_manifest(features_dir)
     num_classes = len(manifest["class_names"])
-    image_order: dict[str, int] = {}
-    label_rows: list[np.ndarray] = []
-    per_stage: dict[str, list[np.ndarray]] = {s: [] for s in manifest["stages"]}
-    owners: dict[str, list[np.ndarray]] = {s: [] for s in manifest["stages"]}
+    position = 0
     for shard in range(manifest["num_shards"]):
         path = _shard_path(features_dir, shard)
         if not path.is_file():
@@ -214,14 +208,30 @@ def read_token_shards(features_dir: Path) -> tuple[list[StageTokens], np.ndarray
         flat = table.column("tokens").combine_chunks()
         values = flat.values.to_numpy(zero_copy_only=False)
         offsets = flat.offsets.to_numpy()
+        order: dict[str, int] = {}
+        label_rows: list[np.ndarray] = []
+        per_stage: dict[str, list[np.ndarray]] = {s: [] for s in manifest["stages"]}
         for row, (image_id, stage) in enumerate(zip(ids, stages)):
-            if image_id not in image_order:
-                image_order[image_id] = len(image_order)
+            if image_id not in order:
+                order[image_id] = len(order)
                 multi_hot = np.zeros(num_classes, dtype=np.float32)
                 multi_hot[list(labels[row])] = 1.0
                 label_rows.append(multi_hot)
             tokens = values[offsets[row] : offsets[row + 1]].reshape(num_tokens[row], dims[row])
             per_stage[stage].append(tokens.astype(np.float32))
-            owners[stage].append(np.full(num_tokens[row], image_order[image_id], dtype=np.int64))
-    stage_tokens = [StageTokens(s, np.concatenate(per_stage[s]), np.concatenate(owners[s])) for s in manifest["stages"]]
-    return stage_tokens, np.stack(label_rows), list(image_order)
+        positions = np.arange(position, position + len(order))
+        position += len(order)
+        yield (
+            positions,
+            {s: torch.from_numpy(np.stack(per_stage[s])) for s in manifest["stages"]},
+            torch.from_numpy(np.stack(label_rows)),
+        )
+
+
+def cluster_token_shards(features_dir: Path, cpi_cfg: CPIConfig, device: torch.device | None = None) -> PrototypeBank:
+    """CPI over the extract step's shards (streamed; the builder keeps a bounded patch sample)."""
+    manifest = read_features_manifest(features_dir)
+    builder = PrototypeBankBuilder(len(manifest["class_names"]), manifest["stages"], cpi_cfg, manifest["class_names"])
+    for positions, stage_tokens, labels in tqdm(iter_token_shards(features_dir), total=manifest["num_shards"], desc="CPI shards"):
+        builder.add(stage_tokens, labels, torch.from_numpy(positions))
+    return builder.build(device=device)

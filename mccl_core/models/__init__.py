@@ -27,7 +27,15 @@ from .cpi import (
 from .kmeans import KMeansResult, spherical_kmeans
 from .loss import AsymmetricLoss, MultiLabelBCELoss
 from .mcc import ClueState, CompositionalClues
-from .mccl import BaselineModel, MCCLModel, ModelBuildError, ModelOutput, build_loss, build_model
+from .mccl import (
+    BaselineModel,
+    MCCLModel,
+    ModelBuildError,
+    ModelOutput,
+    build_loss,
+    build_model,
+    load_model_from_state_dict,
+)
 from .pki import (
     ClueDecoder,
     EmptyLabelGraphError,
@@ -82,6 +90,7 @@ __all__ = [
     "label_texts",
     "load_label_embeddings",
     "load_local_resnet_weights",
+    "load_model_from_state_dict",
     "random_prototype_bank",
     "spherical_kmeans",
 ]

@@ -71,6 +71,11 @@ class ResNetBackbone(nn.Module):
             4 * 2 ** RESNET_STAGES.index(s) for s in self.stage_names
         )
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Alias of ``stage_names`` (the names of the returned stages)."""
+        return self.stage_names
+
     @classmethod
     def from_config(cls, cfg: BackboneConfig) -> "ResNetBackbone":
         return cls(depth=cfg.depth, stages=cfg.stages, weights=cfg.weights)

@@ -265,56 +265,124 @@ class PrototypeBankBuilder:
         labels: Tensor | np.ndarray,
         image_indices: Tensor | np.ndarray | Sequence[int] | None = None,
     ) -> None:
-        """Add one batch. ``image_indices``: dataset indices (default: running count) - they seed
-        the deterministic subsample, so pass them when the loader shuffles."""
+        """Add one batch of maps ``[B, C_s, H, W]`` or tokens ``[B, N, C_s]`` per stage.
+
+        ``image_indices``: dataset indices (default: running count); they seed the deterministic
+        subsample, so pass them when the loader shuffles.
+        """
         features = self._as_stage_list(stage_features)
-        labels_t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
-        if labels_t.ndim != 2 or labels_t.shape[1] != self.num_classes:
-            raise PrototypeBankError(
-                f"CPI labels must be [B, {self.num_classes}], got {tuple(labels_t.shape)}"
-            )
+        labels_t = self._check_labels(labels)
         batch = labels_t.shape[0]
         if image_indices is None:
             indices = np.arange(self.images_seen, self.images_seen + batch, dtype=np.int64)
         else:
-            indices = np.asarray(
-                image_indices.cpu() if isinstance(image_indices, Tensor) else image_indices, dtype=np.int64
-            ).reshape(-1)
+            indices = _as_index_array(image_indices)
         if indices.shape[0] != batch:
             raise PrototypeBankError(f"CPI: {indices.shape[0]} image indices for a batch of {batch}")
-        repeated = self._seen_indices.intersection(indices.tolist())
-        if repeated or len(set(indices.tolist())) != batch:
-            raise PrototypeBankError(
-                f"CPI: image indices added twice (e.g. {sorted(repeated)[:5]}); each image must be "
-                "added once or its patches would be over-represented"
-            )
-        self._seen_indices.update(indices.tolist())
-        self.images_seen += batch
-        carries = (labels_t > 0).cpu()
-        self.class_counts += carries.sum(0).numpy().astype(np.int64)
-
+        carries = self._register_images(labels_t, indices)
         for stage_idx, (stage, feats) in enumerate(zip(self.stage_names, features)):
             tokens = _to_tokens(feats, stage)
             if tokens.shape[0] != batch:
                 raise PrototypeBankError(
                     f"CPI stage {stage!r}: {tokens.shape[0]} feature rows for {batch} labels"
                 )
-            channels = self._channels.setdefault(stage, int(tokens.shape[2]))
-            if tokens.shape[2] != channels:
-                raise PrototypeBankError(
-                    f"CPI stage {stage!r}: channel count changed from {channels} to {tokens.shape[2]}"
-                )
             num_patches = tokens.shape[1]
-            tokens = F.normalize(tokens.float(), dim=-1).to("cpu", torch.float16)
-            keys = _patch_keys(self.cfg.seed, stage_idx, indices, num_patches)  # [B, N]
-            for c in torch.nonzero(carries.any(0)).flatten().tolist():
-                rows = torch.nonzero(carries[:, c]).flatten()
-                self._pool[stage][c].append(
-                    (keys[rows.numpy()].reshape(-1), tokens[rows].reshape(-1, channels))
+            self._add_stage_tokens(
+                stage_idx,
+                tokens.reshape(batch * num_patches, tokens.shape[2]),
+                np.repeat(indices, num_patches),
+                np.tile(np.arange(num_patches, dtype=np.int64), batch),
+                carries.repeat_interleave(num_patches, dim=0),
+            )
+
+    def add_tokens(
+        self,
+        stage_tokens: Mapping[str, tuple[Tensor | np.ndarray, Tensor | np.ndarray]],
+        image_labels: Tensor | np.ndarray,
+    ) -> None:
+        """Add pre-extracted flat tokens: ``stage_tokens[stage] = (tokens [M, C_s], image_index [M])``
+        where ``image_index`` indexes rows of ``image_labels [N, num_classes]`` (e.g. the output of
+        the pipeline's feature-extraction step). Every image referenced by any stage is counted once.
+        """
+        labels_t = self._check_labels(image_labels)
+        missing = [s for s in self.stage_names if s not in stage_tokens]
+        if missing:
+            raise PrototypeBankError(f"CPI: tokens for stage(s) {missing} missing")
+        per_stage = []
+        for stage in self.stage_names:
+            tokens, image_index = stage_tokens[stage]
+            tokens_t = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, Tensor) else tokens)
+            index = _as_index_array(image_index)
+            if tokens_t.ndim != 2 or tokens_t.shape[0] != index.shape[0]:
+                raise PrototypeBankError(
+                    f"CPI stage {stage!r}: expected tokens [M, C] with M image indices, got "
+                    f"{tuple(tokens_t.shape)} and {index.shape[0]} indices"
                 )
-                self._pool_sizes[stage][c] += rows.numel() * num_patches
-                if self._pool_sizes[stage][c] > 2 * self.cfg.max_patches_per_class:
-                    self._compact(stage, c)
+            if index.size and (index.min() < 0 or index.max() >= labels_t.shape[0]):
+                raise PrototypeBankError(
+                    f"CPI stage {stage!r}: image indices outside [0, {labels_t.shape[0]}) of the label matrix"
+                )
+            per_stage.append((tokens_t, index))
+        images = np.unique(np.concatenate([index for _, index in per_stage]))
+        self._register_images(labels_t[torch.from_numpy(images)], images)
+        carries_all = labels_t > 0
+        for stage_idx, (tokens_t, index) in enumerate(per_stage):
+            order = np.argsort(index, kind="stable")
+            sorted_index = index[order]
+            first = np.searchsorted(sorted_index, sorted_index, side="left")
+            patch_ids = np.empty_like(index)
+            patch_ids[order] = np.arange(index.shape[0]) - first  # position of the token within its image
+            self._add_stage_tokens(
+                stage_idx, tokens_t, index, patch_ids, carries_all[torch.from_numpy(index)]
+            )
+
+    def _check_labels(self, labels: Tensor | np.ndarray) -> Tensor:
+        labels_t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).cpu()
+        if labels_t.ndim != 2 or labels_t.shape[1] != self.num_classes:
+            raise PrototypeBankError(
+                f"CPI labels must be [B, {self.num_classes}], got {tuple(labels_t.shape)}"
+            )
+        return labels_t
+
+    def _register_images(self, labels: Tensor, indices: np.ndarray) -> Tensor:
+        """Count the images' classes once; refuse images added twice. Returns carries ``[B, C]``."""
+        index_list = indices.tolist()
+        repeated = self._seen_indices.intersection(index_list)
+        if repeated or len(set(index_list)) != len(index_list):
+            raise PrototypeBankError(
+                f"CPI: image indices added twice (e.g. {sorted(repeated)[:5]}); each image must be "
+                "added once or its patches would be over-represented"
+            )
+        self._seen_indices.update(index_list)
+        self.images_seen += len(index_list)
+        carries = labels > 0
+        self.class_counts += carries.sum(0).numpy().astype(np.int64)
+        return carries
+
+    def _add_stage_tokens(
+        self,
+        stage_idx: int,
+        tokens: Tensor,
+        image_ids: np.ndarray,
+        patch_ids: np.ndarray,
+        token_carries: Tensor,
+    ) -> None:
+        """Route flat tokens ``[M, C]`` to the pools of the classes their image carries."""
+        stage = self.stage_names[stage_idx]
+        channels = self._channels.setdefault(stage, int(tokens.shape[1]))
+        if tokens.shape[1] != channels:
+            raise PrototypeBankError(
+                f"CPI stage {stage!r}: channel count changed from {channels} to {tokens.shape[1]}"
+            )
+        tokens = F.normalize(tokens.detach().float(), dim=-1).to("cpu", torch.float16)
+        keys = _patch_keys(self.cfg.seed, stage_idx, image_ids, patch_ids)
+        token_carries = token_carries.cpu()
+        for c in torch.nonzero(token_carries.any(0)).flatten().tolist():
+            rows = torch.nonzero(token_carries[:, c]).flatten()
+            self._pool[stage][c].append((keys[rows.numpy()], tokens[rows]))
+            self._pool_sizes[stage][c] += rows.numel()
+            if self._pool_sizes[stage][c] > 2 * self.cfg.max_patches_per_class:
+                self._compact(stage, c)
 
     def _compact(self, stage: str, c: int) -> tuple[np.ndarray, Tensor]:
         chunks = self._pool[stage][c]
@@ -403,19 +471,34 @@ class PrototypeBankBuilder:
 
 
 def build_prototype_bank(
-    stage_tokens: Mapping[str, Tensor],
+    stage_tokens: Mapping[str, Tensor] | Mapping[str, tuple[Tensor | np.ndarray, Tensor | np.ndarray]],
     image_labels: Tensor | np.ndarray,
     cfg: CPIConfig,
     class_names: Sequence[str] | None = None,
     image_indices: Tensor | np.ndarray | Sequence[int] | None = None,
     device: str | torch.device | None = None,
 ) -> PrototypeBank:
-    """CPI on in-memory features: ``stage_tokens[stage]`` is ``[N, P, C_s]`` or ``[N, C_s, H, W]``,
-    ``image_labels`` ``[N, num_classes]`` (multi-hot or soft). See :class:`PrototypeBankBuilder`
-    for the streaming version (same result for the same image indices)."""
+    """CPI on in-memory features, keyed by stage name (shallow -> deep), in one of two layouts:
+
+    * per image: ``stage_tokens[stage]`` ``[N, P, C_s]`` tokens or ``[N, C_s, H, W]`` maps with
+      ``image_labels [N, num_classes]`` (row i = image i; ``image_indices`` optional);
+    * flat: ``stage_tokens[stage] = (tokens [M, C_s], image_index [M])`` indexing rows of
+      ``image_labels`` (the pipeline's extracted-token layout).
+
+    Labels may be multi-hot or soft (carrying = value > 0). See :class:`PrototypeBankBuilder` for
+    the streaming version (same result for the same image indices).
+    """
     labels = torch.as_tensor(np.asarray(image_labels) if not isinstance(image_labels, Tensor) else image_labels)
+    if labels.ndim != 2:
+        raise PrototypeBankError(f"CPI image labels must be [N, num_classes], got {tuple(labels.shape)}")
     builder = PrototypeBankBuilder(labels.shape[1], list(stage_tokens.keys()), cfg, class_names)
-    builder.add(stage_tokens, labels, image_indices)
+    values = list(stage_tokens.values())
+    if values and all(isinstance(v, tuple) for v in values):
+        if image_indices is not None:
+            raise PrototypeBankError("CPI: flat (tokens, image_index) input carries its own indices")
+        builder.add_tokens(stage_tokens, labels)  # type: ignore[arg-type]
+    else:
+        builder.add(stage_tokens, labels, image_indices)  # type: ignore[arg-type]
     return builder.build(device=device)
 
 
@@ -474,10 +557,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _patch_keys(seed: int, stage_idx: int, image_indices: np.ndarray, num_patches: int) -> np.ndarray:
-    """Pseudo-random uint64 key per (image, patch), independent of batching."""
+def _patch_keys(seed: int, stage_idx: int, image_ids: np.ndarray, patch_ids: np.ndarray) -> np.ndarray:
+    """Pseudo-random uint64 key per (image, patch) token, independent of batching."""
     base = _splitmix64(np.array([(int(seed) & 0xFFFFFFFF) << 8 | stage_idx], dtype=np.uint64))[0]
-    ids = image_indices.astype(np.uint64)[:, None] * np.uint64(1 << 20) + np.arange(
-        num_patches, dtype=np.uint64
-    )[None, :]
+    ids = image_ids.astype(np.uint64) * np.uint64(1 << 20) + patch_ids.astype(np.uint64)
     return _splitmix64(ids ^ base)
+
+
+def _as_index_array(indices: Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
+    array = indices.detach().cpu().numpy() if isinstance(indices, Tensor) else np.asarray(indices)
+    return array.astype(np.int64).reshape(-1)

@@ -11,7 +11,9 @@ Training-loop API shared by both models:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +22,10 @@ from torch import Tensor, nn
 
 from .backbone import ResNetBackbone
 from .config import ModelConfig
-from .cpi import PrototypeBank, random_prototype_bank
+from .cpi import AllocationRow, PrototypeBank, random_prototype_bank
 from .loss import AsymmetricLoss, MultiLabelBCELoss
 from .mcc import ClueState, CompositionalClues
-from .pki import ClueDecoder, LabelQueries, build_label_graph
+from .pki import ClueDecoder, LabelGraph, LabelQueries, build_label_graph
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +185,6 @@ def build_model(
                 f"co-occurrence matrix has shape {cooccurrence.shape}, expected ({num_classes}, {num_classes})"
             )
 
-    backbone = ResNetBackbone.from_config(cfg.backbone)
-
     graph = None
     if cfg.pki.use_gcn:
         if cooccurrence is None:
@@ -193,14 +193,27 @@ def build_model(
                 "(mccl_core.data.cooccurrence_counts(train.label_matrix())), or set pki.use_gcn=false"
             )
         graph = build_label_graph(cooccurrence, tau=cfg.pki.tau, p=cfg.pki.p)
+    backbone = ResNetBackbone.from_config(cfg.backbone)
 
-    clues = None
+    bank = None
     if cfg.mcc.enabled:
         bank = _resolve_bank(cfg, num_classes, backbone, cooccurrence, prototype_bank)
-        clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum)
     elif prototype_bank is not None:
         logger.warning("mcc.enabled=false: the given prototype bank is not used")
+    return _assemble_mccl(cfg, num_classes, backbone, label_embeddings, graph, bank)
 
+
+def _assemble_mccl(
+    cfg: ModelConfig,
+    num_classes: int,
+    backbone: ResNetBackbone,
+    label_embeddings: np.ndarray,
+    graph: LabelGraph | None,
+    bank: PrototypeBank | None,
+) -> MCCLModel:
+    clues = None
+    if bank is not None:
+        clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum)
     queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers)
     decoder = ClueDecoder(
         backbone.stage_channels,
@@ -223,6 +236,66 @@ def build_model(
         cfg.loss_kind,
     )
     return MCCLModel(backbone, clues, queries, decoder, build_loss(cfg))
+
+
+def load_model_from_state_dict(
+    cfg: ModelConfig, num_classes: int, state_dict: Mapping[str, Tensor]
+) -> MCCLModel | BaselineModel:
+    """Rebuild a trained model from its ``state_dict`` alone (serving/evaluation).
+
+    Label embeddings, the normalised label graph and the prototypes are buffers of the state dict,
+    so neither the text encoder, the co-occurrence counts nor the CPI bank are needed. Backbone
+    weights are not fetched (``backbone.weights`` is ignored: the state dict supplies them).
+    Loading is strict: a state dict of another variant/config raises with the offending keys.
+    """
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights="none"))
+    if cfg.variant == "baseline":
+        model: MCCLModel | BaselineModel = build_model(cfg, num_classes, None, None, None)
+    else:
+        emb_key = "queries.label_embeddings"
+        if emb_key not in state_dict:
+            raise ModelBuildError(f"state dict has no {emb_key!r}: not an MCCL model state dict")
+        label_embeddings = state_dict[emb_key].detach().cpu().float().numpy()
+        backbone = ResNetBackbone.from_config(cfg.backbone)
+        graph = None
+        if cfg.pki.use_gcn:
+            adj_key = "queries.gcn.adjacency"
+            if adj_key not in state_dict:
+                raise ModelBuildError(f"state dict has no {adj_key!r} but pki.use_gcn=true")
+            adjacency = state_dict[adj_key].detach().cpu().float().numpy()
+            off_diagonal = adjacency.copy()
+            np.fill_diagonal(off_diagonal, 0.0)
+            graph = LabelGraph(
+                adjacency=adjacency,
+                num_edges=int((off_diagonal > 0).sum()),
+                isolated=np.flatnonzero((off_diagonal > 0).sum(axis=1) == 0).tolist(),
+                max_conditional=float("nan"),
+            )
+        bank = None
+        if cfg.mcc.enabled:
+            bank = _bank_from_state_dict(cfg, num_classes, state_dict)
+        model = _assemble_mccl(cfg, num_classes, backbone, label_embeddings, graph, bank)
+    result = model.load_state_dict(dict(state_dict), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelBuildError(
+            f"state dict does not match the configured model ({cfg.variant}): missing "
+            f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
+    return model
+
+
+def _bank_from_state_dict(cfg: ModelConfig, num_classes: int, state_dict: Mapping[str, Tensor]) -> PrototypeBank:
+    prototypes, owners = {}, {}
+    for stage in cfg.backbone.stages:
+        p_key, o_key = f"clues.prototypes_{stage}", f"clues.owners_{stage}"
+        if p_key not in state_dict or o_key not in state_dict:
+            raise ModelBuildError(f"state dict lacks {p_key!r}/{o_key!r} but mcc.enabled=true")
+        prototypes[stage] = state_dict[p_key].detach().cpu().float()
+        owners[stage] = state_dict[o_key].detach().cpu().long()
+    first = owners[cfg.backbone.stages[0]]
+    per_class = torch.bincount(first, minlength=num_classes).tolist()
+    rows = tuple(AllocationRow(c, f"class_{c}", 0, int(per_class[c])) for c in range(num_classes))
+    return PrototypeBank(tuple(cfg.backbone.stages), prototypes, owners, rows, num_classes, {"source": "state_dict"})
 
 
 def _resolve_bank(

@@ -32,6 +32,11 @@ class TrainConfig:
     image_size: int = 224
     #: Train-time augmentation (RandomResizedCrop, flip, RandAugment); off gives deterministic inputs.
     augment: bool = True
+    #: Lower bound of RandomResizedCrop's area scale (1.0 keeps the whole image: small clues survive).
+    crop_scale_min: float = 0.6
+    randaugment: bool = True
+    #: Cutout (RandomErasing) probability.
+    erase_prob: float = 0.0
     num_workers: int = 2
     seed: int = 0
     #: ``torch.use_deterministic_algorithms`` + no cudnn benchmark: bit-exact resume on CPU.

