@@ -378,13 +378,19 @@ class ResilientTracker:
         payload: dict[str, Any],
         call: Callable[[], T],
         run: RunHandle | None,
+        journal: bool = True,
     ) -> T | None:
-        """Run ``call``; on an unreachable server journal ``payload`` instead of raising."""
+        """Run ``call``; on an unreachable server journal ``payload`` instead of raising.
+
+        ``journal=False`` is for look-ups (experiment, run info) that carry no data to keep.
+        """
         if run is not None and run.run_id is None:
-            self._journal(kind, count, payload, run, "run was not created on the tracking server")
+            if journal:
+                self._journal(kind, count, payload, run, "run was not created on the tracking server")
             return None
         if not self.online:
-            self._journal(kind, count, payload, run, "tracking server unreachable (skipping until retry)")
+            if journal:
+                self._journal(kind, count, payload, run, "tracking server unreachable (skipping until retry)")
             return None
         try:
             if self.is_server:
@@ -396,7 +402,8 @@ class ResilientTracker:
             if not (self.is_server and is_unreachable_error(error)):
                 raise
             self._went_offline(error)
-            self._journal(kind, count, payload, run, f"{type(error).__name__}: {error}")
+            if journal:
+                self._journal(kind, count, payload, run, f"{type(error).__name__}: {error}")
             return None
         if self._warned and self._first_error and self._offline_until:
             logger.info("MLflow tracking server %s reachable again", self.tracking_uri)
@@ -462,7 +469,7 @@ class ResilientTracker:
                 return experiment.experiment_id
 
         self.experiment_id = self._guarded(
-            "experiment", 1, {"experiment_name": self.config.experiment_name}, lookup_or_create, None
+            "experiment", 0, {"experiment_name": self.config.experiment_name}, lookup_or_create, None, journal=False
         )
         return self.experiment_id
 
@@ -477,7 +484,7 @@ class ResilientTracker:
             )  # fmt: skip
             run_id = created.info.run_id if created is not None else None
         else:
-            self._journal("runs", 1, payload, None, "experiment unavailable")
+            self._journal("runs", 1, payload, None, "experiment unavailable (tracking server unreachable)")
         handle = self._new_handle(name, run_id, parent, step)
         self._stack.append(handle)
         return handle
@@ -506,7 +513,7 @@ class ResilientTracker:
                     f"no parent run id: pass run_id, a ref_file, or set ${PARENT_RUN_ENV}"
                 )
         if run_id is not None and self.experiment_id is None:
-            run = self._guarded("resume", 0, {"run_id": run_id}, lambda: self.client.get_run(run_id), None)
+            run = self._guarded("resume", 0, {"run_id": run_id}, lambda: self.client.get_run(run_id), None, journal=False)
             if run is not None:
                 self.experiment_id = run.info.experiment_id
                 name = run.info.run_name or name

@@ -18,7 +18,9 @@ from mccl_core.data import ImageLoadError, ImageRecord, IntentDataset, load_rgb_
 
 def _jpeg_bytes(size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     rng = np.random.default_rng(0)
-    array = np.clip(np.asarray(colour)[None, None, :] + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    array = np.clip(np.asarray(colour)[None, None, :] + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(
+        np.uint8
+    )
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -138,7 +140,9 @@ def test_mode_conversions_to_rgb(
 ) -> None:
     suffix = {"CMYK": ".jpg", "F": ".tif", "I": ".tif"}.get(mode, ".png")
     path = tmp_path / f"image_{mode.replace(';', '_')}{suffix}"
-    Image.new(mode, (8, 6), fill).save(path, quality=100) if suffix == ".jpg" else Image.new(mode, (8, 6), fill).save(path)
+    Image.new(mode, (8, 6), fill).save(path, quality=100) if suffix == ".jpg" else Image.new(mode, (8, 6), fill).save(
+        path
+    )
     with caplog.at_level(logging.DEBUG, logger="mccl_core.data.images"):
         image = load_rgb_image(path)
     assert image.mode == "RGB" and image.size == (8, 6)

@@ -55,7 +55,10 @@ def test_jsonl_manifest_per_split_template_and_json_class_list(tmp_path: Path) -
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps([{"name": "Calm", "description": "Feeling at peace."}, {"name": "Busy"}, "Proud"]))
     for split, rows in {
-        "train": [{"image": "x1.jpg", "labels": ["Calm", "Proud"], "image_id": "x1"}, {"image": "x2.jpg", "labels": ["Busy"]}],
+        "train": [
+            {"image": "x1.jpg", "labels": ["Calm", "Proud"], "image_id": "x1"},
+            {"image": "x2.jpg", "labels": ["Busy"]},
+        ],
         "val": [{"image": "y1.jpg", "labels": ["Proud"]}],
     }.items():
         (tmp_path / f"set_{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
@@ -93,7 +96,9 @@ def test_manifest_problems_are_all_reported(tmp_path: Path, class_list_txt: Path
 
 
 def test_bad_jsonl_lines(tmp_path: Path, class_list_txt: Path) -> None:
-    (tmp_path / "m.jsonl").write_text('{"image": "a.jpg", "labels": ["Happy"]}\n{not json\n["a"]\n{"image": "b.jpg", "labels": "Happy"}\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"image": "a.jpg", "labels": ["Happy"]}\n{not json\n["a"]\n{"image": "b.jpg", "labels": "Happy"}\n'
+    )
     cfg = DataConfig(source="manifest", root=Path("."), manifest=tmp_path / "m.jsonl", class_list=class_list_txt)
     with pytest.raises(AnnotationError) as info:
         load_split(cfg, "train")

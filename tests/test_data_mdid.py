@@ -48,7 +48,9 @@ def test_load_split_one_hot_and_image_extensions(tmp_path: Path, compact_file: P
     val_ids = [compact["posts"][i][0] for i in compact["splits"][2]["val"]]
     # One post as .jpg, one as .png, one as .jpeg: all are found.
     for post_id, suffix in zip(val_ids, [".jpg", ".png", ".jpeg"], strict=True):
-        Image.new("RGB", (12, 10), (10, 200, 30)).save(images / f"{post_id}{suffix}", format="PNG" if suffix == ".png" else "JPEG")
+        Image.new("RGB", (12, 10), (10, 200, 30)).save(
+            images / f"{post_id}{suffix}", format="PNG" if suffix == ".png" else "JPEG"
+        )
     cfg = DataConfig(source="mdid", root=images, mdid_split_index=2, mdid_splits_file=compact_file)
     dataset = load_split(cfg, "val")
     assert [r.image_id for r in dataset.records] == val_ids
@@ -63,7 +65,9 @@ def test_load_split_one_hot_and_image_extensions(tmp_path: Path, compact_file: P
     assert len(train) == 14 - 3 and not {r.image_id for r in train.records} & set(val_ids)
 
 
-def test_missing_post_image_fails_at_read_time(tmp_path: Path, compact_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_post_image_fails_at_read_time(
+    tmp_path: Path, compact_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = DataConfig(source="mdid", root=tmp_path, mdid_split_index=0, mdid_splits_file=compact_file)
     dataset = load_split(cfg, "val")
     assert "3 of 3 post images are missing" in caplog.text
@@ -95,7 +99,13 @@ def test_bundled_splits_match_published_statistics(tmp_path: Path) -> None:
     assert len(posts) == 1299 and len({p[0] for p in posts}) == 1299
     counts = np.bincount([p[1] for p in posts], minlength=7)
     assert dict(zip(MDID_INTENTS, counts.tolist(), strict=True)) == {
-        "provoke": 97, "inform": 140, "advocate": 123, "entertain": 361, "expose": 275, "express": 111, "promote": 192,
+        "provoke": 97,
+        "inform": 140,
+        "advocate": 123,
+        "entertain": 361,
+        "expose": 275,
+        "express": 111,
+        "promote": 192,
     }
     val_folds = [i for split in compact["splits"] for i in split["val"]]
     assert len(compact["splits"]) == 5 and sorted(val_folds) == list(range(1299))
@@ -122,5 +132,5 @@ def test_compact_rejects_inconsistent_files(tmp_path: Path) -> None:
     problems = info.value.problems
     assert len(problems) == 3
     assert "val_split_1.json: intent" in problems[0] and "differs from master metadata" in problems[0]
-    assert "image 'not-a-post': val_split_1.json: post not in master metadata" == problems[1]
+    assert problems[1] == "image 'not-a-post': val_split_1.json: post not in master metadata"
     assert problems[2] == "split 3: 1 posts in both train and val"

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-test", type=int, default=defaults.n_test)
     demo.add_argument("--image-size", type=int, default=defaults.image_size)
     demo.add_argument("--imbalance-ratio", type=float, default=defaults.imbalance_ratio)
-    demo.add_argument("--workers", type=int, default=default_workers(), help="rendering processes (output is identical for any value)")
+    demo.add_argument(
+        "--workers", type=int, default=default_workers(), help="rendering processes (output is identical for any value)"
+    )
 
     download = commands.add_parser("download-intentonomy", help="download Intentonomy images (resumable)")
     download.add_argument("--annotations", type=Path, nargs="+", required=True, help="intentonomy_*2020.json files")
@@ -49,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--retries", type=int, default=3)
     download.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     download.add_argument("--timeout", type=float, default=30.0)
-    download.add_argument("--report", type=Path, default=None, help="failure report (default <root>/download_report.json)")
+    download.add_argument(
+        "--report", type=Path, default=None, help="failure report (default <root>/download_report.json)"
+    )
 
     verify = commands.add_parser("verify", help="read every image of a split; exit 1 if any is unreadable")
     verify.add_argument("--source", choices=SOURCES, required=True)
@@ -70,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return _run(args)
     except (AnnotationError, FileNotFoundError, ValueError) as error:
@@ -94,10 +100,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "download-intentonomy":
         cfg = DownloadConfig(
-            workers=args.workers, retries=args.retries, backoff_s=args.backoff, timeout_s=args.timeout, report_path=args.report
+            workers=args.workers,
+            retries=args.retries,
+            backoff_s=args.backoff,
+            timeout_s=args.timeout,
+            report_path=args.report,
         )
         report = download_intentonomy(list(args.annotations), args.root, cfg)
-        logger.info("downloaded %d, skipped %d, failed %d of %d", report.downloaded, report.skipped, report.failed, report.total)
+        logger.info(
+            "downloaded %d, skipped %d, failed %d of %d", report.downloaded, report.skipped, report.failed, report.total
+        )
         return 0 if report.failed == 0 else 1
     if args.command == "verify":
         data_cfg = DataConfig(

@@ -60,7 +60,9 @@ class DataConfig:
         self.manifest = Path(self.manifest) if self.manifest is not None else None
         self.class_list = Path(self.class_list) if self.class_list is not None else None
         if self.source == "mdid" and not 0 <= self.mdid_split_index < MDID_NUM_SPLITS:
-            raise ValueError(f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}")
+            raise ValueError(
+                f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}"
+            )
         if self.source == "manifest" and (self.manifest is None or self.class_list is None):
             raise ValueError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
 

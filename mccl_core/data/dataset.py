@@ -42,9 +42,7 @@ class AnnotationError(ValueError):
         listed = [f"  - {p}" for p in self.problems[:MAX_LISTED_PROBLEMS]]
         if len(self.problems) > MAX_LISTED_PROBLEMS:
             listed.append(f"  ... and {len(self.problems) - MAX_LISTED_PROBLEMS} more")
-        super().__init__(
-            f"{source}: {len(self.problems)} annotation problem(s):\n" + "\n".join(listed)
-        )
+        super().__init__(f"{source}: {len(self.problems)} annotation problem(s):\n" + "\n".join(listed))
 
 
 class ProblemCollector:
@@ -117,9 +115,7 @@ class IntentDataset(torch.utils.data.Dataset):
         self.class_names: list[str] = list(class_names)
         descriptions = list(class_descriptions) if class_descriptions is not None else [""] * len(self.class_names)
         if len(descriptions) != len(self.class_names):
-            raise ValueError(
-                f"{name}: {len(descriptions)} class descriptions for {len(self.class_names)} classes"
-            )
+            raise ValueError(f"{name}: {len(descriptions)} class descriptions for {len(self.class_names)} classes")
         self.class_descriptions: list[str] = descriptions
         self.transform = transform if transform is not None else default_to_tensor()
         self.name = name
@@ -137,10 +133,16 @@ class IntentDataset(torch.utils.data.Dataset):
         seen: dict[str, int] = {}
         has_soft = [r.soft_labels is not None for r in self.records]
         if any(has_soft) and not all(has_soft):
-            problems.add(f"{has_soft.count(False)} of {len(self.records)} records lack soft labels (all or none must have them)")
+            problems.add(
+                f"{has_soft.count(False)} of {len(self.records)} records lack soft labels (all or none must have them)"
+            )
         for index, record in enumerate(self.records):
             if record.image_id in seen:
-                problems.add(f"duplicate image id (records {seen[record.image_id]} and {index})", record.image_id, record.image_path)
+                problems.add(
+                    f"duplicate image id (records {seen[record.image_id]} and {index})",
+                    record.image_id,
+                    record.image_path,
+                )
             else:
                 seen[record.image_id] = index
             bad = [label for label in record.labels if not 0 <= label < num_classes]
@@ -148,7 +150,9 @@ class IntentDataset(torch.utils.data.Dataset):
                 problems.add(f"label index {bad} outside 0..{num_classes - 1}", record.image_id, record.image_path)
             if record.soft_labels is not None and len(record.soft_labels) != num_classes:
                 problems.add(
-                    f"{len(record.soft_labels)} soft labels for {num_classes} classes", record.image_id, record.image_path
+                    f"{len(record.soft_labels)} soft labels for {num_classes} classes",
+                    record.image_id,
+                    record.image_path,
                 )
         problems.raise_if_any()
 
@@ -174,7 +178,9 @@ class IntentDataset(torch.utils.data.Dataset):
         """Soft labels ``[N, C]`` float32, or ``None`` if the dataset has none."""
         if not self.has_soft_labels:
             return None
-        return np.asarray([r.soft_labels for r in self.records], dtype=np.float32).reshape(len(self.records), self.num_classes)
+        return np.asarray([r.soft_labels for r in self.records], dtype=np.float32).reshape(
+            len(self.records), self.num_classes
+        )
 
     def class_counts(self) -> np.ndarray:
         """Positives per class (int64 ``[C]``)."""
@@ -196,7 +202,9 @@ class IntentDataset(torch.utils.data.Dataset):
         return item
 
     def __repr__(self) -> str:
-        return f"IntentDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, classes={self.num_classes})"
+        return (
+            f"IntentDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, classes={self.num_classes})"
+        )
 
 
 def cooccurrence_counts(label_matrix: np.ndarray) -> np.ndarray:

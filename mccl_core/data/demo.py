@@ -155,7 +155,9 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
         probs = tuple(float(p) for p in self.label_count_probs)
         if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(f"DemoConfig.label_count_probs must be 3 probabilities summing to 1, got {self.label_count_probs}")
+            raise ValueError(
+                f"DemoConfig.label_count_probs must be 3 probabilities summing to 1, got {self.label_count_probs}"
+            )
         object.__setattr__(self, "label_count_probs", probs)
         if not 0 <= self.partial_clue_prob <= 1:
             raise ValueError(f"DemoConfig.partial_clue_prob must be in [0, 1], got {self.partial_clue_prob}")
@@ -379,16 +381,16 @@ def _annotation_document(cfg: DemoConfig, split: str, entries: list[dict[str, An
             for k, i in enumerate(DEMO_INTENTS)
         ],
         "images": [{"id": e["image_id"], "filename": e["filename"], "original_id": e["image_id"]} for e in entries],
-        "annotations": [
-            {key: value for key, value in e.items() if key != "filename"} for e in entries
-        ],
+        "annotations": [{key: value for key, value in e.items() if key != "filename"} for e in entries],
     }
 
 
 STAMP_FILE = "demo_config.json"
 
 
-def generate_demo(out_dir: Path, cfg: DemoConfig | None = None, *, workers: int = 1, show_progress: bool = True) -> Path:
+def generate_demo(
+    out_dir: Path, cfg: DemoConfig | None = None, *, workers: int = 1, show_progress: bool = True
+) -> Path:
     """Write the demo dataset to ``out_dir`` and return ``out_dir``.
 
     Layout: ``low/<id>.jpg``, ``annotations/intentonomy_{train,val,test}2020.json`` and
@@ -412,7 +414,9 @@ def generate_demo(out_dir: Path, cfg: DemoConfig | None = None, *, workers: int 
         for start in range(0, cfg.split_size(split), chunk)
     ]
     results: list[list[dict[str, Any]]]
-    with tqdm(total=cfg.n_train + cfg.n_val + cfg.n_test, desc="demo images", unit="img", disable=not show_progress) as bar:
+    with tqdm(
+        total=cfg.n_train + cfg.n_val + cfg.n_test, desc="demo images", unit="img", disable=not show_progress
+    ) as bar:
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 results = []

@@ -158,10 +158,24 @@ def _download_one(image_id: str, url: str, destination: Path, cfg: DownloadConfi
             return DownloadFailure(image_id, url, str(destination), str(error), attempts)
         except _TransientError as error:
             if attempts > cfg.retries:
-                return DownloadFailure(image_id, url, str(destination), f"{error} (gave up after {attempts} attempts)", attempts)
+                return DownloadFailure(
+                    image_id, url, str(destination), f"{error} (gave up after {attempts} attempts)", attempts
+                )
             wait = cfg.backoff_s * (2 ** (attempts - 1))
             logger.debug("%s: %s; retry %d in %.2fs", url, error, attempts, wait)
             time.sleep(wait)
+
+
+def _remove_stale_partials(folders: set[Path]) -> None:
+    """Delete ``.<name>.<uuid>.part`` files a killed earlier run left behind (never a target file)."""
+    removed = 0
+    for folder in folders:
+        if folder.is_dir():
+            for stale in folder.glob(".*.part"):
+                stale.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d partial files left by an interrupted run", removed)
 
 
 def download_intentonomy(annotation_files: list[Path], root: Path, cfg: DownloadConfig | None = None) -> DownloadReport:
@@ -175,13 +189,22 @@ def download_intentonomy(annotation_files: list[Path], root: Path, cfg: Download
     cfg = cfg or DownloadConfig()
     root = Path(root)
     entries: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
+    first_seen: dict[str, tuple[str, str, Path]] = {}
+    conflicts: list[str] = []
     for annotation_file in annotation_files:
         for image_id, filename, url in image_urls(Path(annotation_file)):
-            if image_id not in seen:  # the same image in two files is downloaded once
-                seen.add(image_id)
+            if image_id not in first_seen:
+                first_seen[image_id] = (filename, url, Path(annotation_file))
                 entries.append((image_id, filename, url))
+            elif first_seen[image_id][:2] != (filename, url):  # identical repeats are fetched once
+                earlier = str(first_seen[image_id][2])
+                conflicts.append(f"image {image_id!r}: file/url in {str(annotation_file)!r} differs from {earlier!r}")
+    if conflicts:
+        listed = "\n".join(f"  - {c}" for c in conflicts[:20])
+        more = f"\n  ... and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
+        raise ValueError(f"{len(conflicts)} image id(s) listed with different files or URLs:\n{listed}{more}")
     report = DownloadReport(total=len(entries))
+    _remove_stale_partials({(root / filename).parent for _, filename, _ in entries})
     todo: list[tuple[str, str, Path]] = []
     for image_id, filename, url in entries:
         destination = root / filename
@@ -190,10 +213,13 @@ def download_intentonomy(annotation_files: list[Path], root: Path, cfg: Download
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             todo.append((image_id, url, destination))
-    logger.info("intentonomy download: %d images, %d already present, %d to fetch", report.total, report.skipped, len(todo))
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool, tqdm(
-        total=len(todo), desc="download", unit="img", disable=not cfg.show_progress
-    ) as bar:
+    logger.info(
+        "intentonomy download: %d images, %d already present, %d to fetch", report.total, report.skipped, len(todo)
+    )
+    with (
+        ThreadPoolExecutor(max_workers=cfg.workers) as pool,
+        tqdm(total=len(todo), desc="download", unit="img", disable=not cfg.show_progress) as bar,
+    ):
         futures = [pool.submit(_download_one, image_id, url, destination, cfg) for image_id, url, destination in todo]
         for future in as_completed(futures):
             failure = future.result()

@@ -162,7 +162,7 @@ def verify_images(
     """
     from tqdm.auto import tqdm
 
-    records: Sequence = getattr(dataset, "records")
+    records: Sequence = dataset.records
     limit = max_pixels if max_pixels is not None else getattr(dataset, "max_pixels", DEFAULT_MAX_PIXELS)
     problems: list[ImageProblem] = []
     modes: Counter[str] = Counter()

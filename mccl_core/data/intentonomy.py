@@ -149,7 +149,11 @@ def parse_categories(categories: Any, problems: ProblemCollector) -> tuple[list[
         return [], None
     by_id: dict[int, dict[str, Any]] = {}
     for position, category in enumerate(categories):
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int) or not isinstance(category.get("name"), str):
+        if (
+            not isinstance(category, dict)
+            or not isinstance(category.get("id"), int)
+            or not isinstance(category.get("name"), str)
+        ):
             problems.add(f"category #{position} must have an integer 'id' and a string 'name': {category!r}")
             continue
         if category["id"] in by_id:
@@ -186,7 +190,10 @@ def _labels_from_annotation(
             size = len(soft) if isinstance(soft, list) else type(soft).__name__
             problems.add(f"'category_ids_softprob' must be a list of {num_classes} numbers, got {size}", image_id, path)
             return None
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in soft):
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
+            for v in soft
+        ):
             problems.add(f"'category_ids_softprob' values must be numbers in [0, 1], got {soft}", image_id, path)
             return None
         soft_labels = tuple(float(v) for v in soft)
@@ -240,7 +247,11 @@ def parse_intentonomy_annotations(
 
     images: dict[str, Path] = {}
     for position, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not isinstance(image.get("id"), (str, int)) or not isinstance(image.get("filename"), str):
+        if (
+            not isinstance(image, dict)
+            or not isinstance(image.get("id"), (str, int))
+            or not isinstance(image.get("filename"), str)
+        ):
             problems.add(f"image entry #{position} needs a string 'id' and a string 'filename': {image!r}")
             continue
         image_id = str(image["id"])
@@ -285,7 +296,9 @@ def parse_intentonomy_annotations(
         problems.add("some annotations have 'category_ids_softprob' and others do not; use one format per file")
     problems.raise_if_any()
     if unlabelled_train:
-        logger.warning("%s: %d train images have no positive label (kept as all-negative examples)", source, unlabelled_train)
+        logger.warning(
+            "%s: %d train images have no positive label (kept as all-negative examples)", source, unlabelled_train
+        )
     return records, names, descriptions
 
 

@@ -1,4 +1,4 @@
-""""Your own data": a CSV or JSONL manifest plus a class list.
+""" "Your own data": a CSV or JSONL manifest plus a class list.
 
 Manifest (``.csv``, header row required; or ``.jsonl``, one JSON object per line):
 
@@ -106,7 +106,9 @@ def _read_rows(manifest: Path, problems: ProblemCollector) -> list[tuple[int, di
             fields = reader.fieldnames or []
             missing = [c for c in ("image", "labels") if c not in fields]
             if missing:
-                problems.add(f"CSV header must contain 'image' and 'labels' columns, missing {missing} (header: {fields})")
+                problems.add(
+                    f"CSV header must contain 'image' and 'labels' columns, missing {missing} (header: {fields})"
+                )
                 return rows
             for row in reader:
                 line_number = reader.line_num
@@ -121,9 +123,7 @@ def _read_rows(manifest: Path, problems: ProblemCollector) -> list[tuple[int, di
     return rows
 
 
-def load_manifest_records(
-    manifest: Path, class_names: list[str], split: str | None
-) -> list[ImageRecord]:
+def load_manifest_records(manifest: Path, class_names: list[str], split: str | None) -> list[ImageRecord]:
     """Records of ``split`` (``None``: all rows) from a CSV/JSONL manifest.
 
     All rows are validated (also rows of other splits) and every problem is raised together:
@@ -172,7 +172,11 @@ def load_manifest_records(
             if effective_split == "train":
                 unlabelled_train += effective_split == split
             else:
-                problems.add(f"{where}: no labels (every {effective_split or 'val/test'} image needs at least one)", image_id, path)
+                problems.add(
+                    f"{where}: no labels (every {effective_split or 'val/test'} image needs at least one)",
+                    image_id,
+                    path,
+                )
                 continue
         if split is None or not has_split_column or row_split == split:
             records.append(ImageRecord(image_id, path, tuple(sorted(index_of[n] for n in names)), None))
@@ -180,7 +184,9 @@ def load_manifest_records(
     if not records:
         raise ValueError(f"manifest {str(manifest)!r}: no rows for split {split!r}")
     if unlabelled_train:
-        logger.warning("manifest %s: %d train rows have no label (kept as all-negative examples)", manifest, unlabelled_train)
+        logger.warning(
+            "manifest %s: %d train rows have no label (kept as all-negative examples)", manifest, unlabelled_train
+        )
     logger.info("manifest %s: %d %s images, %d classes", manifest, len(records), split or "all", len(class_names))
     return records
 

@@ -95,8 +95,8 @@ def compact_mdid_splits(master_metadata: Path, split_dir: Path, num_splits: int 
         splits.append(split)
     problems.raise_if_any()
     return {
-        "source": "MDID (Kruk et al., EMNLP 2019): derived from master_metadata.json and splits/{train,val}_split_{0..4}.json "
-        "by mccl_core.data.mdid.compact_mdid_splits; see ATTRIBUTION.md",
+        "source": "MDID (Kruk et al., EMNLP 2019): derived from master_metadata.json and "
+        "splits/{train,val}_split_{0..4}.json by mccl_core.data.mdid.compact_mdid_splits; see ATTRIBUTION.md",
         "intents": list(MDID_INTENTS),
         "posts": compact_posts,
         "splits": splits,
@@ -117,7 +117,12 @@ def read_mdid_splits(splits_file: Path | None = None) -> dict[str, Any]:
         problems.add(f"intents must be {list(MDID_INTENTS)}, got {data.get('intents')}")
     posts = data.get("posts", [])
     for position, entry in enumerate(posts):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int) and 0 <= entry[1] < len(MDID_INTENTS)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[1], int)
+            and 0 <= entry[1] < len(MDID_INTENTS)
+        ):
             problems.add(f"post entry #{position} must be [post_id, intent_index]: {entry!r}")
     ids = [str(entry[0]) for entry in posts if isinstance(entry, list) and entry]
     if len(set(ids)) != len(ids):
@@ -150,8 +155,10 @@ def load_mdid_records(
         AnnotationError: a post with several image files (ambiguous which to use).
     """
     if split not in MDID_SPLITS:
-        raise ValueError(f"MDID has only 'train' and 'val' parts per split index (got {split!r}); "
-                         "the protocol reports val accuracy averaged over split indices 0..4")
+        raise ValueError(
+            f"MDID has only 'train' and 'val' parts per split index (got {split!r}); "
+            "the protocol reports val accuracy averaged over split indices 0..4"
+        )
     data = read_mdid_splits(splits_file)
     if not 0 <= split_index < len(data["splits"]):
         raise ValueError(f"MDID split index must be 0..{len(data['splits']) - 1}, got {split_index}")
@@ -168,19 +175,32 @@ def load_mdid_records(
         records.append(ImageRecord(str(post_id), path, (int(intent),), None))
     problems.raise_if_any()
     if missing:
-        logger.warning("MDID split %d %s: %d of %d post images are missing under %s (reading them will fail)",
-                       split_index, split, missing, len(records), root)
+        logger.warning(
+            "MDID split %d %s: %d of %d post images are missing under %s (reading them will fail)",
+            split_index,
+            split,
+            missing,
+            len(records),
+            root,
+        )
     return records, list(MDID_INTENTS), list(MDID_DESCRIPTIONS)
 
 
 def write_mdid_splits(compact: dict[str, Any], out_file: Path) -> None:
     """Write a compact split description (one post per line keeps diffs readable)."""
-    lines = ["{", f' "source": {json.dumps(compact["source"])},', f' "intents": {json.dumps(compact["intents"])},', ' "posts": [']
+    lines = [
+        "{",
+        f' "source": {json.dumps(compact["source"])},',
+        f' "intents": {json.dumps(compact["intents"])},',
+        ' "posts": [',
+    ]
     posts: Sequence[list[Any]] = compact["posts"]
     lines += [f"  {json.dumps(p)}{',' if i < len(posts) - 1 else ''}" for i, p in enumerate(posts)]
     lines.append(" ],")
     lines.append(' "splits": [')
     splits = compact["splits"]
-    lines += [f"  {json.dumps(s, separators=(',', ':'))}{',' if i < len(splits) - 1 else ''}" for i, s in enumerate(splits)]
+    lines += [
+        f"  {json.dumps(s, separators=(',', ':'))}{',' if i < len(splits) - 1 else ''}" for i, s in enumerate(splits)
+    ]
     lines += [" ]", "}"]
     Path(out_file).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -42,9 +42,7 @@ def build_transforms(
         raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not train:
-        return v2.Compose(
-            [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *to_float]
-        )
+        return v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *to_float])
     steps: list[Callable] = [
         v2.ToImage(),
         v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),

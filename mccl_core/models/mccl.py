@@ -68,13 +68,18 @@ class MCCLModel(nn.Module):
         """Backbone feature maps ``[B, C_s, H_s, W_s]`` of the configured stages."""
         return self.backbone.forward_features(images)
 
+    @staticmethod
+    def maps_to_tokens(feature_maps: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]]]:
+        """``[B, C, H, W]`` maps -> ``[B, H*W, C]`` tokens and grid sizes (a free view for
+        channels_last maps)."""
+        grid_sizes = [(int(m.shape[2]), int(m.shape[3])) for m in feature_maps]
+        return [m.flatten(2).transpose(1, 2) for m in feature_maps], grid_sizes
+
     def forward_clues(
         self, feature_maps: list[Tensor]
     ) -> tuple[list[Tensor], list[tuple[int, int]], ClueState | None]:
         """Maps -> tokens ``[B, H*W, C_s]`` (rebuilt by MCC when enabled), grid sizes, update state."""
-        grid_sizes = [(int(m.shape[2]), int(m.shape[3])) for m in feature_maps]
-        # For channels_last maps this flatten/transpose is a free view.
-        tokens = [m.flatten(2).transpose(1, 2) for m in feature_maps]
+        tokens, grid_sizes = self.maps_to_tokens(feature_maps)
         if self.clues is None:
             return tokens, grid_sizes, None
         rebuilt, state = self.clues(tokens)

@@ -48,6 +48,10 @@ class TrainConfig:
     channels_last: bool = True
     #: Convert BatchNorm to SyncBatchNorm when more than one process trains.
     sync_batchnorm: bool = False
+    #: Keep BatchNorm layers on their running statistics during training (affine weights still
+    #: learn). For small per-GPU batches, where batch statistics are noisy; also makes a step
+    #: independent of how the global batch is split across processes.
+    freeze_bn_stats: bool = False
     #: Cap on optimiser steps per epoch (0: the whole epoch) - for smoke tests and sweeps.
     max_steps_per_epoch: int = 0
     #: Evaluate on val every N epochs (the last epoch is always evaluated).

@@ -67,6 +67,8 @@ class EpochRecord:
     val_threshold_split_tuned: float | None = None
     val_map: float | None = None
     prototype_health: dict[str, float] = field(default_factory=dict)
+    #: Under DDP: largest |difference| between any rank's prototypes and rank 0's (0 = identical).
+    replica_prototype_max_diff: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric view (for MLflow / DVC), fixed names across runs."""
@@ -81,6 +83,8 @@ class EpochRecord:
             out["val_macro_f1_split_tuned"] = float(self.val_macro_f1_split_tuned)
             out["val_threshold_split_tuned"] = float(self.val_threshold_split_tuned)
         out.update({f"mcc_{k}": float(v) for k, v in self.prototype_health.items()})
+        if self.replica_prototype_max_diff is not None:
+            out["replica_prototype_max_diff"] = self.replica_prototype_max_diff
         return out
 
 
@@ -231,6 +235,8 @@ def train(
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
     if ctx.enabled and cfg.sync_batchnorm:
+        if ctx.device.type != "cuda":
+            raise ValueError("train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     optimizer = torch.optim.AdamW(
@@ -281,6 +287,8 @@ def train(
             record.val_macro_f1_split_tuned = float(tuned.report.macro_f1)
             record.val_threshold_split_tuned = float(tuned.threshold)
             record.val_map = float(tuned.average_precision.map)
+        if ctx.enabled:
+            record.replica_prototype_max_diff = _replica_prototype_diff(model, ctx)
         history.append(record)
         if ctx.is_main:
             log.info(_format_epoch(record, cfg.epochs))
@@ -333,6 +341,10 @@ def _train_one_epoch(
 ) -> EpochRecord:
     model = _unwrap(train_model)
     train_model.train()
+    if cfg.freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     model.prototype_health(reset=True)
     loader = _train_loader(inputs.train_set, cfg, ctx, epoch)
     use_channels_last = cfg.channels_last and ctx.device.type == "cuda"
@@ -404,3 +416,21 @@ def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _revert_sync_batchnorm(child))
     return out
+
+
+#: Divergence above this means the MCC all-reduce is broken; replicas would silently drift apart.
+REPLICA_TOLERANCE = 1e-5
+
+
+def _replica_prototype_diff(model: nn.Module, ctx: DistContext) -> float:
+    """Max |p_rank - p_rank0| over all prototype buffers; raises if replicas diverged."""
+    protos = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if ".prototypes_" in k or k.startswith("prototypes_")}
+    gathered = all_gather_objects(protos, ctx)
+    reference = gathered[0]
+    diff = 0.0
+    for other in gathered[1:]:
+        for key, value in reference.items():
+            diff = max(diff, float((other[key] - value).abs().max()))
+    if diff > REPLICA_TOLERANCE:
+        raise RuntimeError(f"MCC prototypes differ across DDP ranks by {diff:.3g} (> {REPLICA_TOLERANCE})")
+    return diff

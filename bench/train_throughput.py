@@ -1,0 +1,314 @@
+"""Train-step throughput of MCCL vs. a plain torchvision ResNet of the same depth.
+
+A train step is forward + loss + backward + optimiser step (+ prototype update for MCCL), on
+synthetic batches already on the device (no data loading), with the same batch, resolution,
+precision and memory format for both models. The two models are timed in the same process,
+alternating repeats (plain, MCCL, plain, MCCL, ...) after a warm-up, and the median images/s of
+each is reported with their ratio. A separate instrumented pass splits the MCCL step into
+backbone / MCC / PKI+decoder / loss (forward + backward each) / optimiser / prototype update,
+using CUDA events on GPU (autograd hooks mark the backward boundaries) and perf_counter on CPU.
+
+Target: MCCL >= 0.90x the plain backbone's train throughput at 224 px (printed as PASS/FAIL;
+the exit code is 0 either way). Defaults are small CPU settings; on a GPU use e.g.
+
+    python bench/train_throughput.py --depth 101 --image-size 224 --batch-size 128 \
+        --precision bf16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from mccl_core.models import MCCLModel, ModelConfig, ModelOutput, MultiLabelBCELoss, build_model
+
+TARGET_RATIO = 0.90
+SPLIT_KEYS = ("backbone", "mcc", "decoder", "loss", "optimizer", "prototype_update")
+
+
+@dataclass
+class BenchSettings:
+    depth: int = 18
+    image_size: int = 112
+    batch_size: int = 8
+    precision: str = "fp32"
+    channels_last: bool = False
+    device: str = "auto"
+    num_classes: int = 28
+    warmup: int = 2
+    steps: int = 3
+    repeats: int = 3
+    split_steps: int = 3
+    seed: int = 0
+
+
+class _Clock:
+    """CUDA events on GPU (no host sync inside a step), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def ms(self, start: Any, end: Any) -> float:
+        return float(start.elapsed_time(end)) if self.cuda else (end - start) * 1000.0
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def synthetic_cooccurrence(num_classes: int, seed: int) -> np.ndarray:
+    """Co-occurrence counts of a synthetic multi-label set with Intentonomy-like imbalance
+    (per-class counts spanning ~16x) and a correlated second label, so the label graph has edges."""
+    rng = np.random.default_rng(seed)
+    weights = np.geomspace(1.0, 1.0 / 16.0, num_classes)
+    primary = rng.choice(num_classes, size=4000, p=weights / weights.sum())
+    labels = np.zeros((4000, num_classes))
+    labels[np.arange(4000), primary] = 1
+    second = rng.random(4000) < 0.6
+    labels[np.flatnonzero(second), (primary[second] + 1) % num_classes] = 1
+    return labels.T @ labels
+
+
+def _plain_resnet(depth: int, num_classes: int) -> nn.Module:
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _time_block(step: Callable[[], None], steps: int, clock: _Clock) -> float:
+    """Seconds for ``steps`` consecutive steps (one sync before and after)."""
+    clock.sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    clock.sync()
+    return time.perf_counter() - start
+
+
+def _mccl_split_step(
+    model: MCCLModel,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    clock: _Clock,
+) -> dict[str, float]:
+    """One instrumented train step; returns milliseconds per component (forward + backward)."""
+    marks: dict[str, Any] = {}
+
+    def mark_on_grad(name: str) -> Callable[[Tensor], None]:
+        def hook(_grad: Tensor) -> None:
+            marks[name] = clock.mark()  # the last tensor of a group to receive its gradient wins
+
+        return hook
+
+    marks["start"] = clock.mark()
+    with autocast():
+        maps = model.forward_features(images)
+        marks["backbone_fwd"] = clock.mark()
+        tokens_in, grids = model.maps_to_tokens(maps)
+        assert model.clues is not None
+        tokens, state = model.clues(tokens_in)
+        marks["mcc_fwd"] = clock.mark()
+        logits = model.forward_head(tokens, grids)
+        marks["decoder_fwd"] = clock.mark()
+    output = ModelOutput(logits, state)
+    loss = model.loss(output, labels)
+    marks["loss_fwd"] = clock.mark()
+    logits.register_hook(mark_on_grad("loss_bwd"))
+    for t in tokens:
+        t.register_hook(mark_on_grad("decoder_bwd"))
+    for t in tokens_in:
+        t.register_hook(mark_on_grad("mcc_bwd"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    marks["backbone_bwd"] = clock.mark()
+    optimizer.step()
+    marks["optimizer"] = clock.mark()
+    model.update_prototypes(output, labels)
+    marks["prototype_update"] = clock.mark()
+    clock.sync()
+    ms = clock.ms
+    return {
+        "backbone": ms(marks["start"], marks["backbone_fwd"]) + ms(marks["mcc_bwd"], marks["backbone_bwd"]),
+        "mcc": ms(marks["backbone_fwd"], marks["mcc_fwd"]) + ms(marks["decoder_bwd"], marks["mcc_bwd"]),
+        "decoder": ms(marks["mcc_fwd"], marks["decoder_fwd"]) + ms(marks["loss_bwd"], marks["decoder_bwd"]),
+        "loss": ms(marks["decoder_fwd"], marks["loss_fwd"]) + ms(marks["loss_fwd"], marks["loss_bwd"]),
+        "optimizer": ms(marks["backbone_bwd"], marks["optimizer"]),
+        "prototype_update": ms(marks["optimizer"], marks["prototype_update"]),
+        "total": ms(marks["start"], marks["prototype_update"]),
+    }
+
+
+def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
+    """Run the interleaved comparison and the split pass; returns a JSON-serialisable dict."""
+    if settings.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    clock = _Clock(device)
+    autocast = _autocast(device, settings.precision)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    num_classes = settings.num_classes
+    cooccurrence = synthetic_cooccurrence(num_classes, settings.seed)
+    # Default MCCL config; random prototypes with the CPI allocation cost exactly what CPI ones do.
+    cfg = ModelConfig.from_dict({"backbone": {"depth": settings.depth}, "use_cpi": False})
+    embeddings = torch.nn.functional.normalize(torch.randn(num_classes, 384), dim=1).numpy()
+    mccl = build_model(cfg, num_classes, embeddings, cooccurrence, None)
+    plain = _plain_resnet(settings.depth, num_classes)
+    bce = MultiLabelBCELoss()
+    models: dict[str, nn.Module] = {"plain": plain, "mccl": mccl}
+    for model in models.values():
+        model.to(device=device, memory_format=memory_format).train()
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-2) for name, m in models.items()}
+
+    g = torch.Generator().manual_seed(settings.seed)
+    images = torch.randn(settings.batch_size, 3, settings.image_size, settings.image_size, generator=g)
+    images = images.to(device).contiguous(memory_format=memory_format)
+    labels = (torch.rand(settings.batch_size, num_classes, generator=g) < 2.0 / num_classes).float().to(device)
+
+    def plain_step() -> None:
+        with autocast():
+            logits = plain(images)
+        loss = bce(logits, labels)
+        optimizers["plain"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["plain"].step()
+
+    def mccl_step() -> None:
+        with autocast():
+            output = mccl(images)
+        loss = mccl.loss(output, labels)
+        optimizers["mccl"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["mccl"].step()
+        mccl.update_prototypes(output, labels)
+
+    steps = {"plain": plain_step, "mccl": mccl_step}
+    for name in ("plain", "mccl"):
+        _time_block(steps[name], settings.warmup, clock)
+    rates: dict[str, list[float]] = {"plain": [], "mccl": []}
+    for _ in range(settings.repeats):
+        for name in ("plain", "mccl"):
+            seconds = _time_block(steps[name], settings.steps, clock)
+            rates[name].append(settings.steps * settings.batch_size / seconds)
+
+    splits = [
+        _mccl_split_step(mccl, optimizers["mccl"], images, labels, autocast, clock)
+        for _ in range(settings.split_steps)
+    ]
+    split_ms = {k: statistics.median(s[k] for s in splits) for k in (*SPLIT_KEYS, "total")}
+
+    plain_rate = statistics.median(rates["plain"])
+    mccl_rate = statistics.median(rates["mccl"])
+    ratio = mccl_rate / plain_rate
+    return {
+        "benchmark": "train_throughput",
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "plain_images_per_s": plain_rate,
+        "mccl_images_per_s": mccl_rate,
+        "plain_images_per_s_repeats": rates["plain"],
+        "mccl_images_per_s_repeats": rates["mccl"],
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "target_applies": settings.image_size == 224,
+        "verdict": "PASS" if ratio >= TARGET_RATIO else "FAIL",
+        "mccl_split_ms": split_ms,
+        "mccl_parameters": sum(p.numel() for p in mccl.parameters()),
+        "plain_parameters": sum(p.numel() for p in plain.parameters()),
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"device: {result['device']}  torch {result['torch']}",
+        f"resnet{s['depth']}  {s['image_size']}px  batch {s['batch_size']}  {s['precision']}"
+        f"{'  channels_last' if s['channels_last'] else ''}  ({s['repeats']} repeats x {s['steps']} steps, interleaved)",
+        f"plain ResNet : {result['plain_images_per_s']:9.2f} images/s  (repeats {', '.join(f'{r:.2f}' for r in result['plain_images_per_s_repeats'])})",
+        f"MCCL         : {result['mccl_images_per_s']:9.2f} images/s  (repeats {', '.join(f'{r:.2f}' for r in result['mccl_images_per_s_repeats'])})",
+        f"ratio MCCL/plain: {result['ratio']:.3f}  target >= {result['target_ratio']:.2f} -> {result['verdict']}"
+        + ("" if result["target_applies"] else "  (target is defined at 224 px)"),
+        "MCCL step split (median ms, forward + backward per component):",
+    ]
+    total = result["mccl_split_ms"]["total"]
+    for key in SPLIT_KEYS:
+        value = result["mccl_split_ms"][key]
+        lines.append(f"  {key:<17}{value:9.2f} ms  {100 * value / total:5.1f}%")
+    lines.append(f"  {'total':<17}{total:9.2f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = BenchSettings()
+    parser.add_argument("--depth", type=int, default=defaults.depth, choices=(18, 34, 50, 101, 152))
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:i]")
+    parser.add_argument("--num-classes", type=int, default=defaults.num_classes)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--split-steps", type=int, default=defaults.split_steps)
+    parser.add_argument("--json-out", type=Path, default=Path("outputs/bench/train_throughput.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings = BenchSettings(
+        depth=args.depth,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        device=args.device,
+        num_classes=args.num_classes,
+        warmup=args.warmup,
+        steps=args.steps,
+        repeats=args.repeats,
+        split_steps=args.split_steps,
+    )
+    result = run_benchmark(settings)
+    print(format_report(result))
+    print(json.dumps(result))
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Model factory: every variant's shapes, training-loop API, gradients, weights, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from mccl_core.models import (
+    BackboneWeightsError,
+    BaselineModel,
+    MCCLModel,
+    ModelBuildError,
+    ModelConfig,
+    ResNetBackbone,
+    build_model,
+    build_prototype_bank,
+    load_model_from_state_dict,
+)
+
+NUM_CLASSES = 5
+IMAGE = 64
+
+
+def _cfg(**overrides) -> ModelConfig:
+    base = {
+        "backbone": {"depth": 18},
+        "pki": {"dim": 64, "decoder_layers": 1, "heads": 4, "ff_dim": 128},
+        "cpi": {"k_min": 2, "k_max": 4, "kmeans_restarts": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return ModelConfig.from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 3, IMAGE, IMAGE, generator=g)
+    labels = (torch.rand(6, NUM_CLASSES, generator=g) < 0.4).float()
+    labels[torch.arange(5), torch.arange(5)] = 1.0  # every class present
+    cooccurrence = (labels.T @ labels).numpy()
+    embeddings = torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 384, generator=g), dim=1).numpy()
+    backbone = ResNetBackbone(18)
+    with torch.no_grad():
+        maps = backbone.eval().forward_features(images)
+    bank = build_prototype_bank(dict(zip(backbone.stage_names, maps)), labels, _cfg().cpi)
+    return images, labels, cooccurrence, embeddings, bank
+
+
+VARIANTS = {
+    "mccl": {},
+    "no_cpi": {"use_cpi": False},
+    "no_mcc": {"mcc": {"enabled": False}},
+    "no_gcn": {"pki": {"use_gcn": False}},
+    "baseline": {"variant": "baseline"},
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_trains_one_step(name, data):
+    images, labels, cooccurrence, embeddings, bank = data
+    torch.manual_seed(0)
+    model = build_model(_cfg(**VARIANTS[name]), NUM_CLASSES, embeddings, cooccurrence, bank)
+    output = model(images)
+    assert output.logits.shape == (6, NUM_CLASSES)
+    has_mcc = name in ("mccl", "no_cpi", "no_gcn")
+    assert (output.clue_state is not None) == has_mcc
+    loss = model.loss(output, labels)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    # No unused parameters (DDP without find_unused_parameters): every parameter got a gradient.
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    protos_before = {k: v.clone() for k, v in model.state_dict().items() if "prototypes_" in k}
+    optimizer.step()
+    for key, value in protos_before.items():  # the optimiser does not touch prototype buffers
+        assert torch.equal(model.state_dict()[key], value)
+    updated = model.update_prototypes(output, labels)
+    health = model.prototype_health(reset=True)
+    if has_mcc:
+        assert set(updated) == {"layer3", "layer4"} and updated["layer3"] > 0
+        assert health["updates"] == 1 and "layer4/never_assigned" in health
+        assert not any("prototypes" in n for n, _ in model.named_parameters())
+    else:
+        assert updated == {} and health == {}
+
+
+def test_baseline_is_pool_linear_bce_on_the_deepest_stage(data):
+    images, labels, *_ = data
+    model = build_model(_cfg(variant="baseline"), NUM_CLASSES, None, None, None)
+    assert isinstance(model, BaselineModel) and model.backbone.stage_names == ("layer4",)
+    assert model.fc.in_features == 512 and not hasattr(model.backbone, "fc")
+    pooled = model.backbone.forward_features(images)[-1].mean(dim=(2, 3))
+    torch.testing.assert_close(model(images).logits, model.fc(pooled))
+
+
+def test_mcc_uses_the_bank_and_decoder_sees_rebuilt_tokens(data):
+    images, _, cooccurrence, embeddings, bank = data
+    model = build_model(_cfg(), NUM_CLASSES, embeddings, cooccurrence, bank)
+    assert isinstance(model, MCCLModel)
+    for stage in bank.stages:
+        torch.testing.assert_close(model.clues.prototypes(stage), bank.prototypes[stage])
+    maps = model.forward_features(images)
+    assert [m.shape[1] for m in maps] == list(model.backbone.stage_channels) == [256, 512]
+    tokens, grids, state = model.forward_clues(maps)
+    assert grids == [(4, 4), (2, 2)]
+    torch.testing.assert_close(tokens[1], state.assignments[1] @ model.clues.prototypes("layer4"))
+
+
+def test_bf16_autocast_and_channels_last(data):
+    images, labels, cooccurrence, embeddings, bank = data
+    model = build_model(_cfg(), NUM_CLASSES, embeddings, cooccurrence, bank).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(images.contiguous(memory_format=torch.channels_last))
+    assert output.clue_state.assignments[0].dtype == torch.float32  # MCC math stays fp32
+    loss = model.loss(output, labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    model.update_prototypes(output, labels)
+    torch.testing.assert_close(model.clues.prototypes("layer3").norm(dim=1), torch.ones(bank.num_prototypes("layer3")))
+
+
+@pytest.mark.parametrize(
+    "overrides,inputs,message",
+    [
+        ({}, {"prototype_bank": None}, r"run the CPI step.*use_cpi: false"),
+        ({}, {"label_embeddings": None}, r"label embeddings"),
+        ({}, {"cooccurrence": None}, r"co-occurrence"),
+        ({"use_cpi": False, "pki": {"use_gcn": False}}, {"cooccurrence": None}, r"class counts"),
+        ({"backbone": {"depth": 50}}, {}, r"another backbone depth"),
+        ({"backbone": {"stages": ["layer4"]}}, {}, r"stages"),
+        ({}, {"cooccurrence": np.diag([3.0, 2.0, 2.0, 4.0, 1.0])}, r"label graph is empty"),
+    ],
+)
+def test_missing_or_inconsistent_inputs_raise_clear_errors(overrides, inputs, message, data):
+    _, _, cooccurrence, embeddings, bank = data
+    kwargs = {"label_embeddings": embeddings, "cooccurrence": cooccurrence, "prototype_bank": bank} | inputs
+    with pytest.raises(ValueError, match=message):
+        build_model(_cfg(**overrides), NUM_CLASSES, **kwargs)
+    with pytest.raises(ModelBuildError, match=r"label embeddings have shape"):
+        build_model(_cfg(), NUM_CLASSES, embeddings[:3], cooccurrence, bank)
+
+
+def test_trained_model_reloads_from_its_state_dict_alone(data):
+    images, labels, cooccurrence, embeddings, bank = data
+    for overrides in ({}, {"variant": "baseline"}, {"mcc": {"enabled": False}, "pki": {"use_gcn": False}}):
+        cfg = _cfg(**overrides)
+        model = build_model(cfg, NUM_CLASSES, embeddings, cooccurrence, bank)
+        output = model(images)
+        model.loss(output, labels).backward()
+        model.update_prototypes(output, labels)
+        restored = load_model_from_state_dict(cfg, NUM_CLASSES, model.state_dict())
+        model.eval(), restored.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(restored(images).logits, model(images).logits)
+    mccl_state = build_model(_cfg(), NUM_CLASSES, embeddings, cooccurrence, bank).state_dict()
+    with pytest.raises(ModelBuildError, match=r"does not match.*unexpected \['clues"):
+        load_model_from_state_dict(_cfg(variant="baseline"), NUM_CLASSES, mccl_state)
+    with pytest.raises(ModelBuildError, match=r"clues.prototypes_layer3"):
+        load_model_from_state_dict(_cfg(pki={"use_gcn": False}), NUM_CLASSES, model.state_dict())  # no-MCC dict
+
+
+@dataclasses.dataclass
+class _NotATensor:
+    x: int
+
+
+def test_local_backbone_weights_load_and_bad_files_fail(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = ResNetBackbone(18, ("layer3", "layer4"), weights=str(path))
+    assert torch.equal(backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    truncated = ResNetBackbone(18, ("layer2",), weights=str(path))  # deeper stages dropped
+    assert not hasattr(truncated, "layer3") and truncated.stage_channels == (128,)
+
+    with pytest.raises(BackboneWeightsError, match="does not exist"):
+        ResNetBackbone(18, weights=str(tmp_path / "nope.pth"))
+    wrong_depth = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong_depth)
+    with pytest.raises(BackboneWeightsError, match=r"resnet34\.pth.*unexpected keys"):
+        ResNetBackbone(18, weights=str(wrong_depth))
+    pickled = tmp_path / "object.pth"
+    torch.save({"model": _NotATensor(1)}, pickled)
+    with pytest.raises(BackboneWeightsError, match=r"object\.pth.*weights_only"):
+        ResNetBackbone(18, weights=str(pickled))

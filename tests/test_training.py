@@ -1,0 +1,218 @@
+"""Training loop: resume after a kill, DDP on 2 CPU processes, bundle round trip, ablations."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_MODEL
+from mccl_core.bundle import load_bundle, read_meta
+from mccl_core.data import DataConfig
+from mccl_core.models import ModelConfig
+from mccl_core.training.checkpoint import load_checkpoint
+from mccl_core.training.config import TrainConfig
+from mccl_core.training.distributed import DistContext
+from mccl_core.training.loop import predict_scores, train
+from mccl_core.training.run import TrainArtifacts, prepare_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(root: Path, out: Path, **train_overrides) -> dict:
+    train_section = {
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "image_size": 32,
+        "num_workers": 0,
+        "ema_decay": 0.99,
+        "deterministic": True,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    train_section.update(train_overrides)
+    model = copy.deepcopy(TINY_MODEL)
+    model["mcc"] = {"momentum": 0.9}  # prototypes move visibly within a few steps
+    return {"data": {"source": "demo", "root": str(root)}, "model": model, "train": train_section}
+
+
+def _write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _train_cmd(params: Path, embeddings: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mccl_core.training.cli", "--params", str(params), "--label-embeddings", str(embeddings), *extra]
+
+
+def _bundle_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model" / "model.pt", map_location="cpu", weights_only=True)
+
+
+def test_killed_run_resumes_to_identical_weights_and_metrics(tiny_demo, tiny_demo_label_embeddings, tmp_path):
+    epochs = 4
+    ref_out, killed_out = tmp_path / "reference", tmp_path / "killed"
+    ref_params = _write_params(tmp_path / "ref.yaml", _params(tiny_demo, ref_out, epochs=epochs))
+    killed_params = _write_params(tmp_path / "killed.yaml", _params(tiny_demo, killed_out, epochs=epochs))
+
+    subprocess.run(_train_cmd(ref_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True)
+
+    # Kill the second run (SIGKILL: no clean-up) as soon as its first epoch checkpoint exists.
+    ckpt = killed_out / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_train_cmd(killed_params, tiny_demo_label_embeddings), env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_after = int(load_checkpoint(ckpt)["epoch"])
+    assert killed_after < epochs - 1, "the run finished before it could be killed"
+    assert not (killed_out / "model" / "model.pt").exists()
+
+    resumed = subprocess.run(_train_cmd(killed_params, tiny_demo_label_embeddings), check=True, env=_env(),
+                             cwd=REPO, capture_output=True, text=True)
+    assert f"resumed from {ckpt} after epoch {killed_after}" in resumed.stderr
+
+    ref_state, resumed_state = _bundle_state(ref_out), _bundle_state(killed_out)
+    assert ref_state.keys() == resumed_state.keys()
+    for key in ref_state:
+        assert torch.equal(ref_state[key], resumed_state[key]), key
+    ref_hist = json.loads((ref_out / "history.json").read_text())
+    res_hist = json.loads((killed_out / "history.json").read_text())
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in h]  # noqa: E731
+    assert strip(ref_hist) == strip(res_hist)
+    assert len(res_hist) == epochs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_identical_prototypes_and_agree_with_single_process(
+    tiny_demo, tiny_demo_label_embeddings, tmp_path
+):
+    # No augmentation, no dropout and BatchNorm on running statistics (SyncBatchNorm has no CPU
+    # kernel): a DDP step then computes the same update as one process on the whole global batch.
+    common = dict(epochs=2, augment=False, ema_decay=0.0, deterministic=False, freeze_bn_stats=True)
+    single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
+    single_params = _write_params(tmp_path / "single.yaml", _params(tiny_demo, single_out, **common))
+    ddp_params = _write_params(tmp_path / "ddp.yaml", _params(tiny_demo, ddp_out, **common))
+
+    subprocess.run(_train_cmd(single_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    ddp = subprocess.run(torchrun + _train_cmd(ddp_params, tiny_demo_label_embeddings)[1:], env=_env(), cwd=REPO,
+                         capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+
+    history = json.loads((ddp_out / "history.json").read_text())
+    # Every epoch, the prototypes of rank 1 equal rank 0's (checked inside the loop by all-gather).
+    assert [r["replica_prototype_max_diff"] for r in history] == [pytest.approx(0.0, abs=1e-6)] * 2
+    single_hist = json.loads((single_out / "history.json").read_text())
+    assert all(r["replica_prototype_max_diff"] is None for r in single_hist)
+
+    single_state, ddp_state = _bundle_state(single_out), _bundle_state(ddp_out)
+    proto_keys = [k for k in single_state if ".prototypes_" in k]
+    assert proto_keys
+    init_bank = load_bundle(single_out / "model")[0]  # noqa: F841 (bundle must load)
+    from mccl_core.models import PrototypeBank
+
+    bank = PrototypeBank.load(single_out / "model" / "prototypes.safetensors")
+    for key in proto_keys:
+        stage = key.split(".prototypes_")[-1]
+        # Frobenius norms: how far training moved the prototypes vs how far the two runs ended apart.
+        moved = float((single_state[key] - bank.prototypes[stage]).norm())
+        gap = float((single_state[key] - ddp_state[key]).norm())
+        print(f"{key}: moved {moved:.4f}, single-vs-DDP gap {gap:.4f}")
+        assert moved > 0.1, f"{key}: prototypes barely moved ({moved}); the comparison would be vacuous"
+        assert gap < 0.01 * moved, f"{key}: DDP and single-process prototypes differ by {gap} (moved {moved})"
+    # Same data per global step -> similar loss curves.
+    for s, d in zip(single_hist, history):
+        assert d["train_loss"] == pytest.approx(s["train_loss"], rel=1e-3)
+
+
+def test_bundle_reloads_to_identical_predictions(tiny_demo, tiny_demo_label_embeddings, tmp_path):
+    params = _params(tiny_demo, tmp_path / "out", epochs=1)
+    model_cfg = ModelConfig.from_dict(params["model"])
+    train_cfg = TrainConfig.from_dict(params["train"])
+    data_cfg = DataConfig.from_dict(params["data"])
+    inputs = prepare_inputs(data_cfg, model_cfg, train_cfg, TrainArtifacts(label_embeddings=tiny_demo_label_embeddings))
+    result = train(model_cfg, train_cfg, inputs)
+    model, meta = load_bundle(result.model_path)
+    assert meta.class_names == inputs.class_names and meta.image_size == 32
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    reloaded = predict_scores(model, inputs.val_set, ctx, batch_size=16, progress=False)
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert ckpt["epoch"] == 0 and ckpt["ema"] is not None
+    from mccl_core.models import build_model
+
+    ema_model = build_model(model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence,
+                            inputs.prototype_bank)
+    ema_model.load_state_dict(ckpt["ema"]["module"])
+    direct = predict_scores(ema_model, inputs.val_set, ctx, batch_size=16, progress=False)
+    np.testing.assert_allclose(reloaded, direct, atol=1e-6)
+    assert read_meta(result.model_path).threshold is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"use_cpi": False},
+        {"mcc": {"enabled": False}},
+        {"pki": {"use_gcn": False}},
+        {"variant": "baseline"},
+    ],
+    ids=["no_cpi", "no_mcc", "no_gcn", "baseline"],
+)
+def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, tmp_path, overrides):
+    params = _params(tiny_demo, tmp_path / "out", epochs=1, max_steps_per_epoch=2, deterministic=False)
+    model_section = params["model"]
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            model_section.setdefault(key, {}).update(value)
+        else:
+            model_section[key] = value
+    model_cfg = ModelConfig.from_dict(model_section)
+    train_cfg = TrainConfig.from_dict(params["train"])
+    inputs = prepare_inputs(DataConfig.from_dict(params["data"]), model_cfg, train_cfg,
+                            TrainArtifacts(label_embeddings=tiny_demo_label_embeddings))
+    result = train(model_cfg, train_cfg, inputs)
+    record = result.history[0]
+    assert np.isfinite(record.train_loss) and record.val_map is not None
+    model, _ = load_bundle(result.model_path)
+    assert model.__class__.__name__ == ("BaselineModel" if overrides.get("variant") == "baseline" else "MCCLModel")
+
+
+def test_batch_not_divisible_by_processes_is_a_clear_error():
+    from mccl_core.training.loop import _per_rank_batch
+
+    ctx = DistContext(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="not divisible by the 3 training processes"):
+        _per_rank_batch(TrainConfig(batch_size=16), ctx)
+
+
+def test_unknown_train_key_is_named():
+    with pytest.raises(ValueError, match="unknown train config keys \\['lr_max'\\]"):
+        TrainConfig.from_dict({"lr_max": 1.0})
