@@ -50,10 +50,15 @@ class BenchSettings:
     device: str = "auto"
     num_classes: int = 28
     warmup: int = 2
-    steps: int = 3
-    repeats: int = 3
+    #: timed steps per repeat / number of interleaved repeats; None = 1 x 10 on CPU (single-step
+    #: alternation is the most robust against other load on a small machine), 10 x 5 on CUDA
+    #: (multi-step blocks keep the GPU queue full, as in training).
+    steps: int | None = None
+    repeats: int | None = None
     split_steps: int = 3
     seed: int = 0
+    #: CPU intra-op threads (None: torch's default). 1 gives stable numbers on a shared machine.
+    threads: int | None = None
 
 
 class _Clock:
@@ -173,6 +178,12 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(settings.device)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    if settings.steps is None:
+        settings.steps = 10 if device.type == "cuda" else 1
+    if settings.repeats is None:
+        settings.repeats = 5 if device.type == "cuda" else 10
     torch.manual_seed(settings.seed)
     clock = _Clock(device)
     autocast = _autocast(device, settings.precision)
@@ -283,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda[:i]")
     parser.add_argument("--num-classes", type=int, default=defaults.num_classes)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 1 CPU / 10 CUDA)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 10 CPU / 5 CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--split-steps", type=int, default=defaults.split_steps)
     parser.add_argument("--json-out", type=Path, default=Path("outputs/bench/train_throughput.json"))
     args = parser.parse_args(argv)
@@ -301,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         repeats=args.repeats,
         split_steps=args.split_steps,
+        threads=args.threads,
     )
     result = run_benchmark(settings)
     print(format_report(result))

@@ -7,13 +7,15 @@ training" (spec). Tokens of every image and stage would not fit in memory for re
 float16. Shards are written atomically and named by index, so a killed extraction resumes
 at the first missing shard.
 
-Parquet layout (one row per image and stage): ``image_id: string``, ``stage: string``,
-``labels: list<int16>``, ``tokens: fixed_size_list<halffloat>[n * C]``, ``num_tokens: int32``,
-``dim: int32``.
+Parquet layout: one file per shard and stage (``tokens-<shard>-<stage>.parquet``), one row per
+image: ``image_id: string``, ``stage: string``, ``labels: list<int16>``,
+``tokens: fixed_size_list<halffloat>[n * C]`` (every row of a stage file has the same ``n`` tokens
+of ``C`` channels, hence a fixed-size list), ``num_tokens: int32``, ``dim: int32``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -113,9 +115,36 @@ def run_cpi(
 
 # ----------------------------------------------------------------------------- Parquet shards
 
+PROGRESS_NAME = "shards.json"
 
-def _shard_path(out_dir: Path, shard: int) -> Path:
-    return out_dir / f"tokens-{shard:05d}.parquet"
+
+def _shard_path(out_dir: Path, shard: int, stage: str) -> Path:
+    return out_dir / f"tokens-{shard:05d}-{stage}.parquet"
+
+
+def _shard_done(out_dir: Path, shard: int, stages: list[str]) -> bool:
+    return all(_shard_path(out_dir, shard, stage).is_file() for stage in stages)
+
+
+def _prepare_out_dir(out_dir: Path, fingerprint: dict) -> None:
+    """Keep finished shards only if they were written for the same inputs (resume), else clear them.
+
+    Without this, a re-run with another ``tokens_per_image`` or backbone would silently mix old
+    and new shards.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = out_dir / PROGRESS_NAME
+    if progress.is_file() and json.loads(progress.read_text()) == fingerprint:
+        return
+    stale = sorted(out_dir.glob("tokens-*.parquet"))
+    if stale:
+        log.warning("features: %d shards in %s were written for other inputs; rewriting them", len(stale), out_dir)
+        for path in stale:
+            path.unlink()
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    tmp = progress.with_name(progress.name + ".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2))
+    os.replace(tmp, progress)
 
 
 def write_token_shards(
@@ -124,32 +153,47 @@ def write_token_shards(
     out_dir: Path,
     cfg: ExtractConfig,
     device: torch.device,
+    inputs_fingerprint: str = "",
 ) -> dict:
-    """Write shards ``tokens-00000.parquet``...; finished shards are kept (resume)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``tokens-<shard>-<stage>.parquet`` files; finished shards are kept (resume).
+
+    ``inputs_fingerprint``: identifies the backbone weights and transform (e.g. a hash of the
+    backbone config, seed and image size); shards written for another fingerprint, config or
+    image list are discarded instead of reused.
+    """
+    out_dir = Path(out_dir)
     n_images = len(dataset) if not cfg.max_images else min(cfg.max_images, len(dataset))
     n_shards = max(1, -(-n_images // cfg.shard_size))
     stages = _stage_names(backbone)
     image_ids = [r.image_id for r in dataset.records]  # type: ignore[attr-defined]
     labels = dataset.label_matrix()  # type: ignore[attr-defined]
+    ids_digest = hashlib.sha256("\n".join(image_ids[:n_images]).encode()).hexdigest()
+    _prepare_out_dir(
+        out_dir,
+        {"config": asdict(cfg), "stages": stages, "image_ids_sha256": ids_digest, "inputs": inputs_fingerprint},
+    )
     skipped = 0
     for shard in tqdm(range(n_shards), desc="token shards"):
-        path = _shard_path(out_dir, shard)
-        if path.is_file():
+        if _shard_done(out_dir, shard, stages):
             skipped += 1
             continue
         start, stop = shard * cfg.shard_size, min((shard + 1) * cfg.shard_size, n_images)
-        columns: dict[str, list] = {"image_id": [], "stage": [], "labels": [], "tokens": [], "num_tokens": [], "dim": []}
+        per_stage: dict[str, list[np.ndarray]] = {stage: [] for stage in stages}
+        indices_seen: list[np.ndarray] = []
         for indices, stage_tokens in iter_stage_tokens(backbone, dataset, cfg, device, start, stop, progress=False):
-            for s, tokens in enumerate(stage_tokens):
-                for row, idx in enumerate(indices):
-                    columns["image_id"].append(image_ids[idx])
-                    columns["stage"].append(stages[s])
-                    columns["labels"].append(np.flatnonzero(labels[idx]).astype(np.int16))
-                    columns["tokens"].append(tokens[row].astype(np.float16).ravel())
-                    columns["num_tokens"].append(tokens.shape[1])
-                    columns["dim"].append(tokens.shape[2])
-        _write_shard(path, columns)
+            indices_seen.append(indices)
+            for stage, tokens in zip(stages, stage_tokens):
+                per_stage[stage].append(tokens.astype(np.float16))
+        indices = np.concatenate(indices_seen)
+        for stage in stages:
+            tokens = np.concatenate(per_stage[stage])  # [B, n, C]
+            _write_shard(
+                _shard_path(out_dir, shard, stage),
+                stage,
+                [image_ids[i] for i in indices],
+                [np.flatnonzero(labels[i]).astype(np.int16) for i in indices],
+                tokens,
+            )
     manifest = {
         "num_images": n_images,
         "num_shards": n_shards,
@@ -158,23 +202,27 @@ def write_token_shards(
         "class_names": list(dataset.class_names),  # type: ignore[attr-defined]
         "config": asdict(cfg),
         "shards_reused": skipped,
+        "inputs": inputs_fingerprint,
     }
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    tmp = out_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out_dir / MANIFEST_NAME)
     log.info("features: %d images in %d shards (%d reused) -> %s", n_images, n_shards, skipped, out_dir)
     return manifest
 
 
-def _write_shard(path: Path, columns: dict[str, list]) -> None:
-    # One fixed-size list type per stage would be tighter; rows of several stages differ in
-    # length, so tokens use a variable list whose rows carry num_tokens x dim values.
+def _write_shard(path: Path, stage: str, image_ids: list[str], labels: list[np.ndarray], tokens: np.ndarray) -> None:
+    """One stage of one shard: every row holds the same number of tokens, hence a fixed-size list."""
+    batch, num_tokens, dim = tokens.shape
+    flat = pa.array(tokens.reshape(-1), pa.float16())
     table = pa.table(
         {
-            "image_id": pa.array(columns["image_id"], pa.string()),
-            "stage": pa.array(columns["stage"], pa.string()),
-            "labels": pa.array(columns["labels"], pa.list_(pa.int16())),
-            "tokens": pa.array(columns["tokens"], pa.list_(pa.float16())),
-            "num_tokens": pa.array(columns["num_tokens"], pa.int32()),
-            "dim": pa.array(columns["dim"], pa.int32()),
+            "image_id": pa.array(image_ids, pa.string()),
+            "stage": pa.array([stage] * batch, pa.string()),
+            "labels": pa.array(labels, pa.list_(pa.int16())),
+            "tokens": pa.FixedSizeListArray.from_arrays(flat, num_tokens * dim),
+            "num_tokens": pa.array(np.full(batch, num_tokens, dtype=np.int32)),
+            "dim": pa.array(np.full(batch, dim, dtype=np.int32)),
         }
     )
     tmp = path.with_name(path.name + ".tmp")
@@ -183,7 +231,7 @@ def _write_shard(path: Path, columns: dict[str, list]) -> None:
 
 
 def read_features_manifest(features_dir: Path) -> dict:
-    manifest_path = features_dir / MANIFEST_NAME
+    manifest_path = Path(features_dir) / MANIFEST_NAME
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} is missing: run the extract step first")
     return json.loads(manifest_path.read_text())
@@ -192,40 +240,37 @@ def read_features_manifest(features_dir: Path) -> dict:
 def iter_token_shards(features_dir: Path) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
     """Yield ``(image_positions [B], {stage: tokens [B, n, C] float32}, labels [B, num_classes])``
     shard by shard, so CPI streams over datasets larger than memory."""
+    features_dir = Path(features_dir)
     manifest = read_features_manifest(features_dir)
     num_classes = len(manifest["class_names"])
     position = 0
     for shard in range(manifest["num_shards"]):
-        path = _shard_path(features_dir, shard)
-        if not path.is_file():
-            raise FileNotFoundError(f"feature shard {path} is missing ({manifest['num_shards']} expected)")
-        table = pq.read_table(path)
-        ids = table.column("image_id").to_pylist()
-        stages = table.column("stage").to_pylist()
-        labels = table.column("labels").to_pylist()
-        num_tokens = table.column("num_tokens").to_numpy()
-        dims = table.column("dim").to_numpy()
-        flat = table.column("tokens").combine_chunks()
-        values = flat.values.to_numpy(zero_copy_only=False)
-        offsets = flat.offsets.to_numpy()
-        order: dict[str, int] = {}
+        per_stage: dict[str, torch.Tensor] = {}
+        ids: list[str] | None = None
         label_rows: list[np.ndarray] = []
-        per_stage: dict[str, list[np.ndarray]] = {s: [] for s in manifest["stages"]}
-        for row, (image_id, stage) in enumerate(zip(ids, stages)):
-            if image_id not in order:
-                order[image_id] = len(order)
-                multi_hot = np.zeros(num_classes, dtype=np.float32)
-                multi_hot[list(labels[row])] = 1.0
-                label_rows.append(multi_hot)
-            tokens = values[offsets[row] : offsets[row + 1]].reshape(num_tokens[row], dims[row])
-            per_stage[stage].append(tokens.astype(np.float32))
-        positions = np.arange(position, position + len(order))
-        position += len(order)
-        yield (
-            positions,
-            {s: torch.from_numpy(np.stack(per_stage[s])) for s in manifest["stages"]},
-            torch.from_numpy(np.stack(label_rows)),
-        )
+        for stage in manifest["stages"]:
+            path = _shard_path(features_dir, shard, stage)
+            if not path.is_file():
+                raise FileNotFoundError(f"feature shard {path} is missing ({manifest['num_shards']} shards expected)")
+            table = pq.read_table(path)
+            stage_ids = table.column("image_id").to_pylist()
+            if ids is None:
+                ids = stage_ids
+                for row_labels in table.column("labels").to_pylist():
+                    multi_hot = np.zeros(num_classes, dtype=np.float32)
+                    multi_hot[list(row_labels)] = 1.0
+                    label_rows.append(multi_hot)
+            elif stage_ids != ids:
+                raise ValueError(f"feature shard {path} lists other images than the shard's first stage")
+            num_tokens = int(table.column("num_tokens")[0].as_py())
+            dim = int(table.column("dim")[0].as_py())
+            column = table.column("tokens").combine_chunks()
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            per_stage[stage] = torch.from_numpy(values.reshape(len(stage_ids), num_tokens, dim).astype(np.float32))
+        assert ids is not None
+        positions = np.arange(position, position + len(ids))
+        position += len(ids)
+        yield positions, per_stage, torch.from_numpy(np.stack(label_rows))
 
 
 def cluster_token_shards(features_dir: Path, cpi_cfg: CPIConfig, device: torch.device | None = None) -> PrototypeBank:

@@ -180,7 +180,11 @@ def is_unreachable_error(error: BaseException) -> bool:
     try:
         import botocore.exceptions as boto_errors
 
-        transport += (boto_errors.EndpointConnectionError, boto_errors.ConnectTimeoutError, boto_errors.ReadTimeoutError)
+        transport += (
+            boto_errors.EndpointConnectionError,
+            boto_errors.ConnectTimeoutError,
+            boto_errors.ReadTimeoutError,
+        )
     except ImportError:  # pragma: no cover - botocore ships with the project
         pass
     seen: set[int] = set()
@@ -447,7 +451,8 @@ class ResilientTracker:
     # ---------------------------------------------------------------- runs
     def _new_handle(self, name: str, run_id: str | None, parent: RunHandle | None, step: str | None) -> RunHandle:
         self._local_ids += 1
-        return RunHandle(local_id=f"local-{os.getpid()}-{self._local_ids}", name=name, run_id=run_id, parent=parent, step=step)
+        local_id = f"local-{os.getpid()}-{self._local_ids}"
+        return RunHandle(local_id=local_id, name=name, run_id=run_id, parent=parent, step=step)
 
     def _ensure_experiment(self) -> str | None:
         if self.experiment_id is not None:
@@ -513,7 +518,9 @@ class ResilientTracker:
                     f"no parent run id: pass run_id, a ref_file, or set ${PARENT_RUN_ENV}"
                 )
         if run_id is not None and self.experiment_id is None:
-            run = self._guarded("resume", 0, {"run_id": run_id}, lambda: self.client.get_run(run_id), None, journal=False)
+            run = self._guarded(
+                "resume", 0, {"run_id": run_id}, lambda: self.client.get_run(run_id), None, journal=False
+            )
             if run is not None:
                 self.experiment_id = run.info.experiment_id
                 name = run.info.run_name or name

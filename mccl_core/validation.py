@@ -298,7 +298,9 @@ def _derive_rows(
         {
             ROW_NUMBER: np.arange(len(manifest), dtype=np.int64),
             "image_id": manifest["image_id"].to_numpy(dtype=object),
-            "image_path": np.array([None if _resolve(p, None) is None else str(p) for p in manifest["image_path"]], dtype=object),
+            "image_path": np.array(
+                [None if _resolve(p, None) is None else str(p) for p in manifest["image_path"]], dtype=object
+            ),
             "split": manifest["split"].to_numpy(dtype=object),
         }
     )
@@ -372,9 +374,11 @@ def _row_checks(num_classes: int, check_images: bool, limits: ImageLimits) -> li
             _Check("image_readable", "row", "the image file opens and fully decodes with PIL",
                    E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True])),
             _Check("image_width", "row", f"width in [{limits.min_side}, {limits.max_side}]",
-                   E.ExpectColumnValuesToBeBetween(column="width", min_value=limits.min_side, max_value=limits.max_side)),
+                   E.ExpectColumnValuesToBeBetween(
+                       column="width", min_value=limits.min_side, max_value=limits.max_side)),
             _Check("image_height", "row", f"height in [{limits.min_side}, {limits.max_side}]",
-                   E.ExpectColumnValuesToBeBetween(column="height", min_value=limits.min_side, max_value=limits.max_side)),
+                   E.ExpectColumnValuesToBeBetween(
+                       column="height", min_value=limits.min_side, max_value=limits.max_side)),
             _Check("image_pixels", "row", f"at most {limits.max_pixels} pixels",
                    E.ExpectColumnValuesToBeBetween(column="pixels", max_value=limits.max_pixels)),
             _Check("image_mode", "row", "PIL mode convertible to RGB",
@@ -510,7 +514,8 @@ def _problem_text(check: str, row: pd.Series, id_counts: dict[Any, int], num_cla
         side = check.removeprefix("image_")
         return f"{side} {int(row[side])} outside [{limits.min_side}, {limits.max_side}]"
     if check == "image_pixels":
-        return f"{int(row['width'])}x{int(row['height'])} = {int(row['pixels'])} pixels exceeds max_pixels {limits.max_pixels}"
+        size = f"{int(row['width'])}x{int(row['height'])} = {int(row['pixels'])} pixels"
+        return f"{size} exceeds max_pixels {limits.max_pixels}"
     if check == "image_mode":
         return f"image mode {row['mode']!r} cannot be converted to RGB"
     return f"failed check {check}"
@@ -668,14 +673,15 @@ def validate_manifest(
     class_checks = _class_checks(min_train_images_per_class)
     class_results = _run_suite(context, "train_classes", class_table, class_checks, index_column="class_name")
     class_outcome = _outcome(class_checks[0], class_results["every_class_in_train"], None)
-    missing_classes = [
-        str(entry["class_name"]) for entry in class_results["every_class_in_train"].result.get("unexpected_index_list") or []
-    ]
+    unexpected_classes = class_results["every_class_in_train"].result.get("unexpected_index_list") or []
+    missing_classes = [str(entry["class_name"]) for entry in unexpected_classes]
     class_outcome.details["missing_classes"] = missing_classes
     class_outcome.unexpected_count = len(missing_classes)
 
     outcomes = schema_outcomes + row_outcomes + [class_outcome]
-    table_problems = [f"{o.check}: {o.description} - failed" for o in row_outcomes if o.level == "table" and not o.success]
+    table_problems = [
+        f"{o.check}: {o.description} - failed" for o in row_outcomes if o.level == "table" and not o.success
+    ]
     if missing_classes:
         table_problems.append(
             f"classes with fewer than {min_train_images_per_class} valid train image(s): {missing_classes}"

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -160,7 +161,8 @@ class MlflowServer:
             "--artifacts-destination", self.artifacts_destination,
             "--host", HOST, "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip
-        self.service = ServiceProcess("mlflow server", command, self.workdir / "mlflow-server.log", server_env, self.workdir)
+        log_path = self.workdir / "mlflow-server.log"
+        self.service = ServiceProcess("mlflow server", command, log_path, server_env, self.workdir)
 
     @property
     def url(self) -> str:
@@ -228,10 +230,19 @@ class SeaweedS3:
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-            f"-filer.localSocket={self.workdir / 'filer.sock'}",
-            f"-s3.localSocket={self.workdir / 's3.sock'}",
             f"-s3.config={self.config_path}",
+            *self._socket_flags(),
         ]  # fmt: skip
+
+    def _socket_flags(self) -> list[str]:
+        """Keep weed's unix sockets in the work dir when the path fits a sun_path (108 bytes);
+        otherwise weed puts them in the temp dir, named after the ports, and ``stop`` removes them."""
+        flags = []
+        for component in ("filer", "s3"):
+            path = self.workdir / f"{component}.sock"
+            if len(str(path).encode()) < 100:
+                flags.append(f"-{component}.localSocket={path}")
+        return flags
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         import boto3
@@ -283,9 +294,9 @@ class SeaweedS3:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
-            # weed leaves gRPC unix sockets named after its ports in /tmp
+            # weed leaves unix sockets named after its ports in the temp dir
             for port in self.ports.values():
-                for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                for leftover in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                     leftover.unlink(missing_ok=True)
 
     def log_text(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +87,7 @@ def test_every_variant_trains_one_step(name, data):
     updated = model.update_prototypes(output, labels)
     health = model.prototype_health(reset=True)
     if has_mcc:
-        assert set(updated) == {"layer3", "layer4"} and updated["layer3"] > 0
+        assert set(updated) == {"layer3", "layer4"} and int(updated["layer3"]) > 0
         assert health["updates"] == 1 and "layer4/never_assigned" in health
         assert not any("prototypes" in n for n, _ in model.named_parameters())
     else:

@@ -81,7 +81,7 @@ def test_momentum_update_moves_only_present_classes():
         owners = mcc.owners(stage)
         after = mcc.prototypes(stage)
         present = (owners == 1) | (owners == 2)
-        assert updated[stage] == int(present.sum())
+        assert int(updated[stage]) == int(present.sum())
         assert torch.equal(after[~present], before[stage][~present])  # bit-identical
         assert (after[present] - before[stage][present]).norm(dim=1).min() > 1e-3
         torch.testing.assert_close(after.norm(dim=1), torch.ones(len(owners)))
@@ -189,3 +189,19 @@ def test_ddp_update_gives_identical_prototypes_equal_to_concatenated_batch(tmp_p
     assert not torch.equal(single.prototypes("layer3"), before)
     assert r0["health"] == r1["health"]
     assert r0["health"]["layer3/patches"] == single.health()["layer3/patches"]
+
+
+def test_loading_a_state_dict_refreshes_owner_map_and_health():
+    source = CompositionalClues(_bank(seed=1), momentum=0.5)
+    target = CompositionalClues(_bank(seed=2), momentum=0.5)
+    wrapper = torch.nn.ModuleDict({"clues": target})  # hooks must fire when loaded as a submodule
+    tokens, labels = _batch(7)
+    _, state = target(tokens)
+    target.update_prototypes(state, labels)
+    state_dict = source.state_dict()
+    state_dict["owners_layer3"] = state_dict["owners_layer3"].flip(0)
+    wrapper.load_state_dict({f"clues.{k}": v for k, v in state_dict.items()})
+    assert torch.equal(target.prototypes("layer3"), source.prototypes("layer3"))
+    expected = F.one_hot(state_dict["owners_layer3"], NUM_CLASSES).float()
+    assert torch.equal(target.owner_onehot_layer3, expected)
+    assert target.health()["updates"] == 0

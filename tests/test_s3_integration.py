@@ -22,6 +22,9 @@ from services import MlflowServer, SeaweedS3, venv_executable
 from mccl_core.s3 import ensure_bucket, list_keys, s3_client_from_env
 from mccl_core.tracking import ResilientTracker, TrackerConfig
 
+# servers are real processes: never let a hang block the suite
+pytestmark = pytest.mark.timeout(300)
+
 ACCESS_KEY = "mccl" + secrets.token_hex(4)
 SECRET_KEY = secrets.token_urlsafe(24)
 BUCKET = "mccl-artifacts"
@@ -81,7 +84,9 @@ def test_credentials_are_enforced(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch
         s3_client_from_env().list_objects_v2(Bucket="mccl-created")
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], log: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def _run(
+    command: list[str], cwd: Path, env: dict[str, str], log: list[str], check: bool = True
+) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     log.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
     if check and result.returncode != 0:
@@ -193,7 +198,8 @@ def test_mlflow_artifacts_and_model_on_s3(
         assert f"mlflow/{experiment_id}/{step.run_id}/artifacts/reports/report.json" in keys
         model_keys = [k for k in keys if f"/models/{info.model_id}/artifacts/" in k]
         assert {k.rsplit("/", 1)[1] for k in model_keys} >= {"MLmodel", "echo_model.py", "requirements.txt"}
-        stored = s3.client().get_object(Bucket=BUCKET, Key=f"mlflow/{experiment_id}/{step.run_id}/artifacts/reports/report.json")
+        report_key = f"mlflow/{experiment_id}/{step.run_id}/artifacts/reports/report.json"
+        stored = s3.client().get_object(Bucket=BUCKET, Key=report_key)
         assert json.loads(stored["Body"].read()) == {"f1": 0.42}
     finally:
         server.stop()

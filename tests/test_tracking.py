@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,15 +18,20 @@ from services import MlflowServer, free_ports
 from mccl_core.tracking import (
     DATA_HASH_TAG,
     GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
     PARENT_RUN_ENV,
     PARENT_RUN_TAG,
     ResilientTracker,
     TrackerConfig,
     embedded_tracking_uri,
     flatten_params,
+    git_commit,
     is_unreachable_error,
     resolve_tracking_uri,
 )
+
+# servers are real processes: never let a hang block the suite
+pytestmark = pytest.mark.timeout(300)
 
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
 
@@ -68,6 +74,10 @@ def test_flatten_params_dotted_keys() -> None:
         flatten_params([1, 2])
 
 
+def test_git_commit_outside_a_checkout(tmp_path: Path) -> None:
+    assert git_commit(tmp_path) is None
+
+
 def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
@@ -107,6 +117,11 @@ def test_server_params_metrics_artifacts_tags_round_trip(server: MlflowServer, t
     (tmp_path / "model" / "sub").mkdir()
     (tmp_path / "model" / "sub" / "cfg.yaml").write_text("a: 1\n")
     (tmp_path / "report.md").write_text("# report\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "report.md"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     config = TrackerConfig(project_dir=tmp_path, experiment_name="roundtrip", tracking_uri=server.url)
     with ResilientTracker(config) as tracker:
         parent = tracker.start_parent_run("pipeline", tags={"trigger": "test"})
@@ -127,7 +142,8 @@ def test_server_params_metrics_artifacts_tags_round_trip(server: MlflowServer, t
     client = MlflowClient(server.url)
     run = client.get_run(step.run_id)
     assert run.data.params == {"train.lr": "0.001", "train.epochs": "2", "model.backbone": "resnet18"}
-    assert [(m.step, m.value) for m in client.get_metric_history(step.run_id, "loss")] == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    history = client.get_metric_history(step.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.25)]
     assert run.data.tags["stage"] == "dev" and run.data.tags["mccl.step"] == "train"
     assert run.data.tags[PARENT_RUN_TAG] == parent.run_id and run.info.run_name == "train"
     assert run.info.status == "FINISHED"
@@ -137,8 +153,8 @@ def test_server_params_metrics_artifacts_tags_round_trip(server: MlflowServer, t
     assert Path(downloaded).read_text() == "a: 1\n"
     parent_run = client.get_run(parent.run_id)
     assert parent_run.data.tags["trigger"] == "test" and parent_run.data.tags[DATA_HASH_TAG] == "md5:abc123"
-    assert tags[DATA_HASH_TAG] == "md5:abc123"
-    assert (GIT_COMMIT_TAG in parent_run.data.tags) == (GIT_COMMIT_TAG in tags)  # tmp_path: no git checkout
+    assert tags == {GIT_COMMIT_TAG: head, GIT_DIRTY_TAG: "false", DATA_HASH_TAG: "md5:abc123"}
+    assert parent_run.data.tags[GIT_COMMIT_TAG] == head and parent_run.data.tags[GIT_DIRTY_TAG] == "false"
 
 
 def test_parent_run_passed_between_steps(server: MlflowServer, tmp_path: Path, monkeypatch) -> None:

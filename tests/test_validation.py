@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,43 @@ def test_decompression_bomb_guard_does_not_decode(images: Path) -> None:
     assert not inspection.readable and (inspection.width, inspection.height) == (400, 300)
     assert "120000 pixels exceeds max_pixels 100000" in inspection.problem
     assert inspect_image(path, ImageLimits(max_side=1000, max_pixels=200_000)).readable
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header announces width x height pixels but holds no pixel data (a bomb's shape)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_in_manifest(images: Path) -> None:
+    frame = _good_frame(images)
+    _png_header_only(images / "bomb.png", 20000, 20000)  # PIL itself refuses (> 2x its limit)
+    _png_header_only(images / "huge.png", 9000, 9000)  # under PIL's limit, over ours
+    frame = _add_row(frame, image_id="bomb", image_path="bomb.png", split="train", label_ids=[0])
+    frame = _add_row(frame, image_id="huge", image_path="huge.png", split="train", label_ids=[0])
+    with pytest.raises(DataValidationError) as caught:
+        _validate(frame, images)
+    problems = {r.image_id: r.problem for r in caught.value.report.offending}
+    assert set(problems) == {"bomb", "huge"}
+    assert problems["bomb"].startswith("decompression bomb")
+    assert "81000000 pixels exceeds max_pixels 16384 (decompression-bomb guard)" in problems["huge"]
+    assert "width 9000 outside [16, 128]" in problems["huge"]
+
+
+def test_parquet_round_trip_label_arrays(images: Path, tmp_path: Path) -> None:
+    frame = _good_frame(images)
+    frame.to_parquet(tmp_path / "manifest.parquet")
+    loaded = pd.read_parquet(tmp_path / "manifest.parquet")  # label_ids come back as numpy arrays
+    assert isinstance(loaded.loc[0, "label_ids"], np.ndarray)
+    report = _validate(loaded, images)
+    assert report.success and report.n_clean == 8
+    loaded.at[5, "label_ids"] = np.array([2, 9])
+    with pytest.raises(DataValidationError, match=r"image_id='id5'.*out of range \[0, 4\): \[9\]"):
+        _validate(loaded, images)
 
 
 def test_mode_not_allowed_is_reported(images: Path) -> None:

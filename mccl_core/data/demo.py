@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 logger = logging.getLogger(__name__)
 
 #: Bump when the rendering changes, so cached demo folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 35, 35),
@@ -89,9 +89,9 @@ def _clue_name(index: int) -> str:
 
 
 def _intent(name: str, meaning: str, clues: tuple[int, ...]) -> DemoIntent:
-    listed = [_clue_name(c) for c in clues]
+    listed = [_clue_name(c) if CLUES[c][1] == "stripes" else f"a {_clue_name(c)}" for c in clues]
     joined = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 2 else " and ".join(listed)
-    return DemoIntent(name, f"{meaning} In this synthetic demo it is shown by a {joined} appearing together.", clues)
+    return DemoIntent(name, f"{meaning} In this synthetic demo it is shown by {joined} appearing together.", clues)
 
 
 #: The 10 demo intents (index = class id). Every clue is used by exactly two intents.

@@ -102,24 +102,22 @@ class _TransientError(Exception):
     """A failure worth retrying."""
 
 
-_thread_state = threading.local()
-
-
-def _session() -> requests.Session:
-    """One ``requests.Session`` per worker thread (sessions are not guaranteed thread-safe)."""
-    session = getattr(_thread_state, "session", None)
+def _session(sessions: threading.local) -> requests.Session:
+    """The calling worker thread's ``requests.Session`` (sessions are not guaranteed thread-safe;
+    one per thread keeps connection reuse without sharing)."""
+    session = getattr(sessions, "session", None)
     if session is None:
         session = requests.Session()
-        _thread_state.session = session
+        sessions.session = session
     return session
 
 
-def _fetch_once(url: str, destination: Path, timeout_s: float) -> None:
+def _fetch_once(url: str, destination: Path, timeout_s: float, sessions: threading.local) -> None:
     """Download ``url`` to a temporary file, check it decodes, then rename it to ``destination``."""
     temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
     try:
         try:
-            with _session().get(url, stream=True, timeout=timeout_s) as response:
+            with _session(sessions).get(url, stream=True, timeout=timeout_s) as response:
                 if response.status_code in RETRYABLE_STATUS:
                     raise _TransientError(f"HTTP {response.status_code}")
                 if response.status_code != 200:
@@ -147,12 +145,14 @@ def _fetch_once(url: str, destination: Path, timeout_s: float) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _download_one(image_id: str, url: str, destination: Path, cfg: DownloadConfig) -> DownloadFailure | None:
+def _download_one(
+    image_id: str, url: str, destination: Path, cfg: DownloadConfig, sessions: threading.local
+) -> DownloadFailure | None:
     attempts = 0
     while True:
         attempts += 1
         try:
-            _fetch_once(url, destination, cfg.timeout_s)
+            _fetch_once(url, destination, cfg.timeout_s, sessions)
             return None
         except _PermanentError as error:
             return DownloadFailure(image_id, url, str(destination), str(error), attempts)
@@ -216,11 +216,14 @@ def download_intentonomy(annotation_files: list[Path], root: Path, cfg: Download
     logger.info(
         "intentonomy download: %d images, %d already present, %d to fetch", report.total, report.skipped, len(todo)
     )
+    sessions = threading.local()  # one HTTP session per worker thread, dropped with this call
     with (
         ThreadPoolExecutor(max_workers=cfg.workers) as pool,
         tqdm(total=len(todo), desc="download", unit="img", disable=not cfg.show_progress) as bar,
     ):
-        futures = [pool.submit(_download_one, image_id, url, destination, cfg) for image_id, url, destination in todo]
+        futures = [
+            pool.submit(_download_one, image_id, url, destination, cfg, sessions) for image_id, url, destination in todo
+        ]
         for future in as_completed(futures):
             failure = future.result()
             if failure is None:

@@ -20,12 +20,14 @@ clear exception, and each silent-but-legitimate conversion is a logged, document
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -108,6 +110,22 @@ def load_rgb_image(
     return _load_rgb_with_mode(Path(path), max_pixels, image_id)[0]
 
 
+def load_rgb_image_bytes(
+    data: bytes, *, source: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS, image_id: str | None = None
+) -> Image.Image:
+    """:func:`load_rgb_image` for encoded image bytes already in memory (an upload, a request body).
+
+    Same checks, conversions and errors as for a file, so a served model sees exactly the pixels
+    training saw for the same JPEG/PNG. ``source`` names the bytes in errors (e.g. ``"request row 3"``).
+
+    Raises:
+        ImageLoadError: empty, non-image, corrupt, truncated or too large data.
+    """
+    if not data:
+        raise ImageLoadError(source, "zero-byte image data", image_id)
+    return _decode_rgb(io.BytesIO(data), Path(source), max_pixels, image_id)[0]
+
+
 def _load_rgb_with_mode(path: Path, max_pixels: int | None, image_id: str | None) -> tuple[Image.Image, str]:
     """:func:`load_rgb_image` plus the file's original PIL mode (for conversion summaries)."""
     if not path.exists():
@@ -116,11 +134,18 @@ def _load_rgb_with_mode(path: Path, max_pixels: int | None, image_id: str | None
         raise ImageLoadError(path, "not a regular file", image_id)
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "zero-byte file", image_id)
+    return _decode_rgb(path, path, max_pixels, image_id)
+
+
+def _decode_rgb(
+    source: Path | BinaryIO, path: Path, max_pixels: int | None, image_id: str | None
+) -> tuple[Image.Image, str]:
+    """Decode ``source`` (a file or a binary stream; ``path`` names it in errors) to RGB + source mode."""
     try:
         with warnings.catch_warnings():
             # We enforce our own (configurable) limit below; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 width, height = opened.size
                 source_mode = opened.mode
                 if max_pixels is not None and width * height > max_pixels:

@@ -91,8 +91,10 @@ def _lloyd(points: Tensor, centroids: Tensor, iters: int, tol: float) -> KMeansR
     for iteration in range(1, iters + 1):
         sims = points @ centroids.T
         best_sim, labels = sims.max(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
-        counts = torch.bincount(labels, minlength=k)
+        # one-hot matmul instead of index_add_/bincount: deterministic on CUDA as well
+        membership = F.one_hot(labels, k).to(points.dtype)  # [N, k]
+        sums = membership.T @ points
+        counts = membership.sum(dim=0)
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:
             # Re-seed each empty cluster with a distinct, currently worst-served point.

@@ -141,8 +141,9 @@ class CompositionalClues(nn.Module):
 
     # -- online clustering update -----------------------------------------------------------
     @torch.no_grad()
-    def update_prototypes(self, state: ClueState, labels: Tensor) -> dict[str, int]:
-        """Momentum update from one batch; returns per-stage number of prototypes updated.
+    def update_prototypes(self, state: ClueState, labels: Tensor) -> dict[str, Tensor]:
+        """Momentum update from one batch; returns per stage the number of prototypes updated
+        as a 0-d tensor (left on the device: no host sync in the training step).
 
         ``labels``: ``[B, num_classes]`` multi-hot or soft (an image carries c when > 0).
         Prototypes whose owner class is absent from the (global) batch stay bit-identical.
@@ -172,20 +173,24 @@ class CompositionalClues(nn.Module):
                 sums = weighted.T @ x.flatten(0, 1)  # [K, C]
                 counts = owner_present.sum(0)  # images carrying the owner class
                 usage = a.sum(dim=(0, 1))  # [K]
-                hits = torch.bincount(a.argmax(dim=-1).flatten(), minlength=k).float()
-                patches = torch.tensor([float(a.shape[0] * a.shape[1])], device=device)
+                # argmax hits via comparison with the row max (deterministic on CUDA, no scatter)
+                hits = (a >= a.amax(dim=-1, keepdim=True)).sum(dim=(0, 1)).float()
+                # new_full is a device fill; torch.tensor(..., device=cuda) would be a blocking copy
+                patches = a.new_full((1,), float(a.shape[0] * a.shape[1]))
                 packed += [sums.flatten(), counts, usage, hits, patches]
                 shapes.append((k, c))
             flat = torch.cat(packed)
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
 
-            updated: dict[str, int] = {}
+            updated: dict[str, Tensor] = {}
             offset = 0
             for i, (stage, (k, c)) in enumerate(zip(self.stages, shapes)):
                 sums = flat[offset : offset + k * c].view(k, c)
                 offset += k * c
-                counts, usage, hits = flat[offset : offset + k], flat[offset + k : offset + 2 * k], flat[offset + 2 * k : offset + 3 * k]
+                counts = flat[offset : offset + k]
+                usage = flat[offset + k : offset + 2 * k]
+                hits = flat[offset + 2 * k : offset + 3 * k]
                 offset += 3 * k
                 patches = flat[offset]
                 offset += 1
@@ -196,7 +201,7 @@ class CompositionalClues(nn.Module):
                 means = sums / norms.clamp_min(1e-12)
                 moved = F.normalize(self.momentum * protos + (1.0 - self.momentum) * means, dim=1)
                 protos.copy_(torch.where(present[:, None], moved, protos))
-                updated[stage] = int(present.sum())
+                updated[stage] = present.sum()
 
                 getattr(self, f"usage_sum_{stage}").add_(usage.double())
                 getattr(self, f"argmax_hits_{stage}").add_(hits.double())
@@ -234,7 +239,8 @@ class CompositionalClues(nn.Module):
             report[f"{stage}/prototypes"] = float(k)
             report[f"{stage}/usage_entropy"] = entropy
             report[f"{stage}/usage_entropy_norm"] = entropy / math.log(k) if k > 1 else math.nan
-            report[f"{stage}/never_assigned"] = float((getattr(self, f"argmax_hits_{stage}") == 0).sum()) if patches > 0 else math.nan
+            hits = getattr(self, f"argmax_hits_{stage}")
+            report[f"{stage}/never_assigned"] = float((hits == 0).sum()) if patches > 0 else math.nan
             report[f"{stage}/mean_drift"] = float(drift.mean())
             report[f"{stage}/max_drift"] = float(drift.max())
             report[f"{stage}/patches"] = patches

@@ -97,8 +97,9 @@ class MCCLModel(nn.Module):
         return self.loss_fn(output.logits, labels)
 
     @torch.no_grad()
-    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, int]:
-        """Momentum prototype update after the optimiser step; returns prototypes updated per stage."""
+    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, Tensor]:
+        """Momentum prototype update after the optimiser step; returns the number of prototypes
+        updated per stage (0-d device tensors, so the step needs no host sync)."""
         if self.clues is None:
             return {}
         if output.clue_state is None:
@@ -130,7 +131,7 @@ class BaselineModel(nn.Module):
     def loss(self, output: ModelOutput, labels: Tensor) -> Tensor:
         return self.loss_fn(output.logits, labels)
 
-    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, int]:
+    def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, Tensor]:
         return {}
 
     def prototype_health(self, reset: bool = False) -> dict[str, float]:

@@ -37,7 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-embeddings", type=Path, help="label embedding cache (.npz)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--summary-json", type=Path, help="write the final epoch's metrics here")
+    parser.add_argument(
+        "--mlflow-run-id",
+        help="log each epoch's metrics to this MLflow run (rank 0; store: $MLFLOW_TRACKING_URI or the embedded one)",
+    )
     return parser
+
+
+def _epoch_logger(run_id: str):
+    """(tracker, on_epoch_end) logging EpochRecord.metrics() at step = epoch; never fails training."""
+    from mccl_core.tracking import ResilientTracker
+
+    tracker = ResilientTracker()
+    run = tracker.resume_parent_run(run_id=run_id)
+    return tracker, lambda record: tracker.log_metrics(record.metrics(), step=record.epoch, run=run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs = prepare_inputs(data_cfg, model_cfg, train_cfg, artifacts)
     if ctx.enabled and ctx.is_main:
         dist.barrier()
+    tracker, on_epoch_end = _epoch_logger(args.mlflow_run_id) if args.mlflow_run_id and ctx.is_main else (None, None)
     try:
-        result = train(model_cfg, train_cfg, inputs, ctx=ctx)
+        result = train(model_cfg, train_cfg, inputs, ctx=ctx, on_epoch_end=on_epoch_end)
     finally:
         shutdown_distributed()
+        if tracker is not None:
+            tracker.close()
     if ctx.is_main:
         final = result.history[-1].metrics() if result.history else {}
         if args.summary_json:

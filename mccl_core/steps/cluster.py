@@ -1,0 +1,104 @@
+"""Cluster step: CPI over the extract step's token shards, plus the PKI label-embedding cache.
+
+Outputs: ``prototypes.safetensors`` (the prototype bank training loads), the frequency-aware
+allocation table as ``allocation.csv`` and ``allocation.md``, ``label_embeddings.npz`` (the
+sentence-encoder embeddings of the class texts, so training needs no text encoder) and
+``cluster.json`` (summary / metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+
+from mccl_core.data import load_split
+from mccl_core.features import cluster_token_shards
+from mccl_core.models import ModelConfig, compute_label_embeddings, format_allocation_table, label_texts
+from mccl_core.params import dataclass_from_dict
+from mccl_core.steps.common import ValidatedData, write_json, write_text
+from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.training.distributed import resolve_device
+
+log = logging.getLogger(__name__)
+
+PROTOTYPES_FILE = "prototypes.safetensors"
+EMBEDDINGS_FILE = "label_embeddings.npz"
+ALLOCATION_CSV = "allocation.csv"
+ALLOCATION_MD = "allocation.md"
+SUMMARY_FILE = "cluster.json"
+
+
+@dataclass
+class ClusterStepConfig:
+    """The ``cluster`` section of params.yaml (CPI itself is configured in ``model.cpi``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ClusterStepConfig":
+        return dataclass_from_dict(cls, values, "params section 'cluster'")
+
+
+@dataclass
+class ClusterResult:
+    prototypes: Path
+    label_embeddings: Path
+    allocation_csv: Path
+    allocation_md: Path
+    summary: dict[str, Any]
+    mlflow_run_id: str | None
+
+
+def run_cluster(
+    cfg: ClusterStepConfig,
+    validated: ValidatedData,
+    model_cfg: ModelConfig,
+    features_dir: Path,
+    out_dir: Path,
+    tracking: TrackingOptions | None = None,
+    all_params: dict[str, Any] | None = None,
+) -> ClusterResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"cluster": asdict(cfg), "model": {"cpi": asdict(model_cfg.cpi)}}
+    with tracked_step("cluster", tracking, params, all_params, validated.data_hash) as run:
+        train = load_split(validated.data, "train")
+        embeddings_path = out_dir / EMBEDDINGS_FILE
+        embeddings = compute_label_embeddings(label_texts(train.class_names, train.class_descriptions), embeddings_path)
+
+        device = resolve_device(cfg.device)
+        bank = cluster_token_shards(Path(features_dir), model_cfg.cpi, device=device)
+        bank_path = bank.save(out_dir / PROTOTYPES_FILE)
+
+        rows = list(bank.allocation)
+        csv_path = out_dir / ALLOCATION_CSV
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["class_id", "class_name", "train_images", "prototypes"])
+            for row in rows:
+                writer.writerow([row.class_id, row.class_name, row.count, row.prototypes])
+        md_lines = ["# CPI prototype allocation", "", "| id | class | train images (n_c) | prototypes (K_c) |", "|---:|---|---:|---:|"]
+        md_lines += [f"| {r.class_id} | {r.class_name} | {r.count} | {r.prototypes} |" for r in rows]
+        md_lines += ["", f"Total prototypes per stage: {sum(r.prototypes for r in rows)}; stages: "
+                     + ", ".join(f"{s} ({bank.num_prototypes(s)} x {bank.prototypes[s].shape[1]})" for s in bank.stages)]  # fmt: skip
+        md_path = write_text(out_dir / ALLOCATION_MD, "\n".join(md_lines) + "\n")
+        log.info("CPI allocation:\n%s", format_allocation_table(rows))
+
+        summary = {
+            "classes": bank.num_classes,
+            "stages": list(bank.stages),
+            "prototypes_per_stage": {s: bank.num_prototypes(s) for s in bank.stages},
+            "total_allocated": sum(r.prototypes for r in rows),
+            "label_embedding_dim": int(embeddings.shape[1]),
+            "device": str(device),
+        }
+        write_json(out_dir / SUMMARY_FILE, summary)
+        run.log_metrics({f"cpi_prototypes_{s}": float(n) for s, n in summary["prototypes_per_stage"].items()})
+        for path in (csv_path, md_path, out_dir / SUMMARY_FILE):
+            run.log_artifact(path, "cpi")
+        return ClusterResult(bank_path, embeddings_path, csv_path, md_path, summary, run.run_id)

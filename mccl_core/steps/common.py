@@ -1,0 +1,211 @@
+"""Helpers shared by the pipeline steps: errors, JSON files, hashes, the validated-data handle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mccl_core.data import DataConfig
+
+log = logging.getLogger(__name__)
+
+#: File the validate step writes: the data config later steps must use (clean annotation files).
+VALIDATED_DATA_FILE = "validated_data.json"
+
+
+class StepError(RuntimeError):
+    """A pipeline step cannot go on; the message says why and what to fix."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON atomically (a killed step never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(f"{what} {str(path)!r} is missing: run the step that writes it first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_text(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """One SHA-256 over the names and contents of ``paths`` (order-independent)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of(payload: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (sorted keys): config fingerprints."""
+    text = json.dumps(payload, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dvc_data_hash(data_root: Path, project_dir: Path) -> str | None:
+    """The DVC hash of the dataset folder, if DVC knows it.
+
+    Looked up in ``dvc.lock`` (a stage output, e.g. the demo generator's ``data/demo``) and in
+    ``*.dvc`` files (e.g. ``data.dvc`` tracking ``data/real``). ``None`` when DVC does not track it.
+    """
+    project_dir = Path(project_dir).resolve()
+    try:
+        target = Path(data_root).resolve().relative_to(project_dir).as_posix()
+    except ValueError:
+        return None
+    candidates: list[tuple[Path, list[dict[str, Any]]]] = []
+    lock = project_dir / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            candidates.append((project_dir, stage.get("outs") or []))
+    for dvc_file in (p for p in project_dir.glob("*.dvc") if p.is_file()):
+        candidates.append((project_dir, (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []))
+    for base, outs in candidates:
+        for out in outs:
+            if (base / out.get("path", "")).resolve().relative_to(project_dir).as_posix() == target:
+                value = out.get("md5") or out.get("hash") or out.get("etag")
+                if value:
+                    return f"dvc:{value}"
+    return None
+
+
+def annotation_files(data_cfg: DataConfig, splits: Iterable[str]) -> list[Path]:
+    """The files that define the labels of ``data_cfg`` (what the data hash covers)."""
+    files: list[Path] = []
+    if data_cfg.source in ("demo", "intentonomy"):
+        files = [data_cfg.annotation_file(s) for s in splits]
+    elif data_cfg.source == "manifest":
+        from mccl_core.data.manifest import manifest_path_for_split
+
+        files = sorted({manifest_path_for_split(data_cfg.manifest, s) for s in splits})  # type: ignore[arg-type]
+        files.append(data_cfg.class_list)  # type: ignore[arg-type]
+    elif data_cfg.mdid_splits_file is not None:
+        files = [data_cfg.mdid_splits_file]
+    return [f for f in files if f is not None and Path(f).is_file()]
+
+
+@dataclass
+class ValidatedData:
+    """What the validate step hands to every later step.
+
+    ``data``: the config to load splits with (it points at the clean annotation files, so
+    quarantined records are not seen); ``source``: the configured source (``mdid`` changes the
+    evaluation protocol); ``splits``: the splits that exist; ``data_hash``: the provenance tag.
+    """
+
+    data: DataConfig
+    source: str
+    splits: list[str]
+    data_hash: str
+    counts: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data.to_dict(),
+            "source": self.source,
+            "splits": list(self.splits),
+            "data_hash": self.data_hash,
+            "counts": self.counts,
+        }
+
+    def save(self, path: Path) -> Path:
+        """Write the handle; paths inside its folder are stored relative to it (see :meth:`load`)."""
+        path = Path(path)
+        payload = self.to_dict()
+        data = payload["data"]
+        data["root"] = _maybe_relative(data["root"], path.parent)
+        data["annotations"] = {k: _maybe_relative(v, path.parent) for k, v in data["annotations"].items()}
+        for key in ("manifest", "class_list"):
+            if data.get(key):
+                data[key] = _maybe_relative(data[key], path.parent)
+        return write_json(path, payload)
+
+    @classmethod
+    def load(cls, path: Path) -> "ValidatedData":
+        """Read the validate step's handle; a folder means ``<folder>/validated_data.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / VALIDATED_DATA_FILE
+        raw = read_json(path, "validated data handle")
+        data = dict(raw["data"])
+        base = path.parent
+        # Clean annotation files are stored relative to the handle, so the folder can move
+        # (Kubeflow hands artifacts to the next step under another path).
+        data["root"] = str(_rebase(data["root"], base))
+        data["annotations"] = {k: str(_rebase(v, base)) for k, v in (data.get("annotations") or {}).items()}
+        for key in ("manifest", "class_list"):
+            if data.get(key):
+                data[key] = str(_rebase(data[key], base))
+        return cls(
+            data=DataConfig.from_dict(data),
+            source=str(raw["source"]),
+            splits=list(raw["splits"]),
+            data_hash=str(raw["data_hash"]),
+            counts=dict(raw.get("counts") or {}),
+        )
+
+
+HANDLE_PREFIX = "@handle/"
+
+
+def _rebase(value: str, base: Path) -> Path:
+    return base / value[len(HANDLE_PREFIX):] if str(value).startswith(HANDLE_PREFIX) else Path(value)
+
+
+def _maybe_relative(value: str, handle_dir: Path) -> str:
+    """``@handle/<rel>`` for a path inside the validated-data folder, else the path unchanged.
+
+    Clean annotation files (and, under Kubeflow, the demo images) live in the validate step's
+    output folder, which the next step receives under another path.
+    """
+    try:
+        relative = Path(value).resolve().relative_to(Path(handle_dir).resolve())
+    except ValueError:
+        return str(value)
+    return HANDLE_PREFIX + relative.as_posix()
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log format of every step CLI (library code only uses ``logging``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

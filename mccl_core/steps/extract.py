@@ -1,0 +1,113 @@
+"""Extract step: backbone patch tokens of the training images -> Parquet shards (for CPI).
+
+CPI clusters tokens of the backbone *as it stands before training*; this step therefore also
+saves that backbone's state dict (``backbone_init.pt``), and the train step starts from exactly
+these weights, so prototypes and backbone match. Shards are resumable (finished shards are kept
+when the inputs are unchanged; see :func:`mccl_core.features.write_token_shards`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mccl_core.data import build_transforms, load_split
+from mccl_core.features import ExtractConfig, write_token_shards
+from mccl_core.models import ModelConfig
+from mccl_core.params import dataclass_from_dict
+from mccl_core.steps.common import ValidatedData, sha256_of, write_json
+from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.training.distributed import resolve_device
+from mccl_core.training.run import initial_backbone
+
+log = logging.getLogger(__name__)
+
+BACKBONE_INIT_FILE = "backbone_init.pt"
+FEATURES_DIR = "features"
+SUMMARY_FILE = "extract.json"
+
+
+@dataclass
+class ExtractStepConfig:
+    """The ``extract`` section of params.yaml (``device`` is a run setting, the rest the shards)."""
+
+    batch_size: int = 32
+    tokens_per_image: int = 64
+    shard_size: int = 512
+    max_images: int = 0
+    seed: int = 0
+    num_workers: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExtractStepConfig":
+        return dataclass_from_dict(cls, values, "params section 'extract'")
+
+    def extract_config(self) -> ExtractConfig:
+        values = asdict(self)
+        values.pop("device")
+        return ExtractConfig(**values)
+
+
+@dataclass
+class ExtractResult:
+    features_dir: Path
+    backbone_init: Path
+    summary: dict[str, Any]
+    mlflow_run_id: str | None
+
+
+def run_extract(
+    cfg: ExtractStepConfig,
+    validated: ValidatedData,
+    model_cfg: ModelConfig,
+    image_size: int,
+    seed: int,
+    out_dir: Path,
+    tracking: TrackingOptions | None = None,
+    all_params: dict[str, Any] | None = None,
+) -> ExtractResult:
+    """Save the initial backbone and write token shards of the validated training images.
+
+    ``image_size`` and ``seed`` are the train section's: tokens must come from the images as
+    training sees them at evaluation resolution, and from the backbone training starts from.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"extract": asdict(cfg), "model": {"backbone": asdict(model_cfg.backbone)},
+              "train": {"image_size": image_size, "seed": seed}}  # fmt: skip
+    with tracked_step("extract", tracking, params, all_params, validated.data_hash) as run:
+        backbone = initial_backbone(model_cfg, seed)
+        init_path = out_dir / BACKBONE_INIT_FILE
+        tmp = init_path.with_name(init_path.name + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, tmp)
+        os.replace(tmp, init_path)
+
+        dataset = load_split(validated.data, "train", transform=build_transforms(image_size, train=False))
+        device = resolve_device(cfg.device)
+        fingerprint = sha256_of(
+            {"backbone": asdict(model_cfg.backbone), "seed": seed, "image_size": image_size, "data": validated.data_hash}
+        )
+        manifest = write_token_shards(
+            backbone, dataset, out_dir / FEATURES_DIR, cfg.extract_config(), device, inputs_fingerprint=fingerprint
+        )
+        summary = {
+            "images": manifest["num_images"],
+            "shards": manifest["num_shards"],
+            "shards_reused": manifest["shards_reused"],
+            "stages": manifest["stages"],
+            "stage_channels": manifest["stage_channels"],
+            "tokens_per_image": cfg.tokens_per_image,
+            "image_size": image_size,
+            "device": str(device),
+        }
+        write_json(out_dir / SUMMARY_FILE, summary)
+        run.log_metrics({"extract_images": manifest["num_images"], "extract_shards": manifest["num_shards"],
+                         "extract_shards_reused": manifest["shards_reused"]})  # fmt: skip
+        run.log_artifact(out_dir / SUMMARY_FILE, "extract")
+        return ExtractResult(out_dir / FEATURES_DIR, init_path, summary, run.run_id)

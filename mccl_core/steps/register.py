@@ -1,0 +1,153 @@
+"""Register step: the evaluated model into the MLflow model registry; ``champion`` only if better.
+
+The model is logged as an MLflow pyfunc model (``mccl_core.serving.log_pyfunc_model``, with the
+threshold the evaluate step chose on val) and registered as a new version of
+``register.model_name``. ``mccl_core.serving.promote_if_better`` then moves the alias (default
+``champion``) to it only when its test macro-F1 beats the current champion's; otherwise the
+version stays a candidate and the decision file says why.
+
+Unlike the other steps, this one cannot work without the tracking server: the registry *is* the
+output. An unreachable server therefore fails the step with a clear message. This is also the
+pipeline's last step, so it ends the pipeline's parent MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mccl_core.params import dataclass_from_dict
+from mccl_core.steps.common import StepError, read_json, write_json
+from mccl_core.steps.tracking import TrackingOptions, finish_parent_run, tracked_step
+from mccl_core.tracking import is_unreachable_error, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+DECISION_FILE = "register.json"
+
+
+@dataclass
+class RegisterConfig:
+    """The ``register`` section of params.yaml."""
+
+    model_name: str = "mccl-intent"
+    alias: str = "champion"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RegisterConfig":
+        return dataclass_from_dict(cls, values, "params section 'register'")
+
+
+@dataclass
+class RegisterResult:
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    decision: dict[str, Any]
+    decision_path: Path
+    mlflow_run_id: str | None
+
+
+@contextmanager
+def _short_http_timeouts() -> Iterator[None]:
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    saved = {n: os.environ.get(n) for n in names}
+    for name, value in names.items():
+        os.environ.setdefault(name, value)
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
+
+
+def check_registry(tracking_uri: str) -> None:
+    """Raise :class:`StepError` when the model registry at ``tracking_uri`` cannot be used."""
+    from mlflow import MlflowClient
+
+    try:
+        with _short_http_timeouts():
+            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_registered_models(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure here means "cannot register"
+        why = "is unreachable" if is_unreachable_error(error) else "cannot be used"
+        raise StepError(
+            f"the MLflow model registry at {tracking_uri} {why} ({type(error).__name__}: {str(error)[:300]}); "
+            "the register step needs it. Start the tracking server or point MLFLOW_TRACKING_URI at a "
+            "reachable one, then re-run the step (the model bundle and metrics are kept)."
+        ) from error
+
+
+def run_register(
+    cfg: RegisterConfig,
+    model_dir: Path,
+    evaluation_metrics: Path,
+    out_dir: Path,
+    tracking: TrackingOptions,
+    all_params: dict[str, Any] | None = None,
+    data_hash: str | None = None,
+) -> RegisterResult:
+    if tracking is None or not tracking.enabled:
+        raise StepError("the register step needs MLflow tracking (tracking is disabled)")
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mccl_core.serving import log_pyfunc_model, promote_if_better
+
+    metrics = read_json(Path(evaluation_metrics), "evaluation metrics")
+    threshold = float(metrics["threshold"])
+    score = float(metrics["selection_score"])
+    uri = resolve_tracking_uri(Path(tracking.project_dir), tracking.tracking_uri)
+    check_registry(uri)
+    out_dir = Path(out_dir)
+    with tracked_step("register", tracking, {"register": asdict(cfg)}, all_params, data_hash) as run:
+        if run.run_id is None:
+            raise StepError(f"could not create an MLflow run at {uri}; the register step needs the tracking server")
+        previous_uri = mlflow.get_tracking_uri()
+        previous_registry = mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            with _short_http_timeouts(), mlflow.start_run(run_id=run.run_id):
+                info = log_pyfunc_model(Path(model_dir), threshold, registered_model_name=cfg.model_name)
+            version = str(info.registered_model_version)
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            decision = promote_if_better(client, cfg.model_name, version, score, alias=cfg.alias)
+        except StepError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            if is_unreachable_error(error):
+                raise StepError(f"the MLflow registry at {uri} became unreachable while registering: {error}") from error
+            raise
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            mlflow.set_registry_uri(previous_registry)
+        payload = {
+            "model_name": cfg.model_name,
+            "alias": cfg.alias,
+            "version": version,
+            "threshold": threshold,
+            "test_macro_f1": score,
+            "promoted": bool(decision.promoted),
+            "champion_version": decision.champion_version,
+            "champion_score": decision.champion_score,
+            "reason": decision.reason,
+            "model_uri": info.model_uri,
+            "mlflow_run_id": run.run_id,
+        }
+        decision_path = write_json(out_dir / DECISION_FILE, payload)
+        run.set_tags({"mccl.registered_version": version, "mccl.promoted": str(bool(decision.promoted)).lower()})
+        run.log_metrics({"registered_test_macro_f1": score, "promoted": float(bool(decision.promoted))})
+        run.log_artifact(decision_path, "registry")
+        status = f"promoted to @{cfg.alias}" if decision.promoted else f"kept as a candidate (not @{cfg.alias})"
+        log.info("%s version %s %s: %s", cfg.model_name, version, status, decision.reason)
+        finish_parent_run(run)
+        return RegisterResult(cfg.model_name, version, bool(decision.promoted), decision.reason, payload, decision_path, run.run_id)

@@ -1,0 +1,206 @@
+"""MLflow layout of a pipeline execution: one parent run, one nested run per step.
+
+How steps find the parent run (they are separate processes, possibly separate containers):
+
+* **Kubeflow**: the parent's id is passed along explicitly (``TrackingOptions.parent_run_id``).
+* **DVC / CLI**: a run-reference file (``outputs/mlflow_run.json``). The first step of a
+  ``dvc repro`` finds no *open* parent there, creates one and writes the file; later steps attach
+  to it; the register step (the last one) ends it. A repro that was killed leaves its parent
+  open, so the re-run continues logging into the same parent run.
+* ``$MCCL_MLFLOW_PARENT_RUN_ID`` overrides both (an outer orchestrator owns the parent).
+
+Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in the project
+folder (see :mod:`mccl_core.tracking`). An unreachable server never fails a step (the tracker
+journals what was not logged and the step reports it), except the register step, which needs
+the model registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mccl_core.params import flatten
+from mccl_core.tracking import (
+    PARENT_RUN_ENV,
+    PARENT_RUN_TAG,
+    ResilientTracker,
+    RunHandle,
+    TrackerConfig,
+    is_unreachable_error,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_REF = Path("outputs") / "mlflow_run.json"
+PIPELINE_RUN_NAME = "pipeline"
+
+
+@dataclass
+class TrackingOptions:
+    """Where a step logs. ``enabled=False`` logs nothing (unit tests of the step logic)."""
+
+    enabled: bool = True
+    project_dir: Path = field(default_factory=Path.cwd)
+    experiment: str = "mccl"
+    #: ``None``: ``$MLFLOW_TRACKING_URI`` or the embedded SQLite store under ``project_dir``.
+    tracking_uri: str | None = None
+    #: Explicit parent run id (Kubeflow); wins over ``run_ref``.
+    parent_run_id: str | None = None
+    #: Run-reference file shared by the steps of one ``dvc repro`` (see the module docstring).
+    run_ref: Path | None = None
+    #: Create a parent when ``run_ref`` holds no open one (False: log the step run alone).
+    create_parent: bool = True
+    #: Always start a new parent run (Kubeflow: the first uncached step starts it).
+    start_parent: bool = False
+    run_name: str = PIPELINE_RUN_NAME
+
+    def tracker_config(self) -> TrackerConfig:
+        return TrackerConfig(
+            project_dir=Path(self.project_dir), experiment_name=self.experiment, tracking_uri=self.tracking_uri
+        )
+
+
+@dataclass
+class StepTracking:
+    """What a step body gets: the tracker, its own run and the pipeline's parent run."""
+
+    tracker: ResilientTracker | None
+    run: RunHandle | None
+    parent: RunHandle | None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run is not None else None
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.parent.run_id if self.parent is not None else None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.tracker is not None and self.run is not None:
+            self.tracker.log_metrics(metrics, step=step, run=self.run)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.tracker is not None and self.run is not None:
+            self.tracker.log_params(params, run=self.run)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.tracker is not None and self.run is not None:
+            self.tracker.set_tags(tags, run=self.run)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.tracker is not None and self.run is not None and Path(path).is_file():
+            self.tracker.log_artifact(Path(path), artifact_path, run=self.run)
+
+    def not_logged(self) -> dict[str, Any]:
+        return self.tracker.not_logged.to_dict() if self.tracker is not None else {"counts": {}, "total": 0}
+
+
+def _parent_is_open(tracker: ResilientTracker, run_id: str) -> bool:
+    """True when ``run_id`` is still RUNNING (an unreachable server counts as open: keep using it)."""
+    try:
+        return tracker.client.get_run(run_id).info.status == "RUNNING"
+    except Exception as error:  # noqa: BLE001 - classify, re-raise programming errors
+        if tracker.is_server and is_unreachable_error(error):
+            return True
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(error, MlflowException):  # deleted run, other store: start a new parent
+            log.info("parent run %s is not usable (%s); starting a new one", run_id, error)
+            return False
+        raise
+
+
+def _resolve_parent(
+    tracker: ResilientTracker, options: TrackingOptions, params: Mapping[str, Any] | None
+) -> RunHandle | None:
+    run_id = options.parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    if run_id:
+        return tracker.resume_parent_run(run_id=run_id)
+    ref = options.run_ref
+    if ref is not None and Path(ref).is_file():
+        import json
+
+        reference = json.loads(Path(ref).read_text(encoding="utf-8"))
+        same_store = reference.get("tracking_uri") == tracker.tracking_uri
+        if reference.get("run_id") and same_store and _parent_is_open(tracker, reference["run_id"]):
+            return tracker.resume_parent_run(ref_file=Path(ref))
+    if not options.start_parent and (ref is None or not options.create_parent):
+        return None
+    parent = tracker.start_parent_run(options.run_name, tags={"mccl.pipeline": "kubeflow" if options.start_parent else "dvc"})
+    if params:
+        tracker.log_params(dict(flatten(dict(params))), run=parent)
+    if ref is not None:
+        tracker.write_run_ref(Path(ref), parent)
+    # The parent stays RUNNING when this step's tracker closes: the register step ends it.
+    parent.ended = True
+    log.info("MLflow parent run %s started (reference: %s)", parent.run_id, ref)
+    return parent
+
+
+@contextmanager
+def tracked_step(
+    step: str,
+    options: TrackingOptions | None,
+    params: Mapping[str, Any] | None = None,
+    all_params: Mapping[str, Any] | None = None,
+    data_hash: str | None = None,
+) -> Iterator[StepTracking]:
+    """Nested MLflow run for ``step`` under the pipeline's parent run.
+
+    ``params``: the step's params sections (logged flattened with dotted names, e.g.
+    ``train.lr``); ``all_params``: the whole params file, logged on a parent this call creates.
+    The run ends FAILED when the block raises.
+    """
+    if options is None or not options.enabled:
+        yield StepTracking(None, None, None)
+        return
+    with ResilientTracker(options.tracker_config()) as tracker:
+        parent = _resolve_parent(tracker, options, all_params)
+        with tracker.step_run(step, parent=parent) as run:
+            if params:
+                tracker.log_params(dict(flatten(dict(params))), run=run)
+            tracker.set_provenance_tags(data_hash, run=run)
+            yield StepTracking(tracker, run, parent)
+        summary = tracker.not_logged
+        if summary:
+            log.warning("step %s: %s", step, summary.describe())
+
+
+def finish_parent_run(tracking: StepTracking, status: str = "FINISHED") -> None:
+    """End the pipeline's parent run (the last step does this)."""
+    if tracking.tracker is None or tracking.parent is None or tracking.parent.run_id is None:
+        return
+    tracking.parent.ended = False
+    tracking.tracker.end_run(tracking.parent, status=status)  # type: ignore[arg-type]
+
+
+def adopt_runs(tracking: StepTracking, run_ids: list[str]) -> list[str]:
+    """Nest earlier step runs that were created without a parent under this pipeline's parent.
+
+    Kubeflow caches the data steps (validate/extract/cluster), which therefore cannot take the
+    parent run id as an input; the first uncached step adopts the runs they created in this
+    pipeline execution. A run that already has a parent (e.g. from a cached execution) is left
+    alone. Returns the adopted ids.
+    """
+    if tracking.tracker is None or tracking.parent_run_id is None:
+        return []
+    adopted = []
+    for run_id in [r for r in run_ids if r]:
+        try:
+            run = tracking.tracker.client.get_run(run_id)
+        except Exception as error:  # noqa: BLE001
+            log.warning("cannot adopt step run %s: %s", run_id, error)
+            continue
+        if PARENT_RUN_TAG in run.data.tags:
+            continue
+        handle = RunHandle(local_id=f"adopt-{run_id}", name=run.info.run_name or run_id, run_id=run_id, ended=True)
+        tracking.tracker.set_tags({PARENT_RUN_TAG: tracking.parent_run_id}, run=handle)
+        adopted.append(run_id)
+    return adopted

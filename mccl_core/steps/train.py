@@ -1,0 +1,210 @@
+"""Train step: launches the training loop through ``torchrun`` and resumes after a crash.
+
+The loop itself (:mod:`mccl_core.training`) runs in child processes started by
+``python -m torch.distributed.run`` (torchrun) with ``launch.nproc_per_node`` processes (one per
+GPU; on CPU, Gloo). The step:
+
+* writes the *resolved* params the loop reads (validated data config, model, train with the
+  output folder) - also logged to MLflow as the run's resolved config;
+* keeps ``<out>/checkpoints/last.pt`` between runs, so re-running after a crash (or a killed
+  ``dvc repro``) continues from the last finished epoch. A checkpoint written for other inputs
+  (another config, other prototypes or data) is moved aside instead of resumed - resuming it
+  would silently train the wrong model;
+* passes its MLflow run id to the loop, which logs every epoch's metrics live (rank 0); epochs
+  finished before a crash are back-filled from the history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mccl_core.models import ModelConfig
+from mccl_core.params import dataclass_from_dict
+from mccl_core.steps.common import StepError, ValidatedData, sha256_files, sha256_of, write_json, write_text
+from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
+from mccl_core.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+RESOLVED_PARAMS_FILE = "resolved_params.yaml"
+FINGERPRINT_FILE = "inputs.json"
+SUMMARY_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+#: Fields of TrainConfig that do not change what a resumed run computes.
+RUN_ONLY_FIELDS = ("output_dir", "resume", "num_workers", "device", "eval_every")
+
+
+@dataclass
+class LaunchConfig:
+    """The ``launch`` section: how many training processes, on how many nodes.
+
+    ``nnodes > 1`` on one machine is only meaningful with a rendezvous endpoint every node
+    reaches; on Kubernetes the Kubeflow pipeline turns it into a PyTorchJob instead.
+    """
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
+    #: Extra environment for the training processes (e.g. ``OMP_NUM_THREADS``).
+    env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ValueError(f"launch.nproc_per_node and launch.nnodes must be >= 1, got {self.nproc_per_node}, {self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("launch.nnodes > 1 needs launch.rdzv_endpoint (host:port of node 0)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "LaunchConfig":
+        return dataclass_from_dict(cls, values, "params section 'launch'")
+
+
+@dataclass
+class TrainInputsPaths:
+    prototypes: Path | None
+    backbone_init: Path | None
+    label_embeddings: Path | None
+
+
+@dataclass
+class TrainStepResult:
+    model_dir: Path
+    history: list[dict[str, Any]]
+    final_metrics: dict[str, float]
+    resumed: bool
+    mlflow_run_id: str | None
+    parent_run_id: str | None
+
+
+def torchrun_command(launch: LaunchConfig, train_args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run ... -m mccl_core.training.cli <train_args>``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.nproc_per_node)]
+    if launch.nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += ["--nnodes", str(launch.nnodes), "--node_rank", str(launch.node_rank),
+                    "--rdzv_backend", "c10d", "--rdzv_endpoint", launch.rdzv_endpoint]  # fmt: skip
+    return command + ["-m", "mccl_core.training.cli", *train_args]
+
+
+def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, validated: ValidatedData, inputs: TrainInputsPaths, launch: LaunchConfig) -> dict[str, Any]:
+    train = {k: v for k, v in train_cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
+    files = {name: sha256_files([path]) for name, path in asdict(inputs).items() if path is not None}
+    # World size matters: per-rank batches and data order change with it.
+    world = launch.nproc_per_node * launch.nnodes
+    return {"model": model_cfg.to_dict(), "train": train, "data": validated.data_hash, "inputs": files, "world_size": world}
+
+
+def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
+    """True when a checkpoint for these exact inputs exists; a foreign one is moved aside."""
+    ckpt = out_dir / CHECKPOINT_DIR / "last.pt"
+    record = out_dir / CHECKPOINT_DIR / FINGERPRINT_FILE
+    digest = sha256_of(fingerprint)
+    if ckpt.is_file():
+        previous = json.loads(record.read_text()).get("sha256") if record.is_file() else None
+        if previous == digest:
+            log.info("resuming from %s (same inputs)", ckpt)
+            return True
+        aside = ckpt.with_name("last.stale.pt")
+        os.replace(ckpt, aside)
+        log.warning("checkpoint %s was written for other inputs; moved to %s and training from scratch", ckpt, aside)
+    write_json(record, {"sha256": digest, "fingerprint": fingerprint})
+    return False
+
+
+def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
+    """Log epochs of ``history`` that this MLflow run lacks (finished before a crash)."""
+    if run.tracker is None or run.run_id is None:
+        return 0
+    from mccl_core.training.loop import EpochRecord
+
+    try:
+        logged = {m.step for m in run.tracker.client.get_metric_history(run.run_id, "train_loss")}
+    except Exception as error:  # noqa: BLE001 - an unreachable server: the tracker journals below
+        log.debug("cannot read metric history: %s", error)
+        logged = set()
+    missing = [r for r in history if int(r["epoch"]) not in logged]
+    for record in missing:
+        run.log_metrics(EpochRecord(**record).metrics(), step=int(record["epoch"]))
+    return len(missing)
+
+
+def _run_streaming(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run ``command``, echoing its output live; returns (exit code, last 400 lines)."""
+    tail: deque[str] = deque(maxlen=400)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            tail.append(line.rstrip("\n"))
+        returncode = proc.wait()
+    return returncode, list(tail)
+
+
+def run_train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    launch: LaunchConfig,
+    validated: ValidatedData,
+    inputs: TrainInputsPaths,
+    out_dir: Path,
+    tracking: TrackingOptions | None = None,
+    all_params: dict[str, Any] | None = None,
+) -> TrainStepResult:
+    """Train (or resume) under torchrun; returns the bundle folder and the per-epoch history."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg.output_dir = out_dir
+    resolved = {"data": validated.data.to_dict(), "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
+    # Absolute paths: the training processes may run in another working directory.
+    resolved["data"]["root"] = str(Path(resolved["data"]["root"]).resolve())
+    resolved["data"]["annotations"] = {k: str(Path(v).resolve()) for k, v in resolved["data"]["annotations"].items()}
+    params_path = write_text(out_dir / RESOLVED_PARAMS_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    resumable = _prepare_resume(out_dir, _fingerprint(model_cfg, train_cfg, validated, inputs, launch))
+    params = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "launch": asdict(launch)}
+
+    with tracked_step("train", tracking, params, all_params, validated.data_hash) as run:
+        run.log_artifact(params_path, "config")
+        train_args = ["--params", str(params_path), "--output-dir", str(out_dir), "--summary-json", str(out_dir / SUMMARY_FILE)]
+        for flag, path in (("--prototypes", inputs.prototypes), ("--backbone-init", inputs.backbone_init),
+                           ("--label-embeddings", inputs.label_embeddings)):  # fmt: skip
+            if path is not None:
+                train_args += [flag, str(Path(path).resolve())]
+        if not resumable:
+            train_args.append("--no-resume")
+        env = dict(os.environ)
+        env.update(launch.env or {})
+        if run.run_id is not None and run.tracker is not None:
+            train_args += ["--mlflow-run-id", run.run_id]
+            env["MLFLOW_TRACKING_URI"] = run.tracker.tracking_uri
+        command = torchrun_command(launch, train_args)
+        log.info("launching: %s", " ".join(command))
+        env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
+        returncode, output = _run_streaming(command, env)
+        if returncode != 0:
+            raise StepError(
+                f"training failed (exit code {returncode}); re-running the step resumes from "
+                f"{out_dir / CHECKPOINT_DIR / 'last.pt'} if an epoch finished. Last output:\n" + "\n".join(output[-40:])
+            )
+        history = json.loads((out_dir / HISTORY_FILE).read_text())
+        final = json.loads((out_dir / SUMMARY_FILE).read_text())
+        backfilled = _backfill_epochs(run, history)
+        if backfilled:
+            log.info("logged %d epochs finished before the restart to MLflow", backfilled)
+        run.log_artifact(out_dir / HISTORY_FILE, "train")
+        resumed = any("resumed from" in line for line in output)
+        run.set_tags({"mccl.train.resumed": str(resumed).lower()})
+        return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)

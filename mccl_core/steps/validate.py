@@ -1,0 +1,373 @@
+"""Validate step: Great Expectations over the dataset manifest and image files.
+
+Why before anything else: a corrupt JPEG, an unknown label id or a class without training images
+must stop the pipeline before any GPU time is spent, with a message that names the records.
+
+What it does:
+
+1. Builds the manifest (one row per image: ``image_id, image_path, split, label_ids``) of every
+   split. For Intentonomy-schema sources (``demo``, ``intentonomy``) the annotation files are read
+   leniently, so duplicate ids and out-of-range label ids reach the GX suite as *records* (which
+   can be quarantined); other sources go through :func:`mccl_core.data.load_split`, whose
+   annotation errors fail the step listing the records.
+2. Runs :func:`mccl_core.validation.validate_manifest` (required columns, unique ids, label ids in
+   range, every class present in train, every image readable with sane size and mode).
+3. ``policy: fail`` -> the step fails (report + summary still written). ``policy: quarantine`` ->
+   the bad records go to ``quarantine.csv`` (with the reason), are counted in the report and the
+   summary, and the step writes *clean* annotation files without them. Every later step loads the
+   data through ``validated_data.json``, which points at the clean files: quarantined records are
+   skipped everywhere, never silently.
+
+Outputs (``out_dir``): ``report.json`` (machine-readable), ``summary.md`` (human),
+``metrics.json`` (counts, for DVC), ``quarantine.csv``, ``annotations/*.json`` (clean),
+``validated_data.json`` (the handle later steps read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from mccl_core.data import AnnotationError, DataConfig, load_split
+from mccl_core.data.dataset import ProblemCollector
+from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, parse_categories, read_annotation_json
+from mccl_core.params import dataclass_from_dict
+from mccl_core.steps.common import (
+    VALIDATED_DATA_FILE,
+    StepError,
+    ValidatedData,
+    annotation_files,
+    dvc_data_hash,
+    sha256_files,
+    write_json,
+    write_text,
+)
+from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
+from mccl_core.validation import (
+    REQUIRED_COLUMNS,
+    DataValidationError,
+    ImageLimits,
+    ValidationReport,
+    validate_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+SUMMARY_FILE = "summary.md"
+METRICS_FILE = "metrics.json"
+QUARANTINE_FILE = "quarantine.csv"
+QUARANTINE_COLUMNS = [*REQUIRED_COLUMNS, "row_number", "checks", "reason"]
+
+
+@dataclass
+class ValidateConfig:
+    """The ``validate`` section of params.yaml."""
+
+    #: ``fail``: any bad record stops the pipeline; ``quarantine``: bad records are set aside.
+    policy: Literal["fail", "quarantine"] = "fail"
+    check_images: bool = True
+    min_side: int = 16
+    max_side: int = 16384
+    max_pixels: int = 89_478_485
+    min_train_images_per_class: int = 1
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("fail", "quarantine"):
+            raise ValueError(f"validate.policy must be 'fail' or 'quarantine', got {self.policy!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ValidateConfig":
+        return dataclass_from_dict(cls, values, "params section 'validate'")
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(min_side=self.min_side, max_side=self.max_side, max_pixels=self.max_pixels)
+
+
+@dataclass
+class ValidateResult:
+    validated: ValidatedData
+    report_path: Path
+    summary_path: Path
+    quarantine_path: Path
+    n_records: int
+    n_quarantined: int
+    mlflow_run_id: str | None
+
+
+def splits_of(data_cfg: DataConfig) -> list[str]:
+    """Splits the source provides (MDID has train/val per split index only)."""
+    return ["train", "val"] if data_cfg.source == "mdid" else ["train", "val", "test"]
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+@dataclass
+class _SourceRows:
+    frame: pd.DataFrame
+    class_names: list[str]
+    class_descriptions: list[str]
+    #: Intentonomy-schema documents per split (lenient path), to write the clean files from.
+    documents: dict[str, dict[str, Any]]
+
+
+def _lenient_labels(annotation: dict[str, Any]) -> Any:
+    """Label ids as written (out-of-range ids kept: GX reports them); ``None`` if unreadable."""
+    hard = annotation.get("category_ids")
+    if isinstance(hard, list):
+        return hard
+    soft = annotation.get("category_ids_softprob")
+    if isinstance(soft, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in soft):
+        return [i for i, v in enumerate(soft) if v > 0]
+    return None
+
+
+def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
+    rows: list[dict[str, Any]] = []
+    documents: dict[str, dict[str, Any]] = {}
+    names: list[str] | None = None
+    descriptions: list[str] | None = None
+    for split in splits:
+        path = data_cfg.annotation_file(split)
+        try:
+            document = read_annotation_json(path)
+        except (FileNotFoundError, ValueError) as error:
+            raise AnnotationError(str(path), [str(error)]) from error
+        problems = ProblemCollector(str(path))
+        split_names, split_descriptions = parse_categories(document.get("categories"), problems)
+        problems.raise_if_any()
+        if names is None:
+            names, descriptions = split_names, split_descriptions
+        elif split_names != names:
+            raise AnnotationError(str(path), [f"categories {split_names} differ from the train split's {names}"])
+        documents[split] = document
+        images: dict[str, str] = {}
+        for image in document.get("images") or []:
+            if isinstance(image, dict) and isinstance(image.get("id"), (str, int)) and isinstance(image.get("filename"), str):
+                images.setdefault(str(image["id"]), str(Path(data_cfg.root) / image["filename"]))
+        annotated: set[str] = set()
+        for annotation in document.get("annotations") or []:
+            raw_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+            image_id = str(raw_id) if isinstance(raw_id, (str, int)) else None
+            annotated.add(str(image_id))
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "image_path": images.get(image_id) if image_id is not None else None,
+                    "split": split,
+                    "label_ids": _lenient_labels(annotation) if isinstance(annotation, dict) else None,
+                }
+            )
+        for image_id, image_path in images.items():
+            if image_id not in annotated:  # an image nobody labelled: a record with no label list
+                rows.append({"image_id": image_id, "image_path": image_path, "split": split, "label_ids": None})
+    if descriptions is None:
+        from mccl_core.data.intentonomy import INTENTONOMY_CLASSES, intentonomy_descriptions
+
+        descriptions = intentonomy_descriptions() if tuple(names or ()) == INTENTONOMY_CLASSES else [""] * len(names or [])
+    return _SourceRows(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), list(names or []), list(descriptions), documents)
+
+
+def _loaded_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
+    rows: list[dict[str, Any]] = []
+    names: list[str] = []
+    descriptions: list[str] = []
+    for split in splits:
+        dataset = load_split(data_cfg, split)  # AnnotationError names the records
+        names, descriptions = dataset.class_names, dataset.class_descriptions
+        for record in dataset.records:
+            rows.append(
+                {"image_id": record.image_id, "image_path": str(record.image_path), "split": split,
+                 "label_ids": list(record.labels)}
+            )  # fmt: skip
+    return _SourceRows(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), names, descriptions, {})
+
+
+def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
+    """The manifest DataFrame of ``splits`` (see the module docstring for the two paths)."""
+    if data_cfg.source in ("demo", "intentonomy"):
+        return _intentonomy_rows(data_cfg, splits)
+    return _loaded_rows(data_cfg, splits)
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def _clean_documents(source: _SourceRows, report: ValidationReport, data_cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, Any]]:
+    """Intentonomy-schema documents without the quarantined records."""
+    dropped = {str(record.image_id) for record in report.offending}
+    if source.documents:
+        clean: dict[str, dict[str, Any]] = {}
+        for split, document in source.documents.items():
+            copy = dict(document)
+            copy["images"] = [i for i in document.get("images") or [] if not (isinstance(i, dict) and str(i.get("id")) in dropped)]
+            copy["annotations"] = [
+                a for a in document.get("annotations") or [] if not (isinstance(a, dict) and str(a.get("image_id")) in dropped)
+            ]
+            clean[split] = copy
+        return clean
+    # Other sources: write the loaded records in the Intentonomy schema (hard labels).
+    categories = [
+        {"id": i, "name": n, "description": d} for i, (n, d) in enumerate(zip(source.class_names, source.class_descriptions))
+    ]
+    clean = {}
+    frame = report.clean_manifest
+    for split in splits:
+        part = frame[frame["split"] == split]
+        images = [{"id": str(r.image_id), "filename": str(Path(r.image_path).resolve())} for r in part.itertuples()]
+        annotations = [
+            {"id": n, "image_id": str(r.image_id), "category_ids": [int(v) for v in r.label_ids]}
+            for n, r in enumerate(part.itertuples())
+        ]
+        clean[split] = {"categories": categories, "images": images, "annotations": annotations}
+    return clean
+
+
+def _failure_report(out_dir: Path, data_cfg: DataConfig, policy: str, message: str, problems: list[str]) -> dict[str, Any]:
+    payload = {
+        "success": False,
+        "usable": False,
+        "policy": policy,
+        "source": data_cfg.source,
+        "stage": "annotations",
+        "message": message,
+        "annotation_problems": problems,
+        "counts": {"records": 0, "clean": 0, "offending": len(problems), "quarantined": 0},
+    }
+    write_json(out_dir / REPORT_FILE, payload)
+    lines = ["# Data validation: FAILED (annotation files)", "", f"- source: `{data_cfg.source}`", "", "## Problems", ""]
+    lines += [f"- {p}" for p in problems[:50]]
+    if len(problems) > 50:
+        lines.append(f"- ... and {len(problems) - 50} more (see report.json)")
+    write_text(out_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
+    write_json(out_dir / METRICS_FILE, payload["counts"])
+    return payload
+
+
+def _empty_quarantine(path: Path) -> None:
+    write_text(path, ",".join(QUARANTINE_COLUMNS) + "\n")
+
+
+def _log_outputs(tracking: StepTracking, out_dir: Path) -> None:
+    for name in (REPORT_FILE, SUMMARY_FILE, QUARANTINE_FILE):
+        tracking.log_artifact(out_dir / name, "validation")
+
+
+def run_validate(
+    cfg: ValidateConfig,
+    data_cfg: DataConfig,
+    out_dir: Path,
+    tracking: TrackingOptions | None = None,
+    all_params: dict[str, Any] | None = None,
+    project_dir: Path | None = None,
+) -> ValidateResult:
+    """Validate the configured dataset; raise :class:`StepError` naming the bad records on failure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (QUARANTINE_FILE, VALIDATED_DATA_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+    splits = splits_of(data_cfg)
+    data_hash = dvc_data_hash(data_cfg.root, Path(project_dir or Path.cwd()))
+    if data_hash is None:
+        files = annotation_files(data_cfg, splits)
+        data_hash = f"sha256:{sha256_files(files)}" if files else "unknown"
+    params = {"data": data_cfg.to_dict(), "validate": cfg.__dict__}
+
+    with tracked_step("validate", tracking, params, all_params, data_hash) as tracking_run:
+        quarantine_path = out_dir / QUARANTINE_FILE
+        try:
+            source = build_manifest(data_cfg, splits)
+        except AnnotationError as error:
+            _failure_report(out_dir, data_cfg, cfg.policy, str(error), error.problems)
+            _empty_quarantine(quarantine_path)
+            _log_outputs(tracking_run, out_dir)
+            raise StepError(f"data validation failed: the annotation files cannot be used:\n{error}") from error
+
+        try:
+            report = validate_manifest(
+                source.frame,
+                num_classes=len(source.class_names),
+                class_names=source.class_names,
+                policy=cfg.policy,
+                check_images=cfg.check_images,
+                image_limits=cfg.limits(),
+                quarantine_path=quarantine_path,
+                min_train_images_per_class=cfg.min_train_images_per_class,
+                workers=cfg.workers,
+            )
+        except DataValidationError as error:
+            _write_report(out_dir, error.report, data_cfg, splits, data_hash)
+            if not quarantine_path.is_file():
+                _empty_quarantine(quarantine_path)
+            tracking_run.log_metrics(_metric_counts(error.report))
+            _log_outputs(tracking_run, out_dir)
+            raise StepError(f"data validation failed:\n{error}") from error
+
+        if not quarantine_path.is_file():
+            _empty_quarantine(quarantine_path)
+        documents = _clean_documents(source, report, data_cfg, splits)
+        annotations = {}
+        for split, document in documents.items():
+            path = out_dir / "annotations" / ANNOTATION_FILENAMES[split]
+            write_text(path, json.dumps(document, separators=(",", ":")) + "\n")
+            annotations[split] = path
+        clean_root = data_cfg.root if source.documents else Path("/")
+        clean_cfg = DataConfig(
+            source="demo" if data_cfg.source == "demo" else "intentonomy",
+            root=clean_root,
+            annotations=annotations,
+            max_image_pixels=data_cfg.max_image_pixels,
+        )
+        # Anything the record-level suite could not see (e.g. an image listed twice) fails here.
+        problems: list[str] = []
+        for split in splits:
+            try:
+                load_split(clean_cfg, split)
+            except AnnotationError as error:
+                problems += error.problems
+        if problems:
+            _failure_report(out_dir, data_cfg, cfg.policy, "annotation problems", problems)
+            _log_outputs(tracking_run, out_dir)
+            raise StepError(
+                "data validation failed: annotation problems:\n" + "\n".join(f"  - {p}" for p in problems[:20])
+                + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            )
+
+        counts = {**report.counts, "per_split": {s: int((report.clean_manifest["split"] == s).sum()) for s in splits}}
+        validated = ValidatedData(data=clean_cfg, source=data_cfg.source, splits=splits, data_hash=data_hash, counts=counts)
+        validated.save(out_dir / VALIDATED_DATA_FILE)
+        _write_report(out_dir, report, data_cfg, splits, data_hash)
+        tracking_run.log_metrics(_metric_counts(report))
+        _log_outputs(tracking_run, out_dir)
+        if report.n_quarantined:
+            log.warning(
+                "%d of %d records quarantined (listed with reasons in %s); later steps skip them",
+                report.n_quarantined, report.n_records, quarantine_path,
+            )  # fmt: skip
+        return ValidateResult(
+            validated=validated,
+            report_path=out_dir / REPORT_FILE,
+            summary_path=out_dir / SUMMARY_FILE,
+            quarantine_path=quarantine_path,
+            n_records=report.n_records,
+            n_quarantined=report.n_quarantined,
+            mlflow_run_id=tracking_run.run_id,
+        )
+
+
+def _metric_counts(report: ValidationReport) -> dict[str, float]:
+    return {f"validation_{k}": float(v) for k, v in report.counts.items()}
+
+
+def _write_report(out_dir: Path, report: ValidationReport, data_cfg: DataConfig, splits: list[str], data_hash: str) -> None:
+    payload = {**report.to_dict(), "source": data_cfg.source, "splits": splits, "data_hash": data_hash}
+    write_json(out_dir / REPORT_FILE, payload)
+    write_text(out_dir / SUMMARY_FILE, report.to_markdown())
+    write_json(out_dir / METRICS_FILE, {k: v for k, v in report.counts.items()})

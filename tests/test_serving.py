@@ -1,0 +1,352 @@
+"""Serving end to end: a real MLflow server (SQLite), a logged + registered + promoted pyfunc model,
+the real ``mlflow models serve`` process answering real image bytes, and its bad-request handling.
+
+The served scores are compared with the bare model (bundle + the training image loader + eval
+transform), computed here without any serving code.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import torch
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModelContext
+from PIL import Image
+from services import HOST, MlflowServer, ServiceProcess, free_ports, venv_executable
+
+from conftest import TINY_MODEL
+from mccl_core.bundle import load_bundle, read_meta
+from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_rgb_image, load_split
+from mccl_core.models import ModelConfig, load_label_embeddings
+from mccl_core.serving import (
+    BUNDLE_ARTIFACT,
+    INTENTS_COLUMN,
+    MCCLIntentModel,
+    RequestError,
+    ServingConfig,
+    build_untrained_bundle,
+    decode_base64_image,
+    log_pyfunc_model,
+    promote_if_better,
+    serving_requirements,
+    serving_signature,
+)
+
+MODEL_NAME = "mccl-intent"
+#: Small enough that a 400x400 noise JPEG (~190 KB) is refused, large enough for every test image.
+MAX_IMAGE_BYTES = 128 * 1024
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory) -> Path:
+    train = load_split(DataConfig(source="demo", root=tiny_demo), "train")
+    return build_untrained_bundle(
+        tmp_path_factory.mktemp("serving") / "bundle",
+        ModelConfig.from_dict(TINY_MODEL),
+        train.class_names,
+        load_label_embeddings(tiny_demo_label_embeddings),
+        cooccurrence_counts(train.label_matrix()),
+        image_size=32,
+        class_descriptions=train.class_descriptions,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tiny_demo, tmp_path_factory) -> list[Path]:
+    """Real files: demo JPEGs, a larger JPEG, a greyscale JPEG and an RGBA PNG (alpha over white)."""
+    folder = tmp_path_factory.mktemp("serving-images")
+    test_split = load_split(DataConfig(source="demo", root=tiny_demo), "test")
+    demo = [Path(r.image_path) for r in test_split.records[:4]]
+    source = load_rgb_image(demo[0])
+    large = folder / "large.jpg"
+    large.write_bytes(_encode(source.resize((200, 150), Image.BICUBIC), "JPEG", quality=92))
+    grey = folder / "grey.jpg"
+    grey.write_bytes(_encode(load_rgb_image(demo[1]).convert("L"), "JPEG"))
+    rgba = load_rgb_image(demo[2]).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    png = folder / "alpha.png"
+    png.write_bytes(_encode(rgba, "PNG"))
+    return [*demo, large, grey, png]
+
+
+@pytest.fixture(scope="module")
+def bare_scores(bundle, images) -> np.ndarray:
+    """Scores of the bundle's model with the training loader and eval transform, no serving code."""
+    model, meta = load_bundle(bundle)
+    transform = build_transforms(meta.image_size, train=False)
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_rgb_image(p)) for p in images])).logits
+    return torch.sigmoid(logits).numpy()
+
+
+@dataclass
+class Served:
+    url: str
+    server: MlflowServer
+    process: ServiceProcess
+    threshold: float
+    model_uri: str
+    version: str
+    class_names: list[str]
+
+
+@pytest.fixture(scope="module")
+def served(bundle, bare_scores, tmp_path_factory) -> Served:
+    workdir = tmp_path_factory.mktemp("serving-mlflow")
+    server = MlflowServer(workdir).start()
+    process = None
+    # A threshold inside the score range, so "intents" is neither always empty nor always all classes.
+    threshold = float(np.median(bare_scores))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", server.url)
+            client = MlflowClient(server.url)
+            experiment_id = client.create_experiment("serving-test")
+            with mlflow.start_run(experiment_id=experiment_id):
+                info = log_pyfunc_model(
+                    bundle, threshold, registered_model_name=MODEL_NAME,
+                    serving=ServingConfig(threshold=0.5, max_image_bytes=MAX_IMAGE_BYTES),
+                )  # fmt: skip
+            decision = promote_if_better(client, MODEL_NAME, str(info.registered_model_version), 0.5)
+            assert decision.promoted
+        port = free_ports(1)[0]
+        env = dict(os.environ)
+        env["MLFLOW_TRACKING_URI"] = server.url
+        # `mlflow models serve --env-manager local` execs `uvicorn` from PATH: the venv's bin.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        command = [
+            str(venv_executable("mlflow")), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+            "--env-manager", "local", "--host", HOST, "--port", str(port),
+        ]  # fmt: skip
+        process = ServiceProcess("mlflow models serve", command, workdir / "serve.log", env, workdir)
+        process.start()
+        url = f"http://{HOST}:{port}"
+        process.wait_until(lambda: requests.get(f"{url}/ping", timeout=2).status_code == 200, 180, "/ping")
+        yield Served(url, server, process, threshold, info.model_uri, str(info.registered_model_version),
+                     read_meta(bundle).class_names)  # fmt: skip
+    finally:
+        if process is not None:
+            process.stop()
+        server.stop()
+
+
+def _post(url: str, payload: dict | None = None, raw: str | None = None) -> requests.Response:
+    body = raw if raw is not None else json.dumps(payload)
+    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=120)
+
+
+def _split(values: list) -> dict:
+    return {"dataframe_split": {"columns": ["image"], "data": [[v] for v in values]}}
+
+
+def _check_answer(answer: list[dict], expected_scores: np.ndarray, class_names: list[str], threshold: float) -> None:
+    assert len(answer) == len(expected_scores)
+    served = np.array([[row[name] for name in class_names] for row in answer])
+    np.testing.assert_allclose(served, expected_scores, atol=1e-5, rtol=0)
+    for row, scores in zip(answer, served):
+        assert set(row) == {*class_names, INTENTS_COLUMN}
+        assert row[INTENTS_COLUMN] == [name for name, s in zip(class_names, scores) if s > threshold]
+
+
+def test_champion_serves_the_bare_models_scores_for_real_images(served, images, bare_scores):
+    # The per-image differences are far above the tolerance, so mixed-up rows would fail.
+    assert np.abs(bare_scores[0] - bare_scores[1]).max() > 100 * 1e-5
+    response = _post(served.url, _split([_b64(p.read_bytes()) for p in images]))
+    assert response.status_code == 200, response.text
+    answer = response.json()["predictions"]
+    _check_answer(answer, bare_scores, served.class_names, served.threshold)
+    counts = [len(row[INTENTS_COLUMN]) for row in answer]
+    assert sum(counts) > 0 and min(counts) < len(served.class_names), counts
+    # One image per request (records orientation, data-URL prefix): the same scores.
+    single = _post(served.url, {"dataframe_records": [{"image": "data:image/png;base64," + _b64(images[-1].read_bytes())}]})
+    assert single.status_code == 200, single.text
+    _check_answer(single.json()["predictions"], bare_scores[-1:], served.class_names, served.threshold)
+
+
+def _bomb_png() -> bytes:
+    """10000 x 9000 = 90 MP (above the 89.5 MP limit) but only ~11 KB of PNG."""
+    return _encode(Image.new("1", (10_000, 9_000)), "PNG")
+
+
+def _noise_jpeg() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    return _encode(Image.fromarray(pixels), "JPEG", quality=95)
+
+
+BAD_REQUESTS = {
+    "not_base64": (lambda good: _split(["@@@ this is not base64 @@@"]), r"row 0: not valid base64"),
+    "not_an_image": (
+        lambda good: _split([_b64(b"<html><body>404 Not Found</body></html>")]),
+        r"row 0: not a recognised image format",
+    ),
+    "truncated_jpeg_second_row": (
+        lambda good: _split([_b64(good), _b64(good[: len(good) // 2])]),
+        r"1 of 2 images rejected: row 1: corrupt or truncated image data",
+    ),
+    "empty_frame": (lambda good: _split([]), r"the request has no rows"),
+    "missing_column": (
+        lambda good: {"dataframe_split": {"columns": ["picture"], "data": [[_b64(good)]]}},
+        r"missing inputs \['image'\]",
+    ),
+    "null_value": (lambda good: {"dataframe_records": [{"image": None}]}, r"row 0: no image \(null value\)"),
+    "decompression_bomb": (
+        lambda good: _split([_b64(_bomb_png())]),
+        r"row 0: image is 10000x9000 = 90,000,000 pixels, above the limit of 89,478,485",
+    ),
+    "too_many_bytes": (lambda good: _split([_b64(_noise_jpeg())]), r"row 0: image data is 0\.2 MiB, above the limit of 0\.1 MiB"),
+    "not_json": (None, r"valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_400_with_message_and_server_keeps_serving(served, images, bare_scores, case):
+    build, message = BAD_REQUESTS[case]
+    good = images[4].read_bytes()  # the 200x150 JPEG
+    response = _post(served.url, raw="{not json") if build is None else _post(served.url, build(good))
+    assert response.status_code == 400, response.text
+    assert re.search(message, response.json()["message"]), response.text
+    assert served.process.running
+    after = _post(served.url, _split([_b64(good)]))
+    assert after.status_code == 200, after.text
+    _check_answer(after.json()["predictions"], bare_scores[4:5], served.class_names, served.threshold)
+
+
+@pytest.fixture(scope="module")
+def downloaded_model(served, tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:  # the registry URI follows the tracking URI
+        patch.setenv("MLFLOW_TRACKING_URI", served.server.url)
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{MODEL_NAME}/{served.version}", dst_path=str(tmp_path_factory.mktemp("downloaded"))
+            )
+        )
+
+
+def test_logged_model_carries_code_bundle_threshold_signature_and_pinned_requirements(served, downloaded_model):
+    mlmodel = yaml.safe_load((downloaded_model / "MLmodel").read_text())
+    pyfunc_flavor = mlmodel["flavors"]["python_function"]
+    assert pyfunc_flavor["code"] == "code"
+    assert (downloaded_model / "code" / "mccl_core" / "serving" / "pyfunc.py").is_file()
+    assert not list((downloaded_model / "code").rglob("__pycache__"))
+    assert pyfunc_flavor["config"]["threshold"] == served.threshold
+    assert pyfunc_flavor["config"]["max_image_bytes"] == MAX_IMAGE_BYTES
+    bundle_copy = downloaded_model / "artifacts" / BUNDLE_ARTIFACT
+    assert read_meta(bundle_copy).threshold == served.threshold
+    assert {p.name for p in bundle_copy.iterdir()} >= {
+        "model.pt", "bundle.json", "label_embeddings.npy", "cooccurrence.npy", "prototypes.safetensors"
+    }  # fmt: skip
+    requirements = (downloaded_model / "requirements.txt").read_text().split()
+    assert set(serving_requirements()) <= set(requirements)
+    assert any(r.startswith("mlflow==") for r in requirements)
+
+    info = mlflow.models.Model.load(str(downloaded_model / "MLmodel"))  # local file: no tracking store
+    assert info.signature == serving_signature(served.class_names)
+    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.outputs.input_names() == [*served.class_names, INTENTS_COLUMN]
+    example = json.loads((downloaded_model / "serving_input_example.json").read_text())
+    jpeg = base64.b64decode(example["dataframe_split"]["data"][0][0])
+    assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+
+def test_pyfunc_loads_where_mccl_core_is_only_in_code_paths(downloaded_model, images, bare_scores, served, tmp_path):
+    """``python -S`` skips site's .pth files, so the editable install of this project is invisible:
+    ``mccl_core`` can only come from the model's ``code/`` folder."""
+    script = f"""
+import importlib.util, json, sys, base64
+assert importlib.util.find_spec("mccl_core") is None, "mccl_core must not be importable here"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({str(downloaded_model)!r})
+paths = {[str(p) for p in images]!r}
+frame = pd.DataFrame({{"image": [base64.b64encode(open(p, "rb").read()).decode() for p in paths]}})
+answer = model.predict(frame)
+import mccl_core
+print(json.dumps({{"mccl_core": mccl_core.__file__, "answer": answer.to_dict(orient="records")}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+    result = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(output["mccl_core"]).resolve().is_relative_to((downloaded_model / "code").resolve())
+    _check_answer(output["answer"], bare_scores, served.class_names, served.threshold)
+
+
+# ---- in-process checks (no server) --------------------------------------------------------------
+
+
+def test_decode_accepts_whitespace_data_urls_and_urlsafe_base64(images):
+    config = ServingConfig(threshold=0.5)
+    raw = images[-1].read_bytes()
+    expected = np.asarray(load_rgb_image(images[-1]))
+    standard = base64.b64encode(raw).decode()
+    variants = {
+        "wrapped": "\n".join(standard[i : i + 76] for i in range(0, len(standard), 76)),
+        "data_url": "data:image/png;base64," + standard,
+        "urlsafe": base64.urlsafe_b64encode(raw).decode(),
+    }
+    for name, text in variants.items():
+        np.testing.assert_array_equal(np.asarray(decode_base64_image(text, 3, config)), expected, err_msg=name)
+    with pytest.raises(RequestError, match=r"row 3: expected a base64 string, got bytes"):
+        decode_base64_image(raw, 3, config)
+    with pytest.raises(RequestError, match=r"row 0: empty string"):
+        decode_base64_image("  ", 0, config)
+    with pytest.raises(RequestError, match=r"row 2: image is 10000x9000 = 90,000,000 pixels, above the limit of 1,000"):
+        decode_base64_image(_b64(_bomb_png()), 2, ServingConfig(threshold=0.5, max_pixels=1000))
+
+
+def test_many_bad_rows_are_all_counted_and_the_first_ten_listed(bundle, images):
+    model = MCCLIntentModel()
+    model.load_context(PythonModelContext({BUNDLE_ARTIFACT: str(bundle)}, {"threshold": 0.5, "batch_size": 2}))
+    good = _b64(images[0].read_bytes())
+    rows = [good] + ["not base64!"] * 12 + [good]
+    with pytest.raises(MlflowException, match=r"12 of 14 images rejected: row 1: .*row 10: [^;]*; \.\.\. and 2 more") as error:
+        model.predict(None, pd.DataFrame({"image": rows}))
+    assert "row 11" not in str(error.value) and error.value.get_http_status_code() == 400
+    # batch_size=2 splits 5 images into 3 forward passes; the scores do not depend on it.
+    five = pd.DataFrame({"image": [_b64(p.read_bytes()) for p in images[:5]]})
+    batched = model.predict(None, five)
+    model.config.batch_size = 32
+    np.testing.assert_allclose(batched[model.class_names].to_numpy(), model.predict(None, five)[model.class_names].to_numpy(),
+                               atol=1e-5)  # fmt: skip
+
+
+def test_config_signature_and_run_errors(bundle):
+    with pytest.raises(ValueError, match=r"threshold must be a score in \[0, 1\]"):
+        ServingConfig(threshold=1.5)
+    with pytest.raises(ValueError, match=r"unknown serving config keys \['max_px'\]"):
+        ServingConfig.from_dict({"threshold": 0.5, "max_px": 10})
+    with pytest.raises(ValueError, match="class is named 'intents'"):
+        serving_signature(["Happy", "intents"])
+    with pytest.raises(ValueError, match="class names are not unique"):
+        serving_signature(["Happy", "Happy"])
+    assert mlflow.active_run() is None
+    with pytest.raises(RuntimeError, match="inside an active run"):
+        log_pyfunc_model(bundle, 0.5)

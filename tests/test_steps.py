@@ -1,0 +1,203 @@
+"""Pipeline steps as library functions: validation (fail / quarantine), token shards, CPI, tracking."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from mccl_core.data import DataConfig, load_split
+from mccl_core.features import iter_token_shards
+from mccl_core.models import ModelConfig, PrototypeBank
+from mccl_core.steps import StepError
+from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
+from mccl_core.steps.common import ValidatedData
+from mccl_core.steps.extract import ExtractStepConfig, run_extract
+from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.steps.validate import ValidateConfig, run_validate
+
+REPO = Path(__file__).resolve().parents[1]
+NO_TRACKING = TrackingOptions(enabled=False)
+
+
+@pytest.fixture()
+def demo_copy(tiny_demo, tmp_path) -> Path:
+    root = tmp_path / "demo"
+    shutil.copytree(tiny_demo, root)
+    return root
+
+
+def _annotations(root: Path, split: str) -> dict:
+    return json.loads((root / "annotations" / f"intentonomy_{split}2020.json").read_text())
+
+
+def _break_records(root: Path) -> tuple[str, str]:
+    """Corrupt one train image file and give one val record an unknown label id."""
+    train = _annotations(root, "train")
+    corrupt_id = train["images"][5]["id"]
+    (root / train["images"][5]["filename"]).write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    val = _annotations(root, "val")
+    bad_label_id = val["annotations"][3]["image_id"]
+    val["annotations"][3]["category_ids"] = [0, 42]
+    (root / "annotations" / "intentonomy_val2020.json").write_text(json.dumps(val))
+    return corrupt_id, bad_label_id
+
+
+def test_validate_passes_and_writes_clean_handle(tiny_demo, tmp_path):
+    out = tmp_path / "validate"
+    result = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), out, NO_TRACKING)
+    assert result.n_records == 192 and result.n_quarantined == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["success"] and report["counts"]["clean"] == 192
+    assert "PASSED" in (out / "summary.md").read_text()
+    assert (out / "quarantine.csv").read_text().splitlines() == ["image_id,image_path,split,label_ids,row_number,checks,reason"]
+    handle = ValidatedData.load(out)
+    assert handle.splits == ["train", "val", "test"] and handle.data_hash.startswith("sha256:")
+    assert [len(load_split(handle.data, s)) for s in handle.splits] == [96, 48, 48]
+
+
+def test_validate_fail_policy_names_the_bad_records(demo_copy, tmp_path):
+    corrupt_id, bad_label_id = _break_records(demo_copy)
+    out = tmp_path / "validate"
+    with pytest.raises(StepError) as caught:
+        run_validate(ValidateConfig(policy="fail", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING)
+    message = str(caught.value)
+    assert corrupt_id in message and bad_label_id in message
+    assert "label ids out of range [0, 10): [42]" in message
+    report = json.loads((out / "report.json").read_text())
+    assert report["success"] is False and report["usable"] is False
+    assert {r["image_id"] for r in report["offending_records"]} == {corrupt_id, bad_label_id}
+    assert "FAILED" in (out / "summary.md").read_text()
+    assert not (out / "validated_data.json").exists()  # nothing for later steps to consume
+
+
+def test_quarantine_sets_records_aside_and_later_steps_skip_them(demo_copy, tmp_path):
+    corrupt_id, bad_label_id = _break_records(demo_copy)
+    out = tmp_path / "validate"
+    result = run_validate(ValidateConfig(policy="quarantine", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING)
+    assert result.n_records == 192 and result.n_quarantined == 2
+    with (out / "quarantine.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["image_id"]: r["split"] for r in rows} == {corrupt_id: "train", bad_label_id: "val"}
+    assert all(r["reason"] for r in rows)
+    assert "quarantined: 2" in (out / "summary.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["quarantined"] == 2 and report["counts"]["clean"] == 190
+
+    handle = ValidatedData.load(out)
+    assert handle.counts["per_split"] == {"train": 95, "val": 47, "test": 48}
+    train_ids = {r.image_id for r in load_split(handle.data, "train").records}
+    val_ids = {r.image_id for r in load_split(handle.data, "val").records}
+    assert corrupt_id not in train_ids and bad_label_id not in val_ids and len(train_ids) == 95
+
+    # The extract step (a consumer) reads through the handle: the quarantined image never reaches it.
+    extracted = run_extract(ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=64, device="cpu"),
+                            handle, ModelConfig.from_dict(TINY_MODEL), 32, 0, tmp_path / "extract", NO_TRACKING)
+    shard_ids = set()
+    for path in sorted(extracted.features_dir.glob("tokens-*-layer3.parquet")):
+        shard_ids |= set(pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist())
+    assert shard_ids == train_ids
+
+
+def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
+    handle = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING).validated
+    model_cfg = ModelConfig.from_dict(TINY_MODEL)
+    cfg = ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=40, device="cpu")
+    out = tmp_path / "extract"
+    first = run_extract(cfg, handle, model_cfg, 32, 0, out, NO_TRACKING)
+    assert first.summary["shards"] == 3 and first.summary["shards_reused"] == 0
+    table = pq.read_table(out / "features" / "tokens-00000-layer3.parquet")
+    tokens_type = table.schema.field("tokens").type
+    # layer3 of a 32 px image is 2 x 2 = 4 positions (< 8 requested), 256 channels
+    assert str(tokens_type) == "fixed_size_list<element: halffloat>[1024]"
+    assert table.num_rows == 40 and set(table.column("num_tokens").to_pylist()) == {4}
+
+    # Backbone saved = the backbone the tokens came from: recompute image 0's tokens.
+    from mccl_core.data import build_transforms
+    from mccl_core.training.run import initial_backbone
+
+    backbone = initial_backbone(model_cfg, 0)
+    backbone.load_state_dict(torch.load(first.backbone_init, weights_only=True))
+    image = load_split(handle.data, "train", build_transforms(32, train=False))[0]["image"]
+    with torch.no_grad():
+        layer3 = backbone.eval().forward_features(image[None])[0]
+    expected = torch.nn.functional.normalize(layer3.flatten(2).transpose(1, 2), dim=-1)[0]
+    _, stages, labels = next(iter_token_shards(out / "features"))
+    assert stages["layer3"].shape == (40, 4, 256) and labels.shape == (40, 10)
+    torch.testing.assert_close(stages["layer3"][0], expected, atol=2e-3, rtol=0)  # float16 storage
+
+    # Resume: a deleted shard is rewritten, the others are kept untouched.
+    kept = out / "features" / "tokens-00000-layer4.parquet"
+    mtime = kept.stat().st_mtime_ns
+    (out / "features" / "tokens-00001-layer3.parquet").unlink()
+    second = run_extract(cfg, handle, model_cfg, 32, 0, out, NO_TRACKING)
+    assert second.summary["shards_reused"] == 2 and kept.stat().st_mtime_ns == mtime
+    # Other inputs (token count) -> old shards are not mixed in.
+    third = run_extract(ExtractStepConfig(batch_size=32, tokens_per_image=2, shard_size=40, device="cpu"),
+                        handle, model_cfg, 32, 0, out, NO_TRACKING)
+    assert third.summary["shards_reused"] == 0
+    assert pq.read_table(kept).column("num_tokens")[0].as_py() == 1  # layer4 at 32 px: 1 x 1
+
+    # CPI over the shards: one bank, allocation table as CSV + Markdown, label embeddings.
+    result = run_cluster(ClusterStepConfig(device="cpu"), handle, model_cfg, out / "features", tmp_path / "cluster", NO_TRACKING)
+    bank = PrototypeBank.load(result.prototypes)
+    with result.allocation_csv.open() as handle_csv:
+        rows = list(csv.DictReader(handle_csv))
+    assert [int(r["prototypes"]) for r in rows] == [r.prototypes for r in bank.allocation]
+    assert sum(int(r["train_images"]) > 0 for r in rows) == 10
+    assert bank.stages == ("layer3", "layer4") and result.summary["label_embedding_dim"] == 384
+
+
+def test_tracked_step_nests_runs_under_one_parent_and_reuses_an_open_parent(tmp_path):
+    from mlflow import MlflowClient
+
+    options = TrackingOptions(project_dir=tmp_path, run_ref=tmp_path / "outputs" / "mlflow_run.json")
+    with tracked_step("validate", options, {"validate": {"policy": "fail"}}, {"validate": {"policy": "fail"}}, "sha256:x") as first:
+        first.log_metrics({"records": 3})
+    with tracked_step("extract", options, {"extract": {"batch_size": 8}}) as second:
+        pass
+    assert first.parent_run_id == second.parent_run_id is not None
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(first.parent_run_id)
+    assert parent.info.status == "RUNNING" and parent.data.params == {"validate.policy": "fail"}
+    step = client.get_run(first.run_id)
+    assert step.data.tags["mlflow.parentRunId"] == first.parent_run_id
+    assert step.data.tags["mccl.dvc.data_hash"] == "sha256:x" and step.data.params == {"validate.policy": "fail"}
+    assert step.data.metrics == {"records": 3.0}
+
+    from mccl_core.steps.tracking import finish_parent_run
+
+    with tracked_step("register", options) as last:
+        finish_parent_run(last)
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
+    with tracked_step("validate", options) as next_pipeline:  # a finished parent is not reused
+        pass
+    assert next_pipeline.parent_run_id not in (None, first.parent_run_id)
+
+
+def test_step_cli_fails_with_the_records_and_exit_code_1(demo_copy, tmp_path):
+    corrupt_id, bad_label_id = _break_records(demo_copy)
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"data": {"source": "demo", "root": str(demo_copy)}, "validate": {"workers": 2}}))
+    proc = subprocess.run([sys.executable, "-m", "components", "validate", "--params", str(params), "--no-tracking",
+                           "--out", str(tmp_path / "v")], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1
+    assert "ERROR: data validation failed" in proc.stderr and corrupt_id in proc.stderr and bad_label_id in proc.stderr
+
+
+def test_mccl_step_dispatch_lists_the_steps(capsys):
+    from components.__main__ import main
+
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert "validate,extract,cluster,train,evaluate,register" in capsys.readouterr().out
+    assert main(["nope"]) == 2
