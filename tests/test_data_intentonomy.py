@@ -25,6 +25,8 @@ from mccl_core.data.intentonomy import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
+#: Official val/test annotation files and label matrices (shared with the metrics tests).
+OFFICIAL = Path(__file__).parent / "fixtures" / "intentonomy"
 
 
 def _cfg(split: str, path: Path, root: Path = Path("/data/intentonomy")) -> DataConfig:
@@ -33,8 +35,8 @@ def _cfg(split: str, path: Path, root: Path = Path("/data/intentonomy")) -> Data
 
 @pytest.mark.parametrize(("split", "count"), [("val", 498), ("test", 1217)])
 def test_real_annotations_match_official_label_vectors(split: str, count: int) -> None:
-    dataset = load_split(_cfg(split, FIXTURES / f"intentonomy_{split}2020.json"), split)
-    expected = np.load(FIXTURES / f"{split}_label_vectors_intentonomy2020.npy")
+    dataset = load_split(_cfg(split, OFFICIAL / f"intentonomy_{split}2020.json"), split)
+    expected = np.load(OFFICIAL / f"{split}_label_vectors_intentonomy2020.npy")
     assert len(dataset) == count and expected.shape == (count, 28)
     matrix = dataset.label_matrix()
     assert matrix.dtype == np.float32
@@ -43,7 +45,7 @@ def test_real_annotations_match_official_label_vectors(split: str, count: int) -
     assert dataset.class_descriptions == intentonomy_descriptions()
     assert dataset.soft_label_matrix() is None
     first = dataset.records[0]
-    document = json.loads((FIXTURES / f"intentonomy_{split}2020.json").read_text())
+    document = json.loads((OFFICIAL / f"intentonomy_{split}2020.json").read_text())
     assert [r.image_id for r in dataset.records] == [a["image_id"] for a in document["annotations"]]
     assert first.image_path == Path("/data/intentonomy/low") / f"{first.image_id}.jpg"
     np.testing.assert_array_equal(dataset.class_counts(), intentonomy_class_counts(split))
@@ -103,14 +105,14 @@ def test_cooccurrence_counts_matches_definition() -> None:
 
 
 def test_cooccurrence_of_real_val_split() -> None:
-    dataset = load_split(_cfg("val", FIXTURES / "intentonomy_val2020.json"), "val")
+    dataset = load_split(_cfg("val", OFFICIAL / "intentonomy_val2020.json"), "val")
     counts = cooccurrence_counts(dataset.label_matrix())
     np.testing.assert_array_equal(np.diag(counts), intentonomy_class_counts("val"))
     assert counts[6, 19] == int(((dataset.label_matrix()[:, 6] > 0) & (dataset.label_matrix()[:, 19] > 0)).sum()) > 0
 
 
 def test_image_urls_of_real_file() -> None:
-    urls = image_urls(FIXTURES / "intentonomy_val2020.json")
+    urls = image_urls(OFFICIAL / "intentonomy_val2020.json")
     assert len(urls) == 498 and urls[0][1] == "low/ce2b1c756b60afaca18fff022212d3f4.jpg"
     assert all(u.startswith("https://images.unsplash.com/") for _, _, u in urls)
 
@@ -120,7 +122,7 @@ def test_image_urls_of_real_file() -> None:
 
 @pytest.fixture()
 def val_document() -> dict:
-    return json.loads((FIXTURES / "intentonomy_val2020.json").read_text())
+    return json.loads((OFFICIAL / "intentonomy_val2020.json").read_text())
 
 
 def _parse(document: dict, split: str = "val") -> None:

@@ -1,5 +1,5 @@
 """Official / split-tuned Intentonomy protocol and mAP, checked against direct sklearn calls on the
-real Intentonomy val/test label matrices (copied into tests/fixtures/metrics/)."""
+real Intentonomy val/test label matrices (copied into tests/fixtures/intentonomy/)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from mccl_core.metrics import (
     threshold_curve,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+FIXTURES = Path(__file__).parent / "fixtures" / "intentonomy"
 NUM_CLASSES = 28
 
 

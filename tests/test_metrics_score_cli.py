@@ -24,7 +24,7 @@ from mccl_core.metrics import (
 )
 from mccl_core.metrics.score import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+FIXTURES = Path(__file__).parent / "fixtures" / "intentonomy"
 VAL_JSON = FIXTURES / "intentonomy_val2020.json"
 TEST_JSON = FIXTURES / "intentonomy_test2020.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
