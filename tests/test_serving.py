@@ -185,7 +185,8 @@ def test_champion_serves_the_bare_models_scores_for_real_images(served, images, 
     counts = [len(row[INTENTS_COLUMN]) for row in answer]
     assert sum(counts) > 0 and min(counts) < len(served.class_names), counts
     # One image per request (records orientation, data-URL prefix): the same scores.
-    single = _post(served.url, {"dataframe_records": [{"image": "data:image/png;base64," + _b64(images[-1].read_bytes())}]})
+    data_url = "data:image/png;base64," + _b64(images[-1].read_bytes())
+    single = _post(served.url, {"dataframe_records": [{"image": data_url}]})
     assert single.status_code == 200, single.text
     _check_answer(single.json()["predictions"], bare_scores[-1:], served.class_names, served.threshold)
 
@@ -220,7 +221,10 @@ BAD_REQUESTS = {
         lambda good: _split([_b64(_bomb_png())]),
         r"row 0: image is 10000x9000 = 90,000,000 pixels, above the limit of 89,478,485",
     ),
-    "too_many_bytes": (lambda good: _split([_b64(_noise_jpeg())]), r"row 0: image data is 0\.2 MiB, above the limit of 0\.1 MiB"),
+    "too_many_bytes": (
+        lambda good: _split([_b64(_noise_jpeg())]),
+        r"row 0: image data is 0\.2 MiB, above the limit of 0\.1 MiB",
+    ),
     "not_json": (None, r"valid JSON"),
 }
 
@@ -242,11 +246,8 @@ def test_bad_request_gets_400_with_message_and_server_keeps_serving(served, imag
 def downloaded_model(served, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:  # the registry URI follows the tracking URI
         patch.setenv("MLFLOW_TRACKING_URI", served.server.url)
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{MODEL_NAME}/{served.version}", dst_path=str(tmp_path_factory.mktemp("downloaded"))
-            )
-        )
+        uri = f"models:/{MODEL_NAME}/{served.version}"
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path_factory.mktemp("dl"))))
 
 
 def test_logged_model_carries_code_bundle_threshold_signature_and_pinned_requirements(served, downloaded_model):
@@ -290,7 +291,7 @@ import mccl_core
 print(json.dumps({{"mccl_core": mccl_core.__file__, "answer": answer.to_dict(orient="records")}}))
 """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -327,15 +328,19 @@ def test_many_bad_rows_are_all_counted_and_the_first_ten_listed(bundle, images):
     model.load_context(PythonModelContext({BUNDLE_ARTIFACT: str(bundle)}, {"threshold": 0.5, "batch_size": 2}))
     good = _b64(images[0].read_bytes())
     rows = [good] + ["not base64!"] * 12 + [good]
-    with pytest.raises(MlflowException, match=r"12 of 14 images rejected: row 1: .*row 10: [^;]*; \.\.\. and 2 more") as error:
+    listed = r"12 of 14 images rejected: row 1: .*row 10: [^;]*; \.\.\. and 2 more"
+    with pytest.raises(MlflowException, match=listed) as error:
         model.predict(None, pd.DataFrame({"image": rows}))
     assert "row 11" not in str(error.value) and error.value.get_http_status_code() == 400
     # batch_size=2 splits 5 images into 3 forward passes; the scores do not depend on it.
     five = pd.DataFrame({"image": [_b64(p.read_bytes()) for p in images[:5]]})
     batched = model.predict(None, five)
     model.config.batch_size = 32
-    np.testing.assert_allclose(batched[model.class_names].to_numpy(), model.predict(None, five)[model.class_names].to_numpy(),
-                               atol=1e-5)  # fmt: skip
+    unbatched = model.predict(None, five)
+    model.config.max_images_per_request = 4
+    with pytest.raises(MlflowException, match="the request has 5 images, more than the limit of 4 per request"):
+        model.predict(None, five)
+    np.testing.assert_allclose(batched[model.class_names].to_numpy(), unbatched[model.class_names].to_numpy(), atol=1e-5)
 
 
 def test_config_signature_and_run_errors(bundle):

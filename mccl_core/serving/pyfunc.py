@@ -17,11 +17,13 @@ threshold (the official protocol's rule, :mod:`mccl_core.metrics.f1`), in class 
 server returns it as ``{"predictions": [{"<class>": score, ..., "intents": [...]}, ...]}``.
 
 Bad requests raise :class:`mlflow.exceptions.MlflowException` with ``INVALID_PARAMETER_VALUE``,
-which the scoring server answers with HTTP 400 and the message: a missing ``image`` column, an
-empty frame, and - naming every offending row - values that are not strings, not base64, not an
-image, corrupt, or too large (encoded bytes above ``max_image_bytes`` or decoded pixels above
-``max_pixels``, the decompression-bomb guard). One bad row rejects the whole request: a partial
-answer would silently drop images.
+which the scoring server answers with HTTP 400 and the message: a missing ``image`` column (MLflow's
+schema enforcement), an empty frame, more than ``max_images_per_request`` rows, and - naming every
+offending row - values that are null, not strings, not base64, not an image, corrupt, or too large
+(encoded bytes above ``max_image_bytes`` or decoded pixels above ``max_pixels``, the
+decompression-bomb guard). One bad row rejects the whole request: a partial answer would silently
+drop images. The request body as a whole is not size-limited by the scoring server: put a reverse
+proxy with a body-size limit in front of it in production.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ServingConfig:
         max_pixels: refuse decoded images with more pixels (decompression bombs); ``None``: PIL's own
             hard limit only. Default: the training loader's limit.
         max_image_bytes: refuse an image whose encoded file is larger than this.
+        max_images_per_request: refuse requests with more rows (bounds the memory one request holds).
         batch_size: images per forward pass inside one request.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
@@ -79,6 +82,7 @@ class ServingConfig:
     threshold: float
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_image_bytes: int = 20 * 1024 * 1024
+    max_images_per_request: int = 256
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"
@@ -87,12 +91,17 @@ class ServingConfig:
         self.threshold = float(self.threshold)
         if not np.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a score in [0, 1], got {self.threshold}")
-        if self.max_pixels is not None and int(self.max_pixels) <= 0:
+        self.max_pixels = None if self.max_pixels is None else int(self.max_pixels)
+        self.max_image_bytes, self.batch_size = int(self.max_image_bytes), int(self.batch_size)
+        self.max_images_per_request = int(self.max_images_per_request)
+        if self.max_pixels is not None and self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive or None, got {self.max_pixels}")
-        if int(self.max_image_bytes) <= 0:
+        if self.max_image_bytes <= 0:
             raise ValueError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
-        if int(self.batch_size) <= 0:
+        if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_images_per_request <= 0:
+            raise ValueError(f"max_images_per_request must be positive, got {self.max_images_per_request}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
@@ -182,6 +191,11 @@ class MCCLIntentModel(PythonModel):
         frame = self._as_frame(model_input)
         if len(frame) == 0:
             raise _invalid(f"the request has no rows: send one row per image in column {IMAGE_COLUMN!r}")
+        if len(frame) > self.config.max_images_per_request:
+            raise _invalid(
+                f"the request has {len(frame)} images, more than the limit of {self.config.max_images_per_request} "
+                "per request: split it into several requests"
+            )
         tensors: list[torch.Tensor] = []
         problems: list[str] = []
         for row, value in enumerate(frame[IMAGE_COLUMN].tolist()):
@@ -191,7 +205,8 @@ class MCCLIntentModel(PythonModel):
                 problems.append(str(error))
         if problems:
             listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-            more = f"; ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+            unlisted = len(problems) - MAX_LISTED_PROBLEMS
+            more = f"; ... and {unlisted} more" if unlisted > 0 else ""
             raise _invalid(f"{len(problems)} of {len(frame)} images rejected: {listed}{more}")
         return tensors
 
