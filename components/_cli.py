@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mccl_core.params import ParamsError, load_params, section
-from mccl_core.steps.common import StepError, configure_logging
+from mccl_core.steps.errors import StepError
 from mccl_core.steps.tracking import DEFAULT_RUN_REF, TrackingOptions
 
 log = logging.getLogger("components")
@@ -46,7 +46,10 @@ def run(argv: list[str] | None, build: Callable[[], argparse.ArgumentParser],
         body: Callable[[argparse.Namespace, dict[str, Any]], None]) -> int:  # fmt: skip
     """Parse, load params, run ``body``; a step failure prints its message and returns 1."""
     args = build().parse_args(argv)
-    configure_logging(args.verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         params = load_params(args.params)
         body(args, params)

@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
-from mccl_core.models import ModelConfig
 from mccl_core.params import section
-from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
-from mccl_core.steps.common import ValidatedData
 
 
 def build() -> argparse.ArgumentParser:
@@ -22,6 +19,10 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.models import ModelConfig
+    from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
+    from mccl_core.steps.common import ValidatedData
+
     result = run_cluster(
         ClusterStepConfig.from_dict(section(params, "cluster", required=False)),
         ValidatedData.load(args.validated),

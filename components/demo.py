@@ -8,7 +8,6 @@ from typing import Any
 
 from components._cli import parser, run
 from mccl_core.params import section
-from mccl_core.steps.demo import run_demo
 
 
 def build() -> argparse.ArgumentParser:
@@ -18,6 +17,8 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.steps.demo import run_demo
+
     run_demo(section(params, "demo"), args.out)
 
 

@@ -8,8 +8,6 @@ from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
 from mccl_core.params import section
-from mccl_core.steps.common import ValidatedData
-from mccl_core.steps.evaluate import EvaluateConfig, run_evaluate
 
 
 def build() -> argparse.ArgumentParser:
@@ -21,6 +19,9 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.steps.common import ValidatedData
+    from mccl_core.steps.evaluate import EvaluateConfig, run_evaluate
+
     result = run_evaluate(
         EvaluateConfig.from_dict(section(params, "evaluate", required=False)),
         ValidatedData.load(args.validated),

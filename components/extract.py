@@ -7,11 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
-from mccl_core.models import ModelConfig
 from mccl_core.params import section
-from mccl_core.steps.common import ValidatedData
-from mccl_core.steps.extract import ExtractStepConfig, run_extract
-from mccl_core.training.config import TrainConfig
 
 
 def build() -> argparse.ArgumentParser:
@@ -22,6 +18,11 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.models import ModelConfig
+    from mccl_core.steps.common import ValidatedData
+    from mccl_core.steps.extract import ExtractStepConfig, run_extract
+    from mccl_core.training.config import TrainConfig
+
     train_cfg = TrainConfig.from_dict(section(params, "train"))
     result = run_extract(
         ExtractStepConfig.from_dict(section(params, "extract", required=False)),

@@ -8,8 +8,6 @@ from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
 from mccl_core.params import section
-from mccl_core.steps.common import ValidatedData
-from mccl_core.steps.register import RegisterConfig, run_register
 
 
 def build() -> argparse.ArgumentParser:
@@ -22,6 +20,9 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.steps.common import ValidatedData
+    from mccl_core.steps.register import RegisterConfig, run_register
+
     data_hash = ValidatedData.load(args.validated).data_hash if Path(args.validated).exists() else None
     result = run_register(
         RegisterConfig.from_dict(section(params, "register", required=False)),

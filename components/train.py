@@ -7,11 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
-from mccl_core.models import ModelConfig
 from mccl_core.params import section
-from mccl_core.steps.common import ValidatedData
-from mccl_core.steps.train import LaunchConfig, TrainInputsPaths, run_train
-from mccl_core.training.config import TrainConfig
 
 
 def build() -> argparse.ArgumentParser:
@@ -26,6 +22,11 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.models import ModelConfig
+    from mccl_core.steps.common import ValidatedData
+    from mccl_core.steps.train import LaunchConfig, TrainInputsPaths, run_train
+    from mccl_core.training.config import TrainConfig
+
     launch_values = dict(section(params, "launch", required=False))
     if args.nproc_per_node:
         launch_values["nproc_per_node"] = args.nproc_per_node

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from components._cli import DEFAULT_VALIDATED, parser, run, tracking_options
-from mccl_core.data import DataConfig
 from mccl_core.params import section
-from mccl_core.steps.validate import ValidateConfig, run_validate
 
 
 def build() -> argparse.ArgumentParser:
@@ -24,6 +22,9 @@ def build() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from mccl_core.data import DataConfig
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
     cfg_values = dict(section(params, "validate", required=False))
     if args.policy:
         cfg_values["policy"] = args.policy

@@ -15,6 +15,7 @@ effects) always run.
 from pathlib import Path
 
 from kfp import compiler, dsl
+from kfp.dsl import Dataset, Input, Model
 
 from mccl_core.params import load_params
 from pipeline import components as c
@@ -33,6 +34,27 @@ def _defaults() -> dict[str, dict]:
 
 
 _D = _defaults()
+
+
+@dsl.pipeline(name="evaluate-and-register", description="Official-protocol evaluation, then the MLflow registry")
+def evaluate_and_register(
+    evaluate_params: dict,
+    register_params: dict,
+    mlflow_tracking_uri: str,
+    parent_run_id: str,
+    validated: Input[Dataset],
+    trained_model: Input[Model],
+):
+    """The steps after training, shared by the single-node and the PyTorchJob branch (a sub-DAG
+    instead of ``dsl.OneOf`` over the two branches' models, which kfp.local cannot run)."""
+    evaluation = c.evaluate(evaluate_params=evaluate_params, mlflow_tracking_uri=mlflow_tracking_uri,
+                            parent_run_id=parent_run_id, validated=validated,
+                            trained_model=trained_model).set_caching_options(False)  # fmt: skip
+    evaluation.set_display_name("evaluate (official protocol)")
+    registered = c.register(register_params=register_params, mlflow_tracking_uri=mlflow_tracking_uri,
+                            parent_run_id=parent_run_id, trained_model=trained_model,
+                            evaluation=evaluation.outputs["evaluation"]).set_caching_options(False)  # fmt: skip
+    registered.set_display_name("register (MLflow)")
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="MCCL image intent recognition: validate, extract, CPI, train, evaluate, register")
@@ -78,6 +100,11 @@ def mccl_pipeline(
             prototypes=prototypes.outputs["prototypes"], backbone_init=features.outputs["backbone_init"],
         ).set_caching_options(False)  # fmt: skip
         multi.set_display_name("train (PyTorchJob)")
+        evaluate_and_register(
+            evaluate_params=evaluate_params, register_params=register_params, mlflow_tracking_uri=mlflow_tracking_uri,
+            parent_run_id=multi.outputs["parent_run_id"], validated=validated.outputs["validated"],
+            trained_model=multi.outputs["trained_model"],
+        ).set_caching_options(False).set_display_name("evaluate + register")  # fmt: skip
     with dsl.Else(name="single-node"):
         single = c.train(
             model=model, train_params=train_params, launch=launch, nproc_per_node=accelerators_per_node,
@@ -88,17 +115,11 @@ def mccl_pipeline(
         ).set_caching_options(False)  # fmt: skip
         single.set_display_name("train (torchrun)")
         single.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerators_per_node)
-    trained = dsl.OneOf(multi.outputs["trained_model"], single.outputs["trained_model"])
-    parent_run_id = dsl.OneOf(multi.outputs["parent_run_id"], single.outputs["parent_run_id"])
-
-    evaluation = c.evaluate(evaluate_params=evaluate_params, mlflow_tracking_uri=mlflow_tracking_uri,
-                            parent_run_id=parent_run_id, validated=validated.outputs["validated"],
-                            trained_model=trained).set_caching_options(False)  # fmt: skip
-    evaluation.set_display_name("evaluate (official protocol)")
-    registered = c.register(register_params=register_params, mlflow_tracking_uri=mlflow_tracking_uri,
-                            parent_run_id=parent_run_id, trained_model=trained,
-                            evaluation=evaluation.outputs["evaluation"]).set_caching_options(False)  # fmt: skip
-    registered.set_display_name("register (MLflow)")
+        evaluate_and_register(
+            evaluate_params=evaluate_params, register_params=register_params, mlflow_tracking_uri=mlflow_tracking_uri,
+            parent_run_id=single.outputs["parent_run_id"], validated=validated.outputs["validated"],
+            trained_model=single.outputs["trained_model"],
+        ).set_caching_options(False).set_display_name("evaluate + register")  # fmt: skip
 
 
 def compile_pipeline(path: Path = COMPILED) -> Path:

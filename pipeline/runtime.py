@@ -146,10 +146,16 @@ def evaluate(evaluate_params: dict, validated_dir: str, model_dir: str, tracking
     from mccl_core.steps.evaluate import EvaluateConfig, run_evaluate
 
     result = run_evaluate(
-        EvaluateConfig.from_dict(evaluate_params), ValidatedData.load(Path(validated_dir)), Path(model_dir),
+        EvaluateConfig.from_dict(evaluate_params), ValidatedData.load(Path(validated_dir)), bundle_dir(model_dir),
         Path(out_dir), tracking_options(tracking_uri, parent_run_id), all_params=_all_params(evaluate=evaluate_params),
     )  # fmt: skip
     return result.metrics, evaluation_html(result.metrics, result.plot_paths)
+
+
+def bundle_dir(trained_model_dir: str) -> Path:
+    """The model bundle inside a train step's output folder (``<out>/model``)."""
+    path = Path(trained_model_dir)
+    return path / "model" if (path / "model" / "bundle.json").is_file() else path
 
 
 def evaluation_html(metrics: dict[str, Any], plots: list[Path]) -> str:
@@ -175,7 +181,7 @@ def register(register_params: dict, model_dir: str, evaluation_dir: str, trackin
     from mccl_core.steps.register import RegisterConfig, run_register
 
     result = run_register(
-        RegisterConfig.from_dict(register_params), Path(model_dir), Path(evaluation_dir) / "metrics.json",
+        RegisterConfig.from_dict(register_params), bundle_dir(model_dir), Path(evaluation_dir) / "metrics.json",
         Path(out_dir), tracking_options(tracking_uri, parent_run_id), all_params=_all_params(register=register_params),
     )  # fmt: skip
     return result.version, result.promoted, result.reason

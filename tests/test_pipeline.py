@@ -146,6 +146,41 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
     assert "official/test/macro_f1" in runs["evaluate"].data.metrics
     assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "train_loss")] == [0]
     version = client.get_model_version_by_alias("mccl-kfp-test", "champion")
-    assert version.version == "1" and float(version.tags["test_macro_f1"]) >= 0.0
+    assert str(version.version) == "1" and float(version.tags["test_macro_f1"]) >= 0.0
     summaries = list((tmp_path / "kfp").rglob("summary"))
     assert summaries and "Data validation: PASSED" in summaries[0].read_text()
+
+
+def test_pytorchjob_staging_round_trip_through_s3(tmp_path, monkeypatch):
+    """What the launcher uploads, a PyTorchJob pod downloads and relocates (real S3: SeaweedFS)."""
+    from services import SeaweedS3
+
+    from pipeline.pytorchjob import _relocate_params, node_command
+    from pipeline.staging import download_prefix, upload_dir
+
+    server = SeaweedS3(tmp_path / "seaweed", "stagingkey", "stagingsecret123", buckets=["mccl"])
+    server.start()
+    try:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        staged = tmp_path / "staged"
+        (staged / "data" / "annotations").mkdir(parents=True)
+        (staged / "data" / "annotations" / "intentonomy_train2020.json").write_text("{}")
+        (staged / "prototypes.safetensors").write_bytes(b"\x00" * 1000)
+        (staged / "resolved_params.yaml").write_text(yaml.safe_dump({
+            "data": {"source": "demo", "root": "data/demo",
+                     "annotations": {"train": "data/annotations/intentonomy_train2020.json"}},
+            "model": {}, "train": {"output_dir": "anything"}}))  # fmt: skip
+        assert upload_dir(staged, "minio://mccl/runs/r1/inputs") == 3
+        workspace = tmp_path / "pod"
+        assert download_prefix("s3://mccl/runs/r1/inputs", workspace / "inputs") == 3
+        assert download_prefix("s3://mccl/runs/r1/outputs/checkpoints", workspace / "ckpt") == 0  # first start
+        assert (workspace / "inputs" / "prototypes.safetensors").read_bytes() == b"\x00" * 1000
+        _relocate_params(workspace / "inputs" / "resolved_params.yaml", workspace)
+        params = yaml.safe_load((workspace / "inputs" / "resolved_params.yaml").read_text())
+        assert params["data"]["annotations"]["train"] == str(workspace / "inputs" / "data/annotations/intentonomy_train2020.json")
+        assert params["train"]["output_dir"] == str(workspace / "outputs")
+        command = node_command(workspace, "run123")
+        assert command[1:4] == ["-m", "torch.distributed.run", "-m"] and command[-2:] == ["--mlflow-run-id", "run123"]
+    finally:
+        server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import shutil
@@ -201,3 +200,48 @@ def test_mccl_step_dispatch_lists_the_steps(capsys):
     assert main(["--help"]) == 0
     assert "validate,extract,cluster,train,evaluate,register" in capsys.readouterr().out
     assert main(["nope"]) == 2
+
+
+def _dead_server() -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_unreachable_tracking_server_does_not_fail_a_step_but_is_reported(tiny_demo, tmp_path, caplog):
+    options = TrackingOptions(project_dir=tmp_path, tracking_uri=_dead_server(), run_ref=tmp_path / "ref.json")
+    result = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", options)
+    assert result.n_records == 192 and result.mlflow_run_id is None
+    journal = tmp_path / "outputs" / "mlflow_not_logged.jsonl"
+    kinds = {json.loads(line)["kind"] for line in journal.read_text().splitlines()}
+    assert {"runs", "params", "metrics", "artifacts"} <= kinds
+    assert "not logged to MLflow" in caplog.text
+
+
+def test_register_fails_clearly_without_the_registry(tmp_path):
+    from mccl_core.steps.register import RegisterConfig, run_register
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"threshold": 0.3, "selection_score": 0.5}))
+    uri = _dead_server()
+    with pytest.raises(StepError, match=f"model registry at {uri} is unreachable"):
+        run_register(RegisterConfig(), tmp_path / "bundle", metrics, tmp_path / "out",
+                     TrackingOptions(project_dir=tmp_path, tracking_uri=uri))  # fmt: skip
+    with pytest.raises(StepError, match="needs MLflow tracking"):
+        run_register(RegisterConfig(), tmp_path / "bundle", metrics, tmp_path / "out", NO_TRACKING)
+
+
+def test_train_launch_command():
+    from mccl_core.steps.train import LaunchConfig, torchrun_command
+
+    single = torchrun_command(LaunchConfig(), ["--params", "p.yaml"])
+    assert single == [sys.executable, "-m", "mccl_core.training.cli", "--params", "p.yaml"]
+    four = torchrun_command(LaunchConfig(nproc_per_node=4), ["--params", "p.yaml"])
+    assert four[1:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone"]
+    assert four[-4:] == ["-m", "mccl_core.training.cli", "--params", "p.yaml"]
+    nodes = torchrun_command(LaunchConfig(nproc_per_node=2, nnodes=3, node_rank=1, rdzv_endpoint="n0:29400"), [])
+    assert "--standalone" not in nodes and nodes[nodes.index("--rdzv_endpoint") + 1] == "n0:29400"
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        LaunchConfig(nnodes=2)

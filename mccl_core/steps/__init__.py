@@ -12,6 +12,6 @@ its own config dataclass (built from its section of ``params.yaml``), explicit i
 and :class:`~mccl_core.steps.tracking.TrackingOptions`, and returns a result dataclass.
 """
 
-from mccl_core.steps.common import StepError
+from mccl_core.steps.errors import StepError
 
 __all__ = ["StepError"]

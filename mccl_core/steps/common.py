@@ -22,8 +22,7 @@ log = logging.getLogger(__name__)
 VALIDATED_DATA_FILE = "validated_data.json"
 
 
-class StepError(RuntimeError):
-    """A pipeline step cannot go on; the message says why and what to fix."""
+from mccl_core.steps.errors import StepError  # noqa: E402  (re-exported)
 
 
 def _json_default(value: Any) -> Any:

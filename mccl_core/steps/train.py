@@ -90,7 +90,14 @@ class TrainStepResult:
 
 
 def torchrun_command(launch: LaunchConfig, train_args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run ... -m mccl_core.training.cli <train_args>``."""
+    """``python -m torch.distributed.run ... -m mccl_core.training.cli <train_args>``.
+
+    One process on one node runs the loop directly (``python -m mccl_core.training.cli``): the same
+    code path without the elastic agent, whose workers live in their own session and would survive
+    a SIGKILL of the pipeline (and race the re-run for the checkpoint).
+    """
+    if launch.nproc_per_node == 1 and launch.nnodes == 1:
+        return [sys.executable, "-m", "mccl_core.training.cli", *train_args]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.nproc_per_node)]
     if launch.nnodes == 1:
         command.append("--standalone")

@@ -1,0 +1,132 @@
+"""The Dockerfile (no Docker daemon here): pins equal pyproject's, the image layout has every
+command dvc.yaml, the Kubeflow components and the PyTorchJob pods run, non-root, no secrets."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", requirement)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def test_torch_pins_match_pyproject_and_the_rest_comes_from_pyproject():
+    args = dict(a.split("=", 1) for word, a in _instructions() if word == "ARG" and "=" in a)
+    pins = _pins()
+    assert args["TORCH_VERSION"] == pins["torch"] and args["TORCHVISION_VERSION"] == pins["torchvision"]
+    run = " ".join(a for word, a in _instructions() if word == "RUN")
+    # Every other dependency is installed from pyproject.toml itself, so the pins cannot drift.
+    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in run
+    assert "pip install -r /tmp/requirements.txt" in run and "pip install --no-deps ." in run
+    assert re.search(r'torch==\$\{TORCH_VERSION\}', run) and re.search(r'torchvision==\$\{TORCHVISION_VERSION\}', run)
+
+
+def test_base_pinned_variants_non_root_no_secrets():
+    instructions = _instructions()
+    base = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and a.startswith("PYTHON_IMAGE="))["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+    requires = PYPROJECT["project"]["requires-python"]
+    assert ">=3.11" in requires
+    assert 'cpu)' in DOCKERFILE and 'cuda)' in DOCKERFILE and "ARG VARIANT=cuda" in DOCKERFILE
+    users = [a for w, a in instructions if w == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    last_user = max(i for i, (w, _) in enumerate(instructions) if w == "USER")
+    assert all(w != "RUN" for w, _ in instructions[last_user:]), "commands after USER would run as the user anyway"
+    secretish = re.compile(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY)", re.I)
+    for word, args in instructions:
+        if word in ("ENV", "ARG"):
+            assert not secretish.search(args), f"{word} {args} looks like a secret"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for path in (".env", ".git", ".venv", "data", "outputs", "mlflow.db", ".dvc/config.local", ".aws"):
+        assert path in ignored, f".dockerignore must exclude {path}"
+
+
+@pytest.fixture(scope="module")
+def image_layout(tmp_path_factory) -> Path:
+    """The files the Dockerfile COPYs, laid out under its WORKDIR as in the image."""
+    workdir = next(a for w, a in _instructions() if w == "WORKDIR")
+    root = tmp_path_factory.mktemp("image") / workdir.lstrip("/")
+    root.mkdir(parents=True)
+    for word, args in _instructions():
+        if word != "COPY":
+            continue
+        *sources, target = shlex.split(args)
+        for source in sources:
+            src = REPO / source
+            dest = root / (source if target.endswith("/") and src.is_dir() else Path(target) / Path(source).name if target.endswith("/") else target)
+            if src.is_dir():
+                shutil.copytree(src, root / target if target != "./" else root / source,
+                                ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+            else:
+                shutil.copy(src, dest if target != "./" else root / source)
+    return root
+
+
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # -I would drop cwd from sys.path; -P is not set, so `python -m` finds the copied packages first.
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONNOUSERSITE": "1", "HOME": str(cwd)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_every_packaged_module_is_copied(image_layout):
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert (image_layout / package.rstrip("*")).is_dir(), f"{package} is not copied into the image"
+    for name in ("dvc.yaml", "params.yaml", "data.dvc", "pyproject.toml"):
+        assert (image_layout / name).is_file()
+
+
+def test_every_dvc_stage_command_exists_in_the_image(image_layout):
+    stages = yaml.safe_load((image_layout / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        command = shlex.split(" ".join(stage["cmd"].split()))
+        assert command[:3] == ["python", "-m", "components"], f"stage {name}: {command}"
+        proc = _python(["-m", "components", command[3], "--help"], image_layout)
+        assert proc.returncode == 0, f"stage {name}: {proc.stderr[-2000:]}"
+        assert f"mccl step {command[3]}" in proc.stdout
+        # Every output file the stage's command writes is under a path argument it accepts.
+        for flag in [c for c in command[4:] if c.startswith("--")]:
+            assert flag in proc.stdout, f"stage {name}: {flag} is not an option of the step"
+
+
+def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
+    spec = yaml.safe_load((REPO / "pipeline" / "mccl_pipeline.yaml").read_text())
+    modules = set()
+    for executor in spec["deploymentSpec"]["executors"].values():
+        modules |= set(re.findall(r"from (pipeline) import runtime", "\n".join(executor["container"]["command"])))
+    assert modules == {"pipeline"}
+    assert _python(["-c", "import pipeline.runtime, components.__main__"], image_layout).returncode == 0
+    proc = _python(["-m", "pipeline.pytorchjob", "--help"], image_layout)
+    assert proc.returncode == 0 and "--staging-uri" in proc.stdout
+    assert PYPROJECT["project"]["scripts"]["mccl"] == "mccl_core.cli:main"
+    proc = _python(["-c", "from mccl_core.cli import main; raise SystemExit(main(['step', '--help']))"], image_layout)
+    assert proc.returncode == 0 and "validate" in proc.stdout

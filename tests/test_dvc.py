@@ -1,0 +1,197 @@
+"""`dvc repro` of the real dvc.yaml on a fresh clone-like copy (tiny demo): the whole pipeline,
+a kill mid-training that the next repro resumes, cached re-runs, a bad record that stops the
+pipeline at validate, and a `dvc exp run -S` sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PROJECT_FILES = ["mccl_core", "components", "pipeline", "dvc.yaml", "params.yaml", "data.dvc", ".dvcignore", ".gitignore"]
+STAGES = ["demo", "validate", "extract", "cluster", "train", "evaluate", "register"]
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo"].update(seed=3, n_train=96, n_val=48, n_test=48, image_size=32, workers=1)
+    params["extract"].update(batch_size=48, tokens_per_image=8, shard_size=64, device="cpu")
+    params["cluster"]["device"] = "cpu"
+    params["model"] = TINY_MODEL | {"mcc": {"momentum": 0.99}}
+    params["train"].update(epochs=2, batch_size=16, image_size=32, num_workers=0, device="cpu", ema_decay=0.9)
+    params["evaluate"].update(batch_size=48, device="cpu")
+    params["launch"]["env"] = {"OMP_NUM_THREADS": "2"}
+    return params
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MCCL_"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # the project's environment, as after activating it
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")  # fmt: skip
+    return env
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return _run([str(VENV_BIN / "dvc"), *args], cwd, check)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    """A fresh git clone of the project (no DVC cache, no remote, no data/real), tiny params;
+    `dvc repro` killed once mid-training, then run again to the end."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(source, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _dvc("init", "-q", cwd=root)
+    _dvc("config", "core.analytics", "false", cwd=root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-q", "-m", "project"], root)
+
+    # 1st repro, SIGKILLed (with all its children) once the first training epoch is checkpointed.
+    checkpoint = root / "outputs" / "train" / "checkpoints" / "last.pt"
+    log = (root / "killed_repro.log").open("w")
+    proc = subprocess.Popen([str(VENV_BIN / "dvc"), "repro"], cwd=root, env=_env(), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"repro ended before it could be killed:\n{(root / 'killed_repro.log').read_text()[-4000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_lock = yaml.safe_load((root / "dvc.lock").read_text())
+
+    resumed = _dvc("repro", cwd=root)
+    return {"root": root, "killed_lock": killed_lock, "resumed": resumed.stdout + resumed.stderr}
+
+
+def test_killed_repro_continues_from_what_was_done(project):
+    root, output = project["root"], project["resumed"]
+    # Stages finished before the kill were recorded and are not run again ...
+    assert set(project["killed_lock"]["stages"]) == {"demo", "validate", "extract", "cluster"}
+    for stage in ("demo", "validate", "extract", "cluster"):
+        assert f"Stage '{stage}' didn't change, skipping" in output
+    # ... and training resumed from its checkpoint instead of starting over.
+    assert "resumed from" in output and "after epoch 0" in output
+    history = json.loads((root / "outputs" / "train" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1]
+
+
+def test_repro_ran_every_stage_with_metrics_plots_and_lock(project):
+    root = project["root"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert list(lock["stages"]) == STAGES
+    metrics = json.loads((root / "outputs" / "evaluate" / "metrics.json").read_text())
+    assert metrics["protocol"] == "official" and 0.05 <= metrics["threshold"] <= 0.95
+    assert 0.0 < metrics["test_macro_f1"] <= 1.0 and "label_prior_test_macro_f1" in metrics
+    for plot in ("per_class_f1.png", "pr_curves.png"):
+        assert (root / "outputs" / "evaluate" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+    decision = json.loads((root / "outputs" / "register" / "register.json").read_text())
+    assert decision["promoted"] is True and decision["version"] == "1"
+    shown = json.loads(_dvc("metrics", "show", "--json", cwd=root).stdout)
+    assert "outputs/evaluate/metrics.json" in json.dumps(shown)
+    # data.dvc tracks the (absent) real dataset; it did not stop the demo pipeline.
+    assert not (root / "data" / "real").exists()
+
+
+def test_mlflow_parent_run_with_a_nested_run_per_step(project):
+    from mlflow import MlflowClient
+
+    root = project["root"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mccl").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    # The killed repro's parent stayed open, so the re-run continued it: one parent in total.
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    finished = {r.info.run_name for r in children if r.info.status == "FINISHED"}
+    assert finished == {"validate", "extract", "cluster", "train", "evaluate", "register"}
+    assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.backbone.depth"] == "18"
+    commit = _run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    train = next(r for r in children if r.info.run_name == "train" and r.info.status == "FINISHED")
+    assert train.data.tags["mlflow.source.git.commit"] == commit
+    assert train.data.tags["mccl.dvc.data_hash"].startswith("dvc:") and train.data.tags["mccl.dvc.data_hash"].endswith(".dir")
+    # Both epochs are in the finished train run: epoch 0 back-filled, epoch 1 logged live.
+    assert sorted(m.step for m in client.get_metric_history(train.info.run_id, "train_loss")) == [0, 1]
+    assert {a.path for a in client.list_artifacts(train.info.run_id, "config")} == {"config/resolved_params.yaml"}
+    evaluate = next(r for r in children if r.info.run_name == "evaluate")
+    assert "official/test/macro_f1" in evaluate.data.metrics
+    assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluation")} >= {
+        "evaluation/metrics.json", "evaluation/per_class_f1.png", "evaluation/pr_curves.png"}
+    cluster = next(r for r in children if r.info.run_name == "cluster")
+    assert "cpi/allocation.md" in {a.path for a in client.list_artifacts(cluster.info.run_id, "cpi")}
+
+
+def test_second_repro_is_fully_cached(project):
+    output = _dvc("repro", cwd=project["root"]).stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in output
+    assert "Data and pipelines are up to date" in output
+
+
+def test_exp_run_sweep_changes_only_what_depends_on_it(project):
+    root = project["root"]
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-q", "-m", "lock"], root)
+    output = _dvc("exp", "run", "-S", "model.mcc.momentum=0.9", cwd=root)
+    text = output.stdout + output.stderr
+    for stage in ("demo", "validate", "extract", "cluster"):
+        assert f"Stage '{stage}' didn't change, skipping" in text
+    assert "Running stage 'train'" in text and "Running stage 'register'" in text
+    table = json.loads(_dvc("exp", "show", "--json", cwd=root).stdout)
+    assert "0.9" in json.dumps(table)
+    decision = json.loads((root / "outputs" / "register" / "register.json").read_text())
+    assert decision["version"] == "2"  # registered; champion moves only if it is better
+    assert str(decision["champion_version"]) == "1"
+    assert decision["promoted"] == (decision["test_macro_f1"] > decision["champion_score"])
+
+
+def test_bad_record_stops_the_pipeline_at_validate(project):
+    root = project["root"]
+    broken = root / "data" / "broken"
+    shutil.copytree(root / "data" / "demo", broken)
+    train = json.loads((broken / "annotations" / "intentonomy_train2020.json").read_text())
+    victim = train["images"][7]
+    (broken / victim["filename"]).write_bytes(b"not an image at all")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["root"] = "data/broken"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    extract_before = (root / "outputs" / "extract" / "extract.json").stat().st_mtime_ns
+
+    proc = _dvc("repro", cwd=root, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "failed to reproduce 'validate'" in text
+    assert victim["id"] in text and "not an image" in text
+    assert "Running stage 'extract'" not in text and "Running stage 'train'" not in text
+    assert (root / "outputs" / "extract" / "extract.json").stat().st_mtime_ns == extract_before
+    report = json.loads((root / "outputs" / "validate" / "report.json").read_text())
+    assert [r["image_id"] for r in report["offending_records"]] == [victim["id"]]
