@@ -77,7 +77,7 @@ def submit(host: str, package: Path, arguments: dict[str, Any], run_name: str | 
         result = client.create_run_from_pipeline_package(
             str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
         )
-    except Exception as error:  # noqa: BLE001 - the KFP client raises many types; name the endpoint
+    except Exception as error:
         raise SubmitError(f"submitting to {host} failed: {type(error).__name__}: {error}") from error
     return str(result.run_id)
 

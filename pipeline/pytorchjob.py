@@ -87,11 +87,11 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
                         "envFrom": [{"secretRef": {"name": cfg.credentials_secret, "optional": True}}],
                         "resources": {"requests": resources, "limits": limits},
                         "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE},
-                                         {"name": "dshm", "mountPath": "/dev/shm"}],  # fmt: skip
+                                         {"name": "dshm", "mountPath": "/dev/shm"}],
                     }
                 ],
                 "volumes": [{"name": "workspace", "emptyDir": {}},
-                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}],  # fmt: skip
+                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
             }
         },
     }

@@ -116,8 +116,8 @@ def train(model: dict, train_params: dict, launch: dict, nproc_per_node: int, va
     """Returns (step run id, parent run id, final-epoch metrics)."""
     model, train_params, launch = plain(model), plain(train_params), plain(launch)
     from mccl_core.models import ModelConfig
-    from mccl_core.steps.train import LaunchConfig, TrainInputsPaths, run_train
     from mccl_core.steps.tracking import StepTracking, adopt_runs
+    from mccl_core.steps.train import LaunchConfig, TrainInputsPaths, run_train
     from mccl_core.training.config import TrainConfig
 
     launch_values = {**launch, "nproc_per_node": int(nproc_per_node)}
@@ -197,9 +197,9 @@ def train_multinode(model: dict, train_params: dict, launch: dict, num_nodes: in
 
     import yaml
 
+    from mccl_core.steps.tracking import tracked_step
     from pipeline.pytorchjob import PyTorchJobConfig, build_pytorchjob, submit_and_wait
     from pipeline.staging import download_prefix, upload_dir
-    from mccl_core.steps.tracking import tracked_step
 
     validated = ValidatedData.load(Path(validated_dir))
     options = tracking_options(tracking_uri, start_parent=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ def test_committed_pipeline_yaml_matches_a_fresh_compile(tmp_path, monkeypatch):
     assert yaml.safe_load(fresh) == yaml.safe_load(COMPILED.read_text()), (
         "pipeline/mccl_pipeline.yaml is stale: run `mccl pipeline compile` and commit it"
     )
-    body = lambda text: [line for line in text.splitlines() if not line.startswith("#")]  # noqa: E731
+    body = lambda text: [line for line in text.splitlines() if not line.startswith("#")]
     assert body(fresh) == body(COMPILED.read_text())
 
 

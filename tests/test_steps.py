@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from mccl_core.data import DataConfig, load_split
 from mccl_core.features import iter_token_shards
 from mccl_core.models import ModelConfig, PrototypeBank
@@ -188,7 +188,7 @@ def test_step_cli_fails_with_the_records_and_exit_code_1(demo_copy, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"data": {"source": "demo", "root": str(demo_copy)}, "validate": {"workers": 2}}))
     proc = subprocess.run([sys.executable, "-m", "components", "validate", "--params", str(params), "--no-tracking",
-                           "--out", str(tmp_path / "v")], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+                           "--out", str(tmp_path / "v")], check=False, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "ERROR: data validation failed" in proc.stderr and corrupt_id in proc.stderr and bad_label_id in proc.stderr
 

@@ -14,10 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-
 from mccl_core.data import load_split
 from mccl_core.features import cluster_token_shards
-from mccl_core.models import ModelConfig, compute_label_embeddings, format_allocation_table, label_texts
+from mccl_core.models import (
+    ModelConfig,
+    compute_label_embeddings,
+    format_allocation_table,
+    label_texts,
+)
 from mccl_core.params import dataclass_from_dict
 from mccl_core.steps.common import ValidatedData, write_json, write_text
 from mccl_core.steps.tracking import TrackingOptions, tracked_step
@@ -39,7 +43,7 @@ class ClusterStepConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ClusterStepConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ClusterStepConfig:
         return dataclass_from_dict(cls, values, "params section 'cluster'")
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 VALIDATED_DATA_FILE = "validated_data.json"
 
 
-from mccl_core.steps.errors import StepError  # noqa: E402  (re-exported)
+from mccl_core.steps.errors import StepError
 
 
 def _json_default(value: Any) -> Any:
@@ -158,7 +158,7 @@ class ValidatedData:
         return write_json(path, payload)
 
     @classmethod
-    def load(cls, path: Path) -> "ValidatedData":
+    def load(cls, path: Path) -> ValidatedData:
         """Read the validate step's handle; a folder means ``<folder>/validated_data.json``."""
         path = Path(path)
         if path.is_dir():

@@ -59,7 +59,7 @@ class EvaluateConfig:
     plots: bool = True
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EvaluateConfig":
+    def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
         return dataclass_from_dict(cls, values, "params section 'evaluate'")
 
 
@@ -237,8 +237,9 @@ def _plots(plots_dir: Path, names: list[str], per_class: Any, prior_per_class: A
         precision, recall, _ = precision_recall_curve(truth[:, c], scores[:, c])
         ax.plot(recall, precision, lw=1, color=cmap(c % 20), label=name)
     precision, recall, _ = precision_recall_curve(truth.ravel(), scores.ravel())
-    micro = mean_average_precision(truth, scores).map
-    ax.plot(recall, precision, lw=2.5, color="black", label=f"micro-average (mAP {micro:.3f})")
+    macro_map = mean_average_precision(truth, scores).map
+    ax.plot(recall, precision, lw=2.5, color="black", label="all classes pooled (micro)")
+    ax.text(0.98, 0.02, f"mAP (mean over classes) {macro_map:.3f}", ha="right", va="bottom", transform=ax.transAxes)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)

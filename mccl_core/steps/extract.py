@@ -45,7 +45,7 @@ class ExtractStepConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ExtractStepConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ExtractStepConfig:
         return dataclass_from_dict(cls, values, "params section 'extract'")
 
     def extract_config(self) -> ExtractConfig:

@@ -39,7 +39,7 @@ class RegisterConfig:
     alias: str = "champion"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RegisterConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RegisterConfig:
         return dataclass_from_dict(cls, values, "params section 'register'")
 
 
@@ -77,7 +77,7 @@ def check_registry(tracking_uri: str) -> None:
     try:
         with _short_http_timeouts():
             MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_registered_models(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure here means "cannot register"
+    except Exception as error:
         why = "is unreachable" if is_unreachable_error(error) else "cannot be used"
         raise StepError(
             f"the MLflow model registry at {tracking_uri} {why} ({type(error).__name__}: {str(error)[:300]}); "
@@ -123,7 +123,7 @@ def run_register(
             decision = promote_if_better(client, cfg.model_name, version, score, alias=cfg.alias)
         except StepError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if is_unreachable_error(error):
                 raise StepError(f"the MLflow registry at {uri} became unreachable while registering: {error}") from error
             raise

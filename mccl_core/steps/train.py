@@ -30,7 +30,14 @@ import yaml
 
 from mccl_core.models import ModelConfig
 from mccl_core.params import dataclass_from_dict
-from mccl_core.steps.common import StepError, ValidatedData, sha256_files, sha256_of, write_json, write_text
+from mccl_core.steps.common import (
+    StepError,
+    ValidatedData,
+    sha256_files,
+    sha256_of,
+    write_json,
+    write_text,
+)
 from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
 from mccl_core.training.config import TrainConfig
 
@@ -68,7 +75,7 @@ class LaunchConfig:
             raise ValueError("launch.nnodes > 1 needs launch.rdzv_endpoint (host:port of node 0)")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "LaunchConfig":
+    def from_dict(cls, values: dict[str, Any]) -> LaunchConfig:
         return dataclass_from_dict(cls, values, "params section 'launch'")
 
 
@@ -112,7 +119,23 @@ def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, validated: Vali
     files = {name: sha256_files([path]) for name, path in asdict(inputs).items() if path is not None}
     # World size matters: per-rank batches and data order change with it.
     world = launch.nproc_per_node * launch.nnodes
-    return {"model": model_cfg.to_dict(), "train": train, "data": validated.data_hash, "inputs": files, "world_size": world}
+    return {"model": model_cfg.to_dict(), "train": train, "data": validated.data_hash, "inputs": files,
+            "world_size": world, "code": training_code_hash()}  # fmt: skip
+
+
+def training_code_hash() -> str:
+    """Hash of the code that defines what a checkpoint means (model, loop, data pipeline).
+
+    DVC re-runs the train stage when this code changes; the checkpoint of the old code must then
+    not be resumed (it could even be a finished run, and the "new" model would be the old one).
+    """
+    import mccl_core.data
+    import mccl_core.models
+    import mccl_core.training
+
+    files = [p for package in (mccl_core.models, mccl_core.training, mccl_core.data)
+             for p in Path(list(package.__path__)[0]).glob("*.py")]  # fmt: skip
+    return sha256_files(files)
 
 
 def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:

@@ -35,7 +35,11 @@ import pandas as pd
 
 from mccl_core.data import AnnotationError, DataConfig, load_split
 from mccl_core.data.dataset import ProblemCollector
-from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, parse_categories, read_annotation_json
+from mccl_core.data.intentonomy import (
+    ANNOTATION_FILENAMES,
+    parse_categories,
+    read_annotation_json,
+)
 from mccl_core.params import dataclass_from_dict
 from mccl_core.steps.common import (
     VALIDATED_DATA_FILE,
@@ -83,7 +87,7 @@ class ValidateConfig:
             raise ValueError(f"validate.policy must be 'fail' or 'quarantine', got {self.policy!r}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ValidateConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ValidateConfig:
         return dataclass_from_dict(cls, values, "params section 'validate'")
 
     def limits(self) -> ImageLimits:
@@ -169,7 +173,10 @@ def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
             if image_id not in annotated:  # an image nobody labelled: a record with no label list
                 rows.append({"image_id": image_id, "image_path": image_path, "split": split, "label_ids": None})
     if descriptions is None:
-        from mccl_core.data.intentonomy import INTENTONOMY_CLASSES, intentonomy_descriptions
+        from mccl_core.data.intentonomy import (
+            INTENTONOMY_CLASSES,
+            intentonomy_descriptions,
+        )
 
         descriptions = intentonomy_descriptions() if tuple(names or ()) == INTENTONOMY_CLASSES else [""] * len(names or [])
     return _SourceRows(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), list(names or []), list(descriptions), documents)
