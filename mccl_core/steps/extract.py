@@ -32,16 +32,10 @@ FEATURES_DIR = "features"
 SUMMARY_FILE = "extract.json"
 
 
-@dataclass
-class ExtractStepConfig:
-    """The ``extract`` section of params.yaml (``device`` is a run setting, the rest the shards)."""
+@dataclass(frozen=True)
+class ExtractStepConfig(ExtractConfig):
+    """The ``extract`` section of params.yaml: the shard settings plus where to run (``device``)."""
 
-    batch_size: int = 32
-    tokens_per_image: int = 64
-    shard_size: int = 512
-    max_images: int = 0
-    seed: int = 0
-    num_workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @classmethod
