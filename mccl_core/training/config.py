@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mccl_core.params import dataclass_from_dict
+
 
 @dataclass
 class TrainConfig:
@@ -63,14 +65,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a params.yaml section, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; valid keys: {sorted(known)}")
-        values = dict(values)
-        if "output_dir" in values:
-            values["output_dir"] = Path(values["output_dir"])
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "params section 'train'")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
