@@ -3,7 +3,9 @@
 Written by training, read by evaluation, the MLflow pyfunc model and serving::
 
     bundle/
-      bundle.json             format, model config, class names/descriptions, image size, threshold
+      bundle.json             format, model config, class names/descriptions, image size, input
+                              normalisation (mean/std of the backbone's weights), backbone origin,
+                              threshold
       model.pt                state dict (plain tensors: loads with ``weights_only=True``)
       label_embeddings.npy    [C, 384] PKI label embeddings (no text encoder needed at serving)
       cooccurrence.npy        [C, C] training label co-occurrence counts (the GCN graph)
@@ -22,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mccl_core.data.transforms import build_transforms
 from mccl_core.models import ModelConfig, PrototypeBank, build_model
 
-BUNDLE_FORMAT = "mccl-bundle/1"
+BUNDLE_FORMAT = "mccl-bundle/2"
 META_FILE = "bundle.json"
 WEIGHTS_FILE = "model.pt"
 EMBEDDINGS_FILE = "label_embeddings.npy"
@@ -42,9 +45,42 @@ class BundleMeta:
     class_names: list[str]
     class_descriptions: list[str]
     image_size: int
+    #: Input normalisation of the backbone's weights: training, CPI extraction, evaluation and
+    #: serving must all feed the network the same values, so the bundle carries them.
+    mean: list[float]
+    std: list[float]
+    #: :meth:`mccl_core.models.Backbone.describe`: arch, stages, weights and where they came from.
+    backbone: dict[str, Any] = field(default_factory=dict)
     #: Decision threshold chosen by the evaluate step on val (official protocol); None before it.
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        model_config: ModelConfig,
+        class_names: list[str],
+        class_descriptions: list[str] | None,
+        image_size: int,
+        extra: dict[str, Any] | None = None,
+    ) -> "BundleMeta":
+        """Metadata of ``model``, normalisation and backbone record taken from its backbone."""
+        backbone = model.backbone
+        return cls(
+            model_config=model_config.to_dict(),
+            class_names=list(class_names),
+            class_descriptions=list(class_descriptions or [""] * len(class_names)),
+            image_size=int(image_size),
+            mean=list(backbone.mean),
+            std=list(backbone.std),
+            backbone=backbone.describe(),
+            extra=dict(extra or {}),
+        )
+
+    def eval_transform(self):
+        """The evaluation transform every consumer of the bundle must use (resize, crop, normalise)."""
+        return build_transforms(self.image_size, train=False, mean=tuple(self.mean), std=tuple(self.std))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +89,9 @@ class BundleMeta:
             "class_names": self.class_names,
             "class_descriptions": self.class_descriptions,
             "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "backbone": self.backbone,
             "threshold": self.threshold,
             "extra": self.extra,
         }
@@ -96,12 +135,18 @@ def read_meta(bundle_dir: Path) -> BundleMeta:
         raise BundleError(f"{bundle_dir} is not a model bundle: {META_FILE} is missing")
     data = json.loads(path.read_text())
     if data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: format {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        raise BundleError(
+            f"{path}: format {data.get('format')!r}, expected {BUNDLE_FORMAT!r} (bundles of format 1 do "
+            "not record the input normalisation; retrain or re-export the model)"
+        )
     return BundleMeta(
         model_config=data["model_config"],
         class_names=list(data["class_names"]),
         class_descriptions=list(data.get("class_descriptions") or [""] * len(data["class_names"])),
         image_size=int(data["image_size"]),
+        mean=[float(v) for v in data["mean"]],
+        std=[float(v) for v in data["std"]],
+        backbone=dict(data.get("backbone") or {}),
         threshold=data.get("threshold"),
         extra=dict(data.get("extra") or {}),
     )

@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 TINY_MODEL = {
-    "backbone": {"depth": 18, "stages": ["layer3", "layer4"], "weights": "none"},
+    "backbone": {"arch": "resnet18", "stages": ["layer3", "layer4"], "weights": "none"},
     "pki": {"dim": 32, "decoder_layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.0},
     "cpi": {"k_max": 4, "max_patches_per_class": 2000},
 }

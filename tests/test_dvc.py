@@ -170,7 +170,7 @@ def test_exp_run_sweep_changes_only_what_depends_on_it(project):
     decision = json.loads((root / "outputs" / "register" / "register.json").read_text())
     assert decision["version"] == "2"  # registered; champion moves only if it is better
     assert str(decision["champion_version"]) == "1"
-    assert decision["promoted"] == (decision["test_macro_f1"] > decision["champion_score"])
+    assert decision["promoted"] == (decision["selection_score"] > decision["champion_score"])
 
 
 def test_bad_record_stops_the_pipeline_at_validate(project):

@@ -15,7 +15,8 @@ from mccl_core.models import (
     MCCLModel,
     ModelBuildError,
     ModelConfig,
-    ResNetBackbone,
+    Backbone,
+    BackboneConfig,
     build_model,
     build_prototype_bank,
     load_model_from_state_dict,
@@ -27,7 +28,7 @@ IMAGE = 64
 
 def _cfg(**overrides) -> ModelConfig:
     base = {
-        "backbone": {"depth": 18},
+        "backbone": {"arch": "resnet18", "weights": "none"},
         "pki": {"dim": 64, "decoder_layers": 1, "heads": 4, "ff_dim": 128},
         "cpi": {"k_min": 2, "k_max": 4, "kmeans_restarts": 1},
     }
@@ -47,7 +48,7 @@ def data():
     labels[torch.arange(5), torch.arange(5)] = 1.0  # every class present
     cooccurrence = (labels.T @ labels).numpy()
     embeddings = torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 384, generator=g), dim=1).numpy()
-    backbone = ResNetBackbone(18)
+    backbone = Backbone(BackboneConfig(arch="resnet18", weights="none"))
     with torch.no_grad():
         maps = backbone.eval().forward_features(images)
     bank = build_prototype_bank(dict(zip(backbone.stage_names, maps)), labels, _cfg().cpi)
@@ -78,7 +79,7 @@ def test_every_variant_trains_one_step(name, data):
     # No unused parameters (DDP without find_unused_parameters): every parameter got a gradient.
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
-    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert model.backbone.trunk.conv1.weight.grad.abs().sum() > 0
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     protos_before = {k: v.clone() for k, v in model.state_dict().items() if "prototypes_" in k}
     optimizer.step()
@@ -136,7 +137,7 @@ def test_bf16_autocast_and_channels_last(data):
         ({}, {"label_embeddings": None}, r"label embeddings"),
         ({}, {"cooccurrence": None}, r"co-occurrence"),
         ({"use_cpi": False, "pki": {"use_gcn": False}}, {"cooccurrence": None}, r"class counts"),
-        ({"backbone": {"depth": 50}}, {}, r"another backbone depth"),
+        ({"backbone": {"arch": "resnet50"}}, {}, r"built with another backbone"),
         ({"backbone": {"stages": ["layer4"]}}, {}, r"stages"),
         ({}, {"cooccurrence": np.diag([3.0, 2.0, 2.0, 4.0, 1.0])}, r"label graph is empty"),
     ],
@@ -174,22 +175,28 @@ class _NotATensor:
     x: int
 
 
+def _resnet18(stages=("layer3", "layer4"), weights="none") -> Backbone:
+    return Backbone(BackboneConfig(arch="resnet18", stages=stages, weights=str(weights)))
+
+
 def test_local_backbone_weights_load_and_bad_files_fail(tmp_path):
-    reference = torchvision.models.resnet18(weights=None)
+    reference = torchvision.models.resnet18(weights=None)  # torchvision names load into the timm trunk
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    backbone = ResNetBackbone(18, ("layer3", "layer4"), weights=str(path))
-    assert torch.equal(backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
-    truncated = ResNetBackbone(18, ("layer2",), weights=str(path))  # deeper stages dropped
-    assert not hasattr(truncated, "layer3") and truncated.stage_channels == (128,)
+    backbone = _resnet18(weights=path)
+    assert torch.equal(backbone.trunk.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert backbone.weights_origin.startswith(f"file {path}")
+    truncated = _resnet18(("layer2",), path)  # deeper stages dropped
+    assert not hasattr(truncated.trunk, "layer3") and truncated.stage_channels == (128,)
+    assert truncated.stage_strides == (8,)
 
     with pytest.raises(BackboneWeightsError, match="does not exist"):
-        ResNetBackbone(18, weights=str(tmp_path / "nope.pth"))
+        _resnet18(weights=tmp_path / "nope.pth")
     wrong_depth = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong_depth)
-    with pytest.raises(BackboneWeightsError, match=r"resnet34\.pth.*unexpected keys"):
-        ResNetBackbone(18, weights=str(wrong_depth))
+    with pytest.raises(BackboneWeightsError, match=r"resnet34\.pth.*missing"):
+        _resnet18(weights=wrong_depth)
     pickled = tmp_path / "object.pth"
     torch.save({"model": _NotATensor(1)}, pickled)
     with pytest.raises(BackboneWeightsError, match=r"object\.pth.*weights_only"):
-        ResNetBackbone(18, weights=str(pickled))
+        _resnet18(weights=pickled)

@@ -11,7 +11,8 @@ from mccl_core.models import ConfigError, ModelConfig
 def test_defaults_are_the_spec_values():
     cfg = ModelConfig()
     assert cfg.variant == "mccl" and cfg.use_cpi
-    assert cfg.backbone.depth == 101 and cfg.backbone.stages == ("layer3", "layer4")
+    assert (cfg.backbone.arch, cfg.backbone.weights) == ("resnet101", "imagenet")
+    assert cfg.backbone.stages == ("layer3", "layer4") and cfg.backbone.pretrained
     assert (cfg.cpi.prototypes_per_class, cfg.cpi.exponent, cfg.cpi.k_min, cfg.cpi.k_max) == (8.0, 1.0, 2, 32)
     assert (cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum) == (0.1, 0.0, 0.999)
     assert (cfg.pki.tau, cfg.pki.p, cfg.pki.gcn_layers) == (0.1, 0.2, 2)
@@ -24,13 +25,13 @@ def test_roundtrip_through_yaml():
     text = """
     variant: mccl
     use_cpi: false
-    backbone: {depth: 50, stages: [layer4], weights: none}
+    backbone: {arch: resnet50, stages: [layer4], weights: none}
     mcc: {enabled: true, temperature: 0.05, momentum: 0.99}
     pki: {use_gcn: false, dim: 64, heads: 4, decoder_layers: 1}
     loss: {reduction: sum, gamma_neg: 4}
     """
     cfg = ModelConfig.from_dict(yaml.safe_load(text))
-    assert cfg.backbone.stages == ("layer4",) and cfg.backbone.depth == 50
+    assert cfg.backbone.stages == ("layer4",) and cfg.backbone.arch == "resnet50"
     assert cfg.mcc.temperature == 0.05 and cfg.pki.dim == 64 and cfg.loss.gamma_neg == 4.0
     assert isinstance(cfg.loss.gamma_neg, float)
     again = ModelConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
@@ -46,7 +47,11 @@ def test_roundtrip_through_yaml():
         ({"mcc": {"enabled": "yes"}}, r"mcc\.enabled"),
         ({"pki": {"dim": "big"}}, r"pki\.dim"),
         ({"variant": "q2l"}, r"variant"),
-        ({"backbone": {"depth": 42}}, r"backbone\.depth"),
+        ({"backbone": {"arch": "resnet42"}}, r"backbone\.arch"),
+        ({"backbone": {"depth": 50}}, r"backbone\.depth"),
+        ({"backbone": {"arch": "efficientnet_lite0", "stages": ["layer3", "layer4"]}}, r"stage1.*stage4"),
+        ({"backbone": {"arch": "efficientnet_lite0", "stages": ["stage4"], "weights": "imagenet"}}, r"package"),
+        ({"backbone": {"arch": "resnet50", "weights": "package"}}, r"no installable package"),
         ({"backbone": {"stages": ["layer4", "layer3"]}}, r"shallow -> deep"),
         ({"backbone": {"stages": "layer4"}}, r"backbone\.stages"),
         ({"mcc": {"temperature": 0}}, r"mcc\.temperature"),
@@ -59,3 +64,27 @@ def test_roundtrip_through_yaml():
 def test_invalid_config_raises_with_dotted_key(data, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_dict(data)
+
+
+def test_normalisation_follows_the_weights():
+    lite = {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"]}
+    assert ModelConfig.from_dict({"backbone": {**lite, "weights": "package"}}).backbone.normalization() == (
+        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    resnet = ModelConfig.from_dict({"backbone": {"arch": "resnet101", "weights": "imagenet"}}).backbone
+    assert resnet.normalization() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize(
+    "backbone,residual,warns",
+    [
+        ({"arch": "resnet18", "weights": "imagenet"}, 0.5, "residual > 0 is meant for random-init"),
+        ({"arch": "resnet18", "weights": "none"}, 0.0, "random-init tokens are nearly parallel"),
+        ({"arch": "resnet18", "weights": "imagenet"}, 0.0, None),
+        ({"arch": "resnet18", "weights": "none"}, 0.5, None),
+    ],
+)
+def test_residual_warning_matches_the_weights(backbone, residual, warns, caplog):
+    with caplog.at_level("WARNING", logger="mccl_core.models.config"):
+        ModelConfig.from_dict({"backbone": backbone, "mcc": {"residual": residual}})
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert (warns in messages) if warns else messages == ""

@@ -10,6 +10,7 @@ from mlflow.exceptions import MlflowException
 from services import MlflowServer
 
 from mccl_core.serving import CANDIDATE_TAG, PROMOTED_TAG, SCORE_TAG, promote_if_better
+from mccl_core.serving.registry import REPORTED_TAG
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +110,21 @@ def test_bad_score_and_unknown_version_are_errors(client):
     name = "mccl-errors"
     v1 = _new_version(client, name)
     for bad in (math.nan, math.inf):
-        with pytest.raises(ValueError, match="test_macro_f1 must be finite"):
+        with pytest.raises(ValueError, match="val_macro_f1 must be finite"):
             promote_if_better(client, name, v1, bad)
     with pytest.raises(MlflowException):
         promote_if_better(client, name, "99", 0.5)
     assert _champion(client, name) is None
+
+
+def test_better_on_test_but_worse_on_val_does_not_become_champion(client):
+    """Selection uses val only: a candidate that wins on test but loses on val stays a candidate."""
+    name = "mccl-val-selection"
+    v1, v2 = _new_version(client, name), _new_version(client, name)
+    assert SCORE_TAG == "val_macro_f1"
+    assert promote_if_better(client, name, v1, 0.50, test_macro_f1=0.30).promoted
+    decision = promote_if_better(client, name, v2, 0.45, test_macro_f1=0.60)
+    assert not decision.promoted and _champion(client, name) == v1
+    assert (decision.new_score, decision.champion_score) == (0.45, 0.50)
+    tags = _tags(client, name, v2)
+    assert float(tags[REPORTED_TAG]) == 0.60 and float(tags[SCORE_TAG]) == 0.45  # test recorded, not used

@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_transforms(
     image_size: int,
     train: bool,
     *,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
     crop_scale: tuple[float, float] = (0.6, 1.0),
     hflip: bool = True,
     randaugment: bool = True,
@@ -26,12 +27,14 @@ def build_transforms(
     """Training or evaluation transform.
 
     Train: RandomResizedCrop(``crop_scale``) -> horizontal flip -> light RandAugment (1 op,
-    magnitude 5 of 31) -> tensor -> ImageNet normalisation -> optional RandomErasing (Cutout).
+    magnitude 5 of 31) -> tensor -> normalisation -> optional RandomErasing (Cutout).
     Eval: resize the short side to ``image_size`` -> center crop -> tensor -> normalisation.
 
     The defaults are deliberately light: intents hinge on small, composable clues, and strong
     crops or colour operations can remove or change a clue and so silently corrupt the label.
-    For the synthetic demo (colour is part of every clue, objects reach the image border) use
+    ``mean``/``std`` belong to the backbone's weights (``BackboneConfig.normalization()``; the model
+    bundle stores them): ImageNet statistics for torchvision weights, 0.5/0.5 for the TF-ported
+    EfficientNet-Lite weights. For the synthetic demo (colour is part of every clue, objects reach the image border) use
     ``crop_scale=(1.0, 1.0), randaugment=False``.
     """
     if image_size < 8:
@@ -40,7 +43,7 @@ def build_transforms(
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
     if not 0 <= erase_prob <= 1:
         raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if not train:
         return v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *to_float])
     steps: list[Callable] = [

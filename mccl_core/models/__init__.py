@@ -1,10 +1,12 @@
 """MCCL model components: backbone, CPI, MCC, PKI (label embeddings, GCN, decoder), losses, factory.
 
-See ``shared/spec/MCCL.md`` for what is [paper], [lineage] and [ours]; every [ours] default is a
-field of :class:`ModelConfig`.
+The docstrings mark what comes from the paper, what from the code MCCL builds on (Query2Label,
+ML-GCN, ASL, ProtoSeg/PIP-Net) and what is our default; every default is a field of
+:class:`ModelConfig`.
 """
 
-from .backbone import BackboneWeightsError, ResNetBackbone, load_local_resnet_weights
+from .archs import ARCHS, ArchSpec, arch_spec
+from .backbone import Backbone, BackboneWeightsError, build_classifier, resolve_weights
 from .config import (
     BackboneConfig,
     ConfigError,
@@ -51,7 +53,10 @@ from .pki import (
 )
 
 __all__ = [
+    "ARCHS",
     "AllocationRow",
+    "ArchSpec",
+    "Backbone",
     "AsymmetricLoss",
     "BackboneConfig",
     "BackboneWeightsError",
@@ -79,8 +84,9 @@ __all__ = [
     "PrototypeBank",
     "PrototypeBankBuilder",
     "PrototypeBankError",
-    "ResNetBackbone",
     "allocate_prototypes",
+    "arch_spec",
+    "build_classifier",
     "build_label_graph",
     "build_loss",
     "build_model",
@@ -89,8 +95,8 @@ __all__ = [
     "format_allocation_table",
     "label_texts",
     "load_label_embeddings",
-    "load_local_resnet_weights",
     "load_model_from_state_dict",
     "random_prototype_bank",
+    "resolve_weights",
     "spherical_kmeans",
 ]

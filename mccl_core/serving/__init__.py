@@ -1,7 +1,8 @@
 """Serving: the MCCL pyfunc model, logging it to MLflow, and champion promotion in the registry.
 
 * :func:`log_pyfunc_model` - bundle folder -> self-contained pyfunc model (+ registered version).
-* :func:`promote_if_better` - move the ``champion`` alias only to a strictly better test macro-F1.
+* :func:`promote_if_better` - move the ``champion`` alias only to a strictly better validation
+  macro-F1 (test is recorded, never selected on).
 * :class:`MCCLIntentModel` - what ``mlflow models serve`` runs: base64 images in, per-class scores
   and the intents above the tuned threshold out (I/O contract in :mod:`mccl_core.serving.pyfunc`).
 

@@ -5,7 +5,7 @@ request carries *encoded images* (what a client has), and the answer must be int
 tuned threshold, so decoding, the eval transform, batching, sigmoid and thresholding belong to the
 model - exactly the same code path as evaluation (:func:`mccl_core.data.images.load_rgb_image_bytes`
 shares the decoder of :func:`mccl_core.data.load_rgb_image`, and the transform is
-:func:`mccl_core.data.build_transforms` with ``train=False``).
+:meth:`mccl_core.bundle.BundleMeta.eval_transform`, with the normalisation of the backbone's weights).
 
 Request (the scoring server's ``dataframe_split`` / ``dataframe_records`` JSON, or a DataFrame when
 called in-process): one row per image, column ``image`` = base64 of the JPEG/PNG/... file bytes
@@ -48,7 +48,6 @@ from PIL import Image
 
 from mccl_core.bundle import load_bundle
 from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image_bytes
-from mccl_core.data.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ class MCCLIntentModel(PythonModel):
         self.device = _resolve_device(self.config.device)
         self.model, self.meta = load_bundle(context.artifacts[BUNDLE_ARTIFACT], self.device)
         self.class_names: list[str] = list(self.meta.class_names)
-        self.transform = build_transforms(self.meta.image_size, train=False)
+        self.transform = self.meta.eval_transform()
         # One forward at a time: the scoring server runs requests in threads; parallel forwards
         # only oversubscribe the cores (CPU) or the device, while decoding still runs in parallel.
         self._forward_lock = threading.Lock()

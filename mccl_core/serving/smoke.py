@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mccl_core.bundle import BundleMeta, save_bundle
-from mccl_core.models import ModelConfig, ResNetBackbone, build_model, random_prototype_bank
+from mccl_core.models import ModelConfig, Backbone, build_model, random_prototype_bank
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,12 @@ def build_untrained_bundle(
     torch.manual_seed(seed)
     bank = None
     if model_cfg.variant == "mccl" and model_cfg.mcc.enabled and model_cfg.use_cpi:
-        backbone = ResNetBackbone.from_config(model_cfg.backbone)
+        backbone = Backbone.from_config(model_cfg.backbone)
         channels = dict(zip(model_cfg.backbone.stages, backbone.stage_channels))
         bank = random_prototype_bank(channels, np.diag(np.asarray(cooccurrence)), model_cfg.cpi, list(class_names))
     model = build_model(model_cfg, num_classes, label_embeddings, cooccurrence, bank)
-    meta = BundleMeta(
-        model_config=model_cfg.to_dict(),
-        class_names=list(class_names),
-        class_descriptions=list(class_descriptions or [""] * num_classes),
-        image_size=int(image_size),
+    meta = BundleMeta.for_model(
+        model, model_cfg, list(class_names), list(class_descriptions or [""] * num_classes), image_size,
         extra={"untrained": True, "seed": seed},
     )
     logger.info("writing an UNTRAINED (random weights) bundle to %s", out_dir)

@@ -25,7 +25,7 @@ import numpy as np
 
 from mccl_core.baselines import LabelPriorPredictor
 from mccl_core.bundle import load_bundle
-from mccl_core.data import build_transforms, load_split
+from mccl_core.data import load_split
 from mccl_core.data.intentonomy import INTENTONOMY_CLASSES
 from mccl_core.metrics import (
     INTENTONOMY_SUBSETS,
@@ -77,7 +77,10 @@ class EvaluateResult:
 
     @property
     def selection_score(self) -> float:
-        """The score the register step compares champions by (test macro-F1, official protocol)."""
+        """The score models are selected by (champion, sweeps): a validation score, never test.
+
+        Official protocol: val macro-F1 at the threshold tuned on val; MDID: split-tuned val macro-F1.
+        """
         return float(self.metrics["selection_score"])
 
 
@@ -98,7 +101,7 @@ def run_evaluate(
     with tracked_step("evaluate", tracking, {"evaluate": asdict(cfg)}, all_params, validated.data_hash) as run:
         device = resolve_device(cfg.device)
         model, meta = load_bundle(Path(model_dir), device)
-        transform = build_transforms(meta.image_size, train=False)
+        transform = meta.eval_transform()
         ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
         train_labels = load_split(validated.data, "train").label_matrix()
         splits = [s for s in ("val", "test") if s in validated.splits]
@@ -142,7 +145,8 @@ def run_evaluate(
                 "label_prior_test_map": prior_official.average_precision.map,
                 "label_prior_threshold": prior_official.threshold,
             }
-            metrics["selection_score"] = metrics["test_macro_f1"]
+            # Model selection (champion, sweeps) on val only: the protocol's own tuning criterion.
+            metrics["selection_score"] = metrics["val_macro_f1_at_threshold"]
             metrics["beats_label_prior"] = bool(metrics["test_macro_f1"] > metrics["label_prior_test_macro_f1"])
             mlflow_metrics.update(official.metrics())
             for result in tuned.values():

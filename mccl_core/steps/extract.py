@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 import torch
 
-from mccl_core.data import build_transforms, load_split
+from mccl_core.data import load_split
 from mccl_core.features import ExtractConfig, write_token_shards
 from mccl_core.models import ModelConfig
 from mccl_core.params import dataclass_from_dict
 from mccl_core.steps.common import ValidatedData, sha256_of, write_json
 from mccl_core.steps.tracking import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
-from mccl_core.training.run import initial_backbone
+from mccl_core.training.run import eval_transform, initial_backbone
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_extract(
         torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, tmp)
         os.replace(tmp, init_path)
 
-        dataset = load_split(validated.data, "train", transform=build_transforms(image_size, train=False))
+        dataset = load_split(validated.data, "train", transform=eval_transform(model_cfg, image_size))
         device = resolve_device(cfg.device)
         fingerprint = sha256_of(
             {"backbone": asdict(model_cfg.backbone), "seed": seed, "image_size": image_size, "data": validated.data_hash}

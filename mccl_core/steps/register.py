@@ -3,7 +3,8 @@
 The model is logged as an MLflow pyfunc model (``mccl_core.serving.log_pyfunc_model``, with the
 threshold the evaluate step chose on val) and registered as a new version of
 ``register.model_name``. ``mccl_core.serving.promote_if_better`` then moves the alias (default
-``champion``) to it only when its test macro-F1 beats the current champion's; otherwise the
+``champion``) to it only when its validation selection score (val macro-F1 at the val-tuned
+threshold) beats the current champion's; test macro-F1 is recorded, never compared. Otherwise the
 version stays a candidate and the decision file says why.
 
 Unlike the other steps, this one cannot work without the tracking server: the registry *is* the
@@ -105,6 +106,7 @@ def run_register(
     metrics = read_json(Path(evaluation_metrics), "evaluation metrics")
     threshold = float(metrics["threshold"])
     score = float(metrics["selection_score"])
+    test_score = metrics.get("test_macro_f1")
     uri = resolve_tracking_uri(Path(tracking.project_dir), tracking.tracking_uri)
     check_registry(uri)
     out_dir = Path(out_dir)
@@ -120,7 +122,10 @@ def run_register(
                 info = log_pyfunc_model(Path(model_dir), threshold, registered_model_name=cfg.model_name)
             version = str(info.registered_model_version)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            decision = promote_if_better(client, cfg.model_name, version, score, alias=cfg.alias)
+            decision = promote_if_better(
+                client, cfg.model_name, version, score, alias=cfg.alias,
+                test_macro_f1=None if test_score is None else float(test_score),
+            )
         except StepError:
             raise
         except Exception as error:
@@ -135,7 +140,8 @@ def run_register(
             "alias": cfg.alias,
             "version": version,
             "threshold": threshold,
-            "test_macro_f1": score,
+            "selection_score": score,
+            "test_macro_f1": test_score,
             "promoted": bool(decision.promoted),
             "champion_version": decision.champion_version,
             "champion_score": decision.champion_score,
@@ -145,7 +151,7 @@ def run_register(
         }
         decision_path = write_json(out_dir / DECISION_FILE, payload)
         run.set_tags({"mccl.registered_version": version, "mccl.promoted": str(bool(decision.promoted)).lower()})
-        run.log_metrics({"registered_test_macro_f1": score, "promoted": float(bool(decision.promoted))})
+        run.log_metrics({"registered_selection_score": score, "promoted": float(bool(decision.promoted))})
         run.log_artifact(decision_path, "registry")
         status = f"promoted to @{cfg.alias}" if decision.promoted else f"kept as a candidate (not @{cfg.alias})"
         log.info("%s version %s %s: %s", cfg.model_name, version, status, decision.reason)

@@ -51,9 +51,11 @@ class TrainConfig:
     #: Convert BatchNorm to SyncBatchNorm when more than one process trains.
     sync_batchnorm: bool = False
     #: Keep BatchNorm layers on their running statistics during training (affine weights still
-    #: learn). For small per-GPU batches, where batch statistics are noisy; also makes a step
-    #: independent of how the global batch is split across processes.
-    freeze_bn_stats: bool = False
+    #: learn). On by default, for three reasons: CPI clusters tokens of the backbone in this mode
+    #: (so the prototypes match the tokens the first training step sees - with batch statistics
+    #: they would not), pretrained running statistics are better than those of small per-GPU
+    #: batches, and a step does not depend on how the global batch is split across processes.
+    freeze_bn_stats: bool = True
     #: Cap on optimiser steps per epoch (0: the whole epoch) - for smoke tests and sweeps.
     max_steps_per_epoch: int = 0
     #: Evaluate on val every N epochs (the last epoch is always evaluated).

@@ -316,16 +316,26 @@ def train(
         final_model = ema.module if ema is not None else model
         if isinstance(final_model, nn.Module) and ctx.enabled and cfg.sync_batchnorm:
             final_model = _revert_sync_batchnorm(copy.deepcopy(final_model))
-        meta = BundleMeta(
-            model_config=model_cfg.to_dict(),
-            class_names=list(inputs.class_names),
-            class_descriptions=list(inputs.class_descriptions or [""] * num_classes),
-            image_size=cfg.image_size,
+        meta = BundleMeta.for_model(
+            model, model_cfg, list(inputs.class_names), inputs.class_descriptions, cfg.image_size,
             extra={"epochs": cfg.epochs, "ema": ema is not None},
         )
         save_bundle(final_path, final_model, meta, inputs.label_embeddings, inputs.cooccurrence, inputs.prototype_bank)
         (out_dir / HISTORY_NAME).write_text(json.dumps([asdict(r) for r in history], indent=2))
     return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
+
+
+def set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
+    """Training mode; with ``freeze_bn_stats`` BatchNorm keeps its running statistics (eval mode).
+
+    Frozen, the backbone computes exactly what the extract step computed for CPI (it runs the
+    backbone in eval mode), so the prototypes start on the tokens training actually sees.
+    """
+    model.train()
+    if freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _train_one_epoch(
@@ -340,11 +350,7 @@ def _train_one_epoch(
     steps_per_epoch: int,
 ) -> EpochRecord:
     model = _unwrap(train_model)
-    train_model.train()
-    if cfg.freeze_bn_stats:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    set_train_mode(train_model, cfg.freeze_bn_stats)
     model.prototype_health(reset=True)
     loader = _train_loader(inputs.train_set, cfg, ctx, epoch)
     use_channels_last = cfg.channels_last and ctx.device.type == "cuda"

@@ -14,7 +14,7 @@ import torch
 
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_split
 from mccl_core.features import ExtractConfig, run_cpi
-from mccl_core.models import ModelConfig, PrototypeBank, ResNetBackbone, compute_label_embeddings, label_texts
+from mccl_core.models import ModelConfig, PrototypeBank, Backbone, compute_label_embeddings, label_texts
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.loop import TrainInputs
 
@@ -30,12 +30,21 @@ class TrainArtifacts:
     label_embeddings: Path | None = None
 
 
-def train_transform(cfg: TrainConfig):
+def eval_transform(model_cfg: ModelConfig, image_size: int):
+    """The deterministic transform (resize, centre crop, the weights' normalisation): val, CPI."""
+    mean, std = model_cfg.backbone.normalization()
+    return build_transforms(image_size, train=False, mean=mean, std=std)
+
+
+def train_transform(model_cfg: ModelConfig, cfg: TrainConfig):
     if not cfg.augment:
-        return build_transforms(cfg.image_size, train=False)
+        return eval_transform(model_cfg, cfg.image_size)
+    mean, std = model_cfg.backbone.normalization()
     return build_transforms(
         cfg.image_size,
         train=True,
+        mean=mean,
+        std=std,
         crop_scale=(cfg.crop_scale_min, 1.0),
         randaugment=cfg.randaugment,
         erase_prob=cfg.erase_prob,
@@ -46,10 +55,10 @@ def model_needs_prototypes(model_cfg: ModelConfig) -> bool:
     return model_cfg.variant == "mccl" and model_cfg.mcc.enabled and model_cfg.use_cpi
 
 
-def initial_backbone(model_cfg: ModelConfig, seed: int) -> ResNetBackbone:
+def initial_backbone(model_cfg: ModelConfig, seed: int) -> Backbone:
     """The backbone "as it stands before training" (seeded for random init)."""
     torch.manual_seed(seed)
-    return ResNetBackbone.from_config(model_cfg.backbone)
+    return Backbone.from_config(model_cfg.backbone)
 
 
 def prepare_inputs(
@@ -60,8 +69,8 @@ def prepare_inputs(
     extract_cfg: ExtractConfig | None = None,
 ) -> TrainInputs:
     artifacts = artifacts or TrainArtifacts()
-    train_set = load_split(data_cfg, "train", transform=train_transform(train_cfg))
-    val_set = load_split(data_cfg, "val", transform=build_transforms(train_cfg.image_size, train=False))
+    train_set = load_split(data_cfg, "train", transform=train_transform(model_cfg, train_cfg))
+    val_set = load_split(data_cfg, "val", transform=eval_transform(model_cfg, train_cfg.image_size))
     if val_set.class_names != train_set.class_names:
         raise ValueError(f"val classes {val_set.class_names} differ from train classes {train_set.class_names}")
     cooccurrence = cooccurrence_counts(train_set.label_matrix())
@@ -87,7 +96,7 @@ def prepare_inputs(
                 backbone.load_state_dict(backbone_state)
             else:
                 backbone_state = backbone.state_dict()
-            cpi_set = load_split(data_cfg, "train", transform=build_transforms(train_cfg.image_size, train=False))
+            cpi_set = load_split(data_cfg, "train", transform=eval_transform(model_cfg, train_cfg.image_size))
             device = torch.device("cuda" if torch.cuda.is_available() and train_cfg.device != "cpu" else "cpu")
             bank = run_cpi(backbone, cpi_set, model_cfg.cpi, extract_cfg or ExtractConfig(seed=train_cfg.seed), device)
     return TrainInputs(

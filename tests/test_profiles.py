@@ -1,0 +1,60 @@
+"""The paper profile is a complete params file whose values are the paper's (and its lineage's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mccl_core.models import ModelConfig
+from mccl_core.params import load_params
+from mccl_core.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "profiles" / "paper-intentonomy.yaml"
+
+
+def test_paper_profile_has_every_section_of_params_yaml():
+    assert set(load_params(PAPER)) == set(load_params(REPO / "params.yaml"))
+
+
+def test_paper_profile_holds_the_spec_values(caplog):
+    params = load_params(PAPER)
+    assert params["data"] == {"source": "intentonomy", "root": "data/real"}
+    with caplog.at_level("WARNING", logger="mccl_core.models.config"):
+        model = ModelConfig.from_dict(params["model"])
+    assert not caplog.records, "the paper profile must not trigger the residual/weights warning"
+    # Backbone: ImageNet ResNet-101 V1 (the Q2L/HLEG lineage's weights), the last two stages.
+    assert (model.variant, model.use_cpi) == ("mccl", True)
+    assert (model.backbone.arch, model.backbone.weights, model.backbone.stages) == (
+        "resnet101", "imagenet", ("layer3", "layer4"))
+    # CPI: frequency-aware, K_total = 8 x C, K in [2, 32], a = 1.
+    cpi = model.cpi
+    assert (cpi.prototypes_per_class, cpi.exponent, cpi.k_min, cpi.k_max) == (8.0, 1.0, 2, 32)
+    # MCC: t = 0.1, pure rebuild, momentum 0.999.
+    assert (model.mcc.enabled, model.mcc.temperature, model.mcc.residual, model.mcc.momentum) == (True, 0.1, 0.0, 0.999)
+    # PKI: tau 0.1 (0.4 empties the Intentonomy graph), p 0.2, 2 GCN layers, Q2L decoder sizes.
+    pki = model.pki
+    assert (pki.use_gcn, pki.tau, pki.p, pki.gcn_layers) == (True, 0.1, 0.2, 2)
+    assert (pki.dim, pki.decoder_layers, pki.heads, pki.ff_dim, pki.dropout) == (512, 2, 8, 2048, 0.1)
+    # ASL with explicit kind (not "auto"), g- 2, g+ 0, clip 0.05.
+    assert (model.loss.kind, model.loss.gamma_neg, model.loss.gamma_pos, model.loss.clip) == ("asl", 2.0, 0.0, 0.05)
+
+    train = TrainConfig.from_dict(params["train"])
+    assert (train.image_size, train.epochs, train.batch_size) == (224, 30, 64)
+    assert (train.lr, train.weight_decay, train.pct_start, train.ema_decay) == (1e-4, 1e-2, 0.2, 0.9997)
+    assert train.augment and train.randaugment and train.erase_prob > 0  # RandAugment + Cutout
+    assert (train.precision, train.channels_last) == ("auto", True)  # bf16 + channels_last on GPU
+
+
+@pytest.mark.parametrize("section", ["model", "train"])
+def test_demo_defaults_differ_from_the_paper_only_where_two_cores_force_it(section):
+    """The embedded default keeps the paper's method (pretrained, residual 0, ASL) at demo size."""
+    demo = load_params(REPO / "params.yaml")[section]
+    if section == "model":
+        model = ModelConfig.from_dict(demo)
+        assert model.backbone.pretrained and model.mcc.residual == 0.0 and model.loss_kind == "asl"
+        assert model.mcc.temperature == 0.1 and model.mcc.momentum == 0.999 and model.pki.use_gcn
+    else:
+        train = TrainConfig.from_dict(demo)
+        assert train.freeze_bn_stats and train.weight_decay == 1e-2
