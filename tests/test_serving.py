@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 from PIL import Image
+from sklearn.datasets import load_sample_image
 from services import HOST, MlflowServer, ServiceProcess, free_ports, venv_executable
 
 from conftest import TINY_MODEL
@@ -67,20 +68,25 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 @pytest.fixture(scope="module")
 def bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory) -> Path:
     train = load_split(DataConfig(source="demo", root=tiny_demo), "train")
+    # The default backbone: EfficientNet-Lite0 with the packaged ImageNet weights (mean = std = 0.5).
+    model_cfg = ModelConfig.from_dict({
+        **TINY_MODEL, "backbone": {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"},
+    })  # fmt: skip
     return build_untrained_bundle(
         tmp_path_factory.mktemp("serving") / "bundle",
-        ModelConfig.from_dict(TINY_MODEL),
+        model_cfg,
         train.class_names,
         load_label_embeddings(tiny_demo_label_embeddings),
         cooccurrence_counts(train.label_matrix()),
-        image_size=32,
+        image_size=64,
         class_descriptions=train.class_descriptions,
     )
 
 
 @pytest.fixture(scope="module")
 def images(tiny_demo, tmp_path_factory) -> list[Path]:
-    """Real files: demo JPEGs, a larger JPEG, a greyscale JPEG and an RGBA PNG (alpha over white)."""
+    """Real files: demo JPEGs, a larger JPEG, a greyscale JPEG, an RGBA PNG (alpha over white) and
+    the two real photos sklearn ships."""
     folder = tmp_path_factory.mktemp("serving-images")
     test_split = load_split(DataConfig(source="demo", root=tiny_demo), "test")
     demo = [Path(r.image_path) for r in test_split.records[:4]]
@@ -93,14 +99,22 @@ def images(tiny_demo, tmp_path_factory) -> list[Path]:
     rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
     png = folder / "alpha.png"
     png.write_bytes(_encode(rgba, "PNG"))
-    return [*demo, large, grey, png]
+    photos = []
+    for name in ("china.jpg", "flower.jpg"):
+        photo = folder / name
+        photo.write_bytes(_encode(Image.fromarray(load_sample_image(name)).resize((320, 214)), "JPEG", quality=90))
+        photos.append(photo)
+    return [*demo, large, grey, *photos, png]
 
 
 @pytest.fixture(scope="module")
 def bare_scores(bundle, images) -> np.ndarray:
     """Scores of the bundle's model with the training loader and eval transform, no serving code."""
     model, meta = load_bundle(bundle)
-    transform = build_transforms(meta.image_size, train=False)
+    # Independent of the serving code: the Lite0 weights' own normalisation, written out.
+    assert (meta.mean, meta.std) == ([0.5] * 3, [0.5] * 3)
+    assert meta.backbone["arch"] == "efficientnet_lite0" and meta.backbone["weights"] == "package"
+    transform = build_transforms(meta.image_size, train=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     with torch.no_grad():
         logits = model(torch.stack([transform(load_rgb_image(p)) for p in images])).logits
     return torch.sigmoid(logits).numpy()

@@ -245,3 +245,42 @@ def test_train_launch_command():
     assert "--standalone" not in nodes and nodes[nodes.index("--rdzv_endpoint") + 1] == "n0:29400"
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         LaunchConfig(nnodes=2)
+
+
+def test_cpi_tokens_equal_the_tokens_of_the_first_training_forward(tiny_demo, tiny_demo_label_embeddings, tmp_path):
+    """CPI clusters what training sees: extract-step tokens == the model's own forward at step 0
+    (BatchNorm on running statistics in both; with batch statistics they would differ)."""
+    from mccl_core.models import build_model
+    from mccl_core.training.config import TrainConfig
+    from mccl_core.training.loop import set_train_mode
+    from mccl_core.training.run import TrainArtifacts, eval_transform, prepare_inputs
+
+    handle = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING).validated
+    model_cfg = ModelConfig.from_dict({
+        **TINY_MODEL, "mcc": {"enabled": False},
+        "backbone": {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"},
+    })  # fmt: skip
+    extracted = run_extract(ExtractStepConfig(batch_size=16, tokens_per_image=0, shard_size=96, device="cpu"),
+                            handle, model_cfg, 64, 0, tmp_path / "extract", NO_TRACKING)  # fmt: skip
+    _, shard_tokens, _ = next(iter_token_shards(extracted.features_dir))
+
+    train_cfg = TrainConfig(image_size=64, output_dir=tmp_path / "train")
+    assert train_cfg.freeze_bn_stats  # the default
+    inputs = prepare_inputs(handle.data, model_cfg, train_cfg,
+                            TrainArtifacts(None, extracted.backbone_init, tiny_demo_label_embeddings))  # fmt: skip
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence, None)
+    model.backbone.load_state_dict(inputs.backbone_state)  # what train() does before step 0
+    images = torch.stack([load_split(handle.data, "train", eval_transform(model_cfg, 64))[i]["image"] for i in range(16)])
+
+    def tokens(freeze: bool) -> list[torch.Tensor]:
+        set_train_mode(model, freeze)
+        with torch.no_grad():
+            maps = model.forward_features(images)
+        return [torch.nn.functional.normalize(m.flatten(2).transpose(1, 2), dim=-1) for m in maps]
+
+    for stage, ours in zip(("stage3", "stage4"), tokens(freeze=True)):
+        torch.testing.assert_close(shard_tokens[stage][:16], ours, atol=2e-3, rtol=0)  # float16 storage
+    batch_stat_tokens = tokens(freeze=False)[0]  # the old mode: batch statistics
+    cosine = (batch_stat_tokens * shard_tokens["stage3"][:16]).sum(-1).mean()
+    assert cosine < 0.99
