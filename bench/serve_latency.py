@@ -10,7 +10,7 @@ Measured in one run, on the same real JPEG bytes:
   in total): throughput in images/s and the latency under load;
 * **served, batched**: one client, ``--batch`` images per request: images/s.
 
-By default the script builds an untrained MCCL bundle (the real architecture: ResNet ``--depth``,
+By default the script builds an untrained MCCL bundle (the real architecture: ``--arch``,
 the 28 Intentonomy classes with their label embeddings and training co-occurrence, random weights:
 the forward costs the same as a trained model's), logs it with
 :func:`mccl_core.serving.log_pyfunc_model` into a throwaway SQLite tracking store, registers and
@@ -28,7 +28,7 @@ script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before torch loads 
 inherits it. Set ``OMP_WAIT_POLICY=ACTIVE`` explicitly to measure the other regime.
 
     python bench/serve_latency.py                     # CPU defaults, < 2 min on 2 cores
-    python bench/serve_latency.py --depth 101 --image-size 448 --clients 8 --concurrent-requests 400
+    python bench/serve_latency.py --arch resnet101 --image-size 448 --clients 8 --concurrent-requests 400
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mccl_core.data.images import load_rgb_image_bytes
+from mccl_core.models.archs import ARCHS
 from mccl_core.serving import (
     BUNDLE_ARTIFACT,
     MCCLIntentModel,
@@ -148,7 +149,7 @@ def _payload(images_b64: Sequence[str]) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def build_default_bundle(out_dir: Path, depth: int, image_size: int) -> Path:
+def build_default_bundle(out_dir: Path, arch: str, image_size: int) -> Path:
     """Untrained MCCL bundle for the 28 Intentonomy classes (see the module docstring)."""
     from mccl_core.data.intentonomy import INTENTONOMY_CLASSES, intentonomy_descriptions, intentonomy_train_cooccurrence
     from mccl_core.models import ModelConfig, compute_label_embeddings, label_texts
@@ -156,7 +157,8 @@ def build_default_bundle(out_dir: Path, depth: int, image_size: int) -> Path:
     descriptions = intentonomy_descriptions()
     texts = label_texts(INTENTONOMY_CLASSES, descriptions)
     embeddings = compute_label_embeddings(texts, out_dir / "label_embeddings.npz")
-    model_cfg = ModelConfig.from_dict({"backbone": {"depth": depth, "weights": "none"}})
+    stages = list(ARCHS[arch].stage_names[-2:])
+    model_cfg = ModelConfig.from_dict({"backbone": {"arch": arch, "stages": stages, "weights": "none"}, "mcc": {"residual": 0.5}})
     return build_untrained_bundle(
         out_dir / "bundle", model_cfg, list(INTENTONOMY_CLASSES), embeddings, intentonomy_train_cooccurrence(),
         image_size, class_descriptions=descriptions,
@@ -401,8 +403,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mccl-serve-bench-")))
         bundle, model_uri, tracking_uri = args.bundle, args.model_uri, os.environ.get("MLFLOW_TRACKING_URI")
         if args.url is None and bundle is None and model_uri is None:
-            logger.info("building an untrained resnet%d MCCL bundle (%d px)", args.depth, args.image_size)
-            bundle = build_default_bundle(workdir, args.depth, args.image_size)
+            logger.info("building an untrained %s MCCL bundle (%d px)", args.arch, args.image_size)
+            bundle = build_default_bundle(workdir, args.arch, args.image_size)
             result.notes.append("untrained bundle built by the benchmark (random weights; timing only)")
         if args.url is None and model_uri is None:
             tracking_uri, model_uri = log_and_promote(bundle, workdir, args.threshold)
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--url", help="an already running loopback scoring server, e.g. http://127.0.0.1:5000")
     source.add_argument("--model-uri", help="serve this model (models:/name@champion, runs:/..., a local path)")
     source.add_argument("--bundle", type=Path, help="serve this model bundle folder")
-    source.add_argument("--depth", type=int, default=18, choices=(18, 34, 50, 101, 152), help="default bundle's ResNet")
+    source.add_argument("--arch", default="efficientnet_lite0", choices=sorted(ARCHS), help="default bundle's backbone")
     source.add_argument("--image-size", type=int, default=224, help="default bundle's eval resolution")
     source.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--photo-size", default="640x480", help="WxH of the synthetic JPEGs sent")

@@ -133,7 +133,7 @@ def test_mlflow_parent_run_with_a_nested_run_per_step(project):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     finished = {r.info.run_name for r in children if r.info.status == "FINISHED"}
     assert finished == {"validate", "extract", "cluster", "train", "evaluate", "register"}
-    assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.backbone.depth"] == "18"
+    assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.backbone.arch"] == "resnet18"
     commit = _run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     train = next(r for r in children if r.info.run_name == "train" and r.info.status == "FINISHED")
     assert train.data.tags["mlflow.source.git.commit"] == commit

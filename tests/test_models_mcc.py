@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mccl_core.models import CompositionalClues, CPIConfig, PrototypeBank, random_prototype_bank
+from mccl_core.models import AllocationRow, CompositionalClues, CPIConfig, PrototypeBank, random_prototype_bank
 
 NUM_CLASSES = 4
 STAGE_CHANNELS = {"layer3": 12, "layer4": 20}
@@ -205,3 +205,33 @@ def test_loading_a_state_dict_refreshes_owner_map_and_health():
     expected = F.one_hot(state_dict["owners_layer3"], NUM_CLASSES).float()
     assert torch.equal(target.owner_onehot_layer3, expected)
     assert target.health()["updates"] == 0
+
+
+def test_hard_update_keeps_a_class_prototypes_on_their_clusters_where_soft_collapses():
+    """One class, two token clusters (e0, e1) and a third direction of another class. With a
+    spread-out assignment the soft update pulls both prototypes of the class toward the class mean;
+    the hard update (each patch moves only its nearest eligible prototype) keeps one per cluster."""
+    dim = 8
+    eye = torch.eye(dim)
+    protos = F.normalize(torch.stack([eye[0] + 0.3 * eye[2], eye[1] + 0.3 * eye[2], eye[3]]), dim=1)
+    bank = PrototypeBank(
+        ("layer4",), {"layer4": protos}, {"layer4": torch.tensor([0, 0, 1])},
+        (AllocationRow(0, "a", 10, 2), AllocationRow(1, "b", 10, 1)), 2, {"source": "test"},
+    )  # fmt: skip
+    tokens = torch.cat([eye[0].expand(10, dim), eye[1].expand(10, dim)])[None]  # [1, 20, 8]
+    labels = torch.tensor([[1.0, 0.0]])
+    results = {}
+    for update in ("soft", "hard"):
+        mcc = CompositionalClues(bank, temperature=1.0, momentum=0.5, update=update)  # t = 1: spread
+        for _ in range(20):
+            _, state = mcc([tokens])
+            mcc.update_prototypes(state, labels)
+        p = mcc.prototypes("layer4")
+        results[update] = (float(p[0] @ eye[0]), float(p[1] @ eye[1]), float(p[0] @ p[1]))
+        assert torch.equal(p[2], protos[2])  # class 1 is absent: untouched
+    soft_0, soft_1, soft_between = results["soft"]
+    hard_0, hard_1, hard_between = results["hard"]
+    assert hard_0 > 0.99 and hard_1 > 0.99 and hard_between < 0.01  # one prototype per cluster
+    assert soft_between > 0.95  # both drifted to the class mean (e0 + e1) / sqrt(2)
+    with pytest.raises(ValueError, match="update"):
+        CompositionalClues(bank, update="sinkhorn")

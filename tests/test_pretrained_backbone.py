@@ -132,3 +132,32 @@ def test_assignment_is_informative_on_pretrained_features_and_uniform_on_random_
     (entropy_pre, hit_pre), (entropy_rand, hit_rand) = results["package"], results["none"]
     assert entropy_pre < 0.5 < entropy_rand  # measured: 0.15 vs 0.88
     assert hit_pre > 0.9 and hit_pre > hit_rand + 0.2  # measured: 1.00 vs 0.61
+
+
+def test_extract_step_cli_reports_a_failed_download_in_one_line(tiny_demo, tmp_path):
+    """`weights: imagenet` without internet: the step prints one ERROR line, not a traceback."""
+    import json
+    import subprocess
+    import sys
+
+    from mccl_core.data import DataConfig
+    from mccl_core.steps.tracking import TrackingOptions
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
+    run_validate(ValidateConfig(workers=1), DataConfig(source="demo", root=tiny_demo), tmp_path / "v",
+                 TrackingOptions(enabled=False))  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({
+        "model": {"backbone": {"arch": "resnet18", "stages": ["layer3", "layer4"], "weights": "imagenet"}},
+        "train": {"image_size": 32}, "extract": {"device": "cpu"},
+    }))  # fmt: skip
+    env = {**__import__("os").environ, "TORCH_HOME": str(tmp_path / "hub")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "components", "extract", "--params", str(params), "--no-tracking",
+         "--validated", str(tmp_path / "v"), "--out", str(tmp_path / "extract")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "could not download torchvision ResNet18_Weights.IMAGENET1K_V1" in errors[0]
+    assert "Traceback" not in proc.stderr

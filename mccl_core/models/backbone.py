@@ -37,7 +37,7 @@ from .config import BackboneConfig
 logger = logging.getLogger(__name__)
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(ValueError):
     """Backbone weights could not be obtained or do not fit the architecture (one-line message)."""
 
 

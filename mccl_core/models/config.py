@@ -125,8 +125,13 @@ class MCCConfig:
     temperature: float = 0.1
     residual: float = 0.0
     momentum: float = 0.999
+    #: Weights of the momentum update: ``soft`` (assignment-weighted, the spec's formula) or
+    #: ``hard`` (each patch updates only its nearest eligible prototype: online k-means).
+    update: Literal["soft", "hard"] = "soft"
 
     def __post_init__(self) -> None:
+        if self.update not in ("soft", "hard"):
+            raise ConfigError(f"mcc.update={self.update!r}: must be 'soft' or 'hard'")
         if self.temperature <= 0:
             raise ConfigError(f"mcc.temperature={self.temperature}: must be > 0")
         if not 0.0 <= self.residual <= 1.0:

@@ -59,6 +59,9 @@ class CompositionalClues(nn.Module):
         temperature: softmax temperature t of the cosine assignment.
         residual: weight r of the normalised input token in ``(1 - r) x_hat + r x``.
         momentum: l in ``p <- l p + (1 - l) m`` (1.0 freezes the prototypes).
+        update: how patches weigh in ``m_k``: ``soft`` by their assignment ``a_{n,k}`` (the formula
+            above), ``hard`` only for their nearest prototype among the carried classes' (online
+            k-means, as ProtoSeg's hard assignment). The forward rebuild is soft either way.
     """
 
     def __init__(
@@ -67,10 +70,14 @@ class CompositionalClues(nn.Module):
         temperature: float = 0.1,
         residual: float = 0.0,
         momentum: float = 0.999,
+        update: str = "soft",
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if update not in ("soft", "hard"):
+            raise ValueError(f"update must be 'soft' or 'hard', got {update!r}")
+        self.update = update
         self.stages: tuple[str, ...] = tuple(bank.stages)
         self.num_classes = bank.num_classes
         self.temperature = float(temperature)
@@ -169,7 +176,15 @@ class CompositionalClues(nn.Module):
                     raise ValueError(f"clue state batch {x.shape[0]} != labels batch {carries.shape[0]}")
                 k, c = self.prototypes(stage).shape
                 owner_present = carries @ getattr(self, f"owner_onehot_{stage}").T  # [B, K] in {0,1}
-                weighted = (a * owner_present[:, None, :]).flatten(0, 1)  # [B*N, K]
+                if self.update == "hard":
+                    # Online spherical k-means: each patch moves only its nearest prototype among
+                    # those of the classes its image carries. Soft weights pull every prototype of
+                    # a class toward the same (background-dominated) class mean: they collapse.
+                    eligible = a.masked_fill(owner_present[:, None, :] == 0, -1.0)
+                    nearest = F.one_hot(eligible.argmax(dim=-1), k).float()  # [B, N, K]
+                    weighted = (nearest * owner_present[:, None, :]).flatten(0, 1)
+                else:
+                    weighted = (a * owner_present[:, None, :]).flatten(0, 1)  # [B*N, K]
                 sums = weighted.T @ x.flatten(0, 1)  # [K, C]
                 counts = owner_present.sum(0)  # images carrying the owner class
                 usage = a.sum(dim=(0, 1))  # [K]

@@ -99,6 +99,8 @@ def run_extract(
             "tokens_per_image": cfg.tokens_per_image,
             "image_size": image_size,
             "device": str(device),
+            # Arch, weights origin (package version + file hash / URL) and the input normalisation.
+            "backbone": backbone.describe(),
         }
         write_json(out_dir / SUMMARY_FILE, summary)
         run.log_metrics({"extract_images": manifest["num_images"], "extract_shards": manifest["num_shards"],

@@ -24,6 +24,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-2
+    #: Peak learning rate of the backbone relative to ``lr`` (the new layers: PKI, decoder, head).
+    backbone_lr_scale: float = 1.0
     #: OneCycle warm-up fraction.
     pct_start: float = 0.2
     #: EMA decay of the weights (0 disables EMA). A warm-up ``(1 + step) / (10 + step)`` caps it early

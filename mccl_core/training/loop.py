@@ -239,12 +239,11 @@ def train(
             raise ValueError("train.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    groups = _param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = _steps_per_epoch(inputs.train_set, cfg, ctx)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
     )
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
@@ -325,6 +324,18 @@ def train(
     return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
 
 
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone parameters at ``lr * backbone_lr_scale``, the rest (MCC has none; PKI, decoder,
+    head) at ``lr``: pretrained weights are usually fine-tuned more gently than new layers."""
+    backbone = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) in backbone], "lr": cfg.lr * cfg.backbone_lr_scale},
+        {"params": [p for p in trainable if id(p) not in backbone], "lr": cfg.lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def set_train_mode(model: nn.Module, freeze_bn_stats: bool) -> None:
     """Training mode; with ``freeze_bn_stats`` BatchNorm keeps its running statistics (eval mode).
 
@@ -383,7 +394,7 @@ def _train_one_epoch(
         seen += images.shape[0]
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
     bar.close()
     if ctx.enabled:
         torch.distributed.all_reduce(loss_sum)
@@ -392,7 +403,7 @@ def _train_one_epoch(
     return EpochRecord(
         epoch=epoch,
         train_loss=float(loss_sum.item() / max(1, steps_per_epoch)),
-        lr=float(scheduler.get_last_lr()[0]),
+        lr=float(scheduler.get_last_lr()[-1]),
         seconds=seconds,
         images_per_second=seen * ctx.world_size / max(seconds, 1e-9),
         prototype_health={k: float(v) for k, v in model.prototype_health(reset=False).items()},
