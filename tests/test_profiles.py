@@ -33,6 +33,7 @@ def test_paper_profile_holds_the_spec_values(caplog):
     assert (cpi.prototypes_per_class, cpi.exponent, cpi.k_min, cpi.k_max) == (8.0, 1.0, 2, 32)
     # MCC: t = 0.1, pure rebuild, momentum 0.999.
     assert (model.mcc.enabled, model.mcc.temperature, model.mcc.residual, model.mcc.momentum) == (True, 0.1, 0.0, 0.999)
+    assert model.mcc.update == "soft"  # the spec's assignment-weighted update
     # PKI: tau 0.1 (0.4 empties the Intentonomy graph), p 0.2, 2 GCN layers, Q2L decoder sizes.
     pki = model.pki
     assert (pki.use_gcn, pki.tau, pki.p, pki.gcn_layers) == (True, 0.1, 0.2, 2)
@@ -43,6 +44,7 @@ def test_paper_profile_holds_the_spec_values(caplog):
     train = TrainConfig.from_dict(params["train"])
     assert (train.image_size, train.epochs, train.batch_size) == (224, 30, 64)
     assert (train.lr, train.weight_decay, train.pct_start, train.ema_decay) == (1e-4, 1e-2, 0.2, 0.9997)
+    assert train.backbone_lr_scale == 1.0 and train.freeze_bn_stats
     assert train.augment and train.randaugment and train.erase_prob > 0  # RandAugment + Cutout
     assert (train.precision, train.channels_last) == ("auto", True)  # bf16 + channels_last on GPU
 
@@ -54,7 +56,7 @@ def test_demo_defaults_differ_from_the_paper_only_where_two_cores_force_it(secti
     if section == "model":
         model = ModelConfig.from_dict(demo)
         assert model.backbone.pretrained and model.mcc.residual == 0.0 and model.loss_kind == "asl"
-        assert model.mcc.temperature == 0.1 and model.mcc.momentum == 0.999 and model.pki.use_gcn
+        assert model.mcc.enabled and model.use_cpi and model.pki.use_gcn and model.variant == "mccl"
     else:
         train = TrainConfig.from_dict(demo)
         assert train.freeze_bn_stats and train.weight_decay == 1e-2

@@ -221,21 +221,20 @@ def test_unknown_train_key_is_named():
 def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     """The real learning check: a few CPU epochs of MCCL on the demo, from the default backbone
     (EfficientNet-Lite0 with its packaged ImageNet weights) and the paper's pure clue rebuild
-    (``mcc.residual: 0``)."""
+    (``mcc.residual: 0``). Measured here (5 epochs, 800 images, 125 steps): test macro-F1 0.334 vs
+    0.243 for the label prior, mAP 0.375 vs 0.169; the full demo needs its 450 steps to reach 0.8."""
     from mccl_core.baselines import LabelPriorPredictor
     from mccl_core.data import DemoConfig, generate_demo, load_split
     from mccl_core.metrics import official_protocol
 
-    root = generate_demo(tmp_path / "demo", DemoConfig(seed=0, n_train=LEARN_N_TRAIN, n_val=300, n_test=300, image_size=64),
+    root = generate_demo(tmp_path / "demo", DemoConfig(seed=0, n_train=800, n_val=300, n_test=300, image_size=64),
                          show_progress=False)
-    model_section = copy.deepcopy(TINY_MODEL)
-    model_section["backbone"] = {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"}
-    model_section["pki"] = {"dim": 64, "decoder_layers": 1, "heads": 4, "ff_dim": 128, "dropout": 0.0}
-    model_section["cpi"] = {"k_max": 8}
-    model_cfg = ModelConfig.from_dict(model_section)
-    assert model_cfg.mcc.residual == 0.0 and model_cfg.backbone.pretrained
-    train_cfg = TrainConfig(epochs=LEARN_EPOCHS, batch_size=32, lr=LEARN_LR, image_size=64, num_workers=0, ema_decay=0.99,
-                            crop_scale_min=1.0, randaugment=False, output_dir=tmp_path / "out", device="cpu")
+    # The shipped default model and training settings (params.yaml), on a smaller demo.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    model_cfg = ModelConfig.from_dict(params["model"])
+    assert model_cfg.mcc.residual == 0.0 and model_cfg.backbone.pretrained and model_cfg.backbone.arch == "efficientnet_lite0"
+    train_values = {**params["train"], "epochs": 5, "output_dir": str(tmp_path / "out"), "device": "cpu"}
+    train_cfg = TrainConfig.from_dict(train_values)
     data_cfg = DataConfig(source="demo", root=root)
     inputs = prepare_inputs(data_cfg, model_cfg, train_cfg)
     result = train(model_cfg, train_cfg, inputs)
@@ -251,6 +250,6 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     floor = official_protocol(val_true, prior.predict(len(val_true)), test_true, prior.predict(len(test_true)))
     print(f"test macro-F1 {mccl.report.macro_f1:.3f} vs prior {floor.report.macro_f1:.3f}; "
           f"mAP {mccl.average_precision.map:.3f} vs {floor.average_precision.map:.3f}")
-    assert mccl.report.macro_f1 >= floor.report.macro_f1 + LEARN_F1_MARGIN
-    assert mccl.average_precision.map >= floor.average_precision.map + LEARN_MAP_MARGIN
+    assert mccl.report.macro_f1 >= floor.report.macro_f1 + 0.05
+    assert mccl.average_precision.map >= floor.average_precision.map + 0.15
     assert result.history[-1].train_loss < result.history[0].train_loss
