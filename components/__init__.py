@@ -1,8 +1,7 @@
-"""Thin command-line wrappers, one per pipeline step, over :mod:`mccl_core.steps`.
+"""The pipeline steps as Kubeflow Pipelines (KFP v2) lightweight Python components.
 
-``mccl step <name> [args]`` (or ``python -m components <name>``) runs one step; ``dvc.yaml``
-calls exactly these commands. Every wrapper only parses arguments, reads its params sections and
-calls the step's library function; each also runs alone as ``python -m components.<name>``.
+Each component only moves KFP artifacts and parameters into
+:func:`mccl_core.steps.contract.run_step` (through :mod:`components.runner`), the same call
+``mccl step <name>`` (what ``dvc.yaml`` runs) makes. The components run in the project's image,
+which has the project installed, so nothing is pip-installed at run time.
 """
-
-STEPS: tuple[str, ...] = ("demo", "validate", "extract", "cluster", "train", "evaluate", "register")

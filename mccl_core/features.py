@@ -1,7 +1,7 @@
 """Backbone patch tokens for CPI: extraction, Parquet shards, reading back.
 
 CPI clusters the patch tokens of the training images "from the backbone as it stands before
-training" (spec). Tokens of every image and stage would not fit in memory for real data
+training" (docs/model.md). Tokens of every image and stage would not fit in memory for real data
 (layer3 alone at 224 px is 196 x 1024 values per image), so each image keeps at most
 ``tokens_per_image`` tokens per stage (a seeded random subset), L2-normalised and stored as
 float16. Shards are written atomically and named by index, so a killed extraction resumes

@@ -2,7 +2,7 @@
 
     mccl pipeline compile [--out pipeline/mccl_pipeline.yaml]
     mccl pipeline submit --host https://kubeflow.example.com/pipeline \\
-        [--run-name NAME] [--experiment mccl] [--param num_nodes=2 --param accelerators_per_node=4 ...]
+        [--run-name NAME] [--experiment mccl] [--param accelerators_per_node=4 --param 'launch={backend: pytorchjob, nnodes: 2}' ...]
         [--params-file params.yaml]
 
 ``--param`` values are parsed as YAML (``2`` -> int, ``{epochs: 30}`` -> dict). ``--params-file``
@@ -22,22 +22,16 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-#: params.yaml sections -> pipeline parameter names.
-SECTION_PARAMETERS = {
-    "demo": "demo", "data": "data", "validate": "validate_params", "extract": "extract_params",
-    "cluster": "cluster_params", "model": "model", "train": "train_params", "launch": "launch",
-    "evaluate": "evaluate_params", "register": "register_params",
-}  # fmt: skip
-
-
 class SubmitError(RuntimeError):
     """The pipeline could not be submitted (unreachable endpoint, bad parameter)."""
 
 
 def parse_params(items: list[str], params_file: Path | None) -> dict[str, Any]:
+    from pipeline.pipeline import SECTION_PARAMETERS
+
     arguments: dict[str, Any] = {}
     if params_file is not None:
-        from mccl_core.params import load_params
+        from mccl_core.config import load_params
 
         for section, value in load_params(params_file).items():
             if section in SECTION_PARAMETERS:

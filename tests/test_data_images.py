@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from mccl_core.data import ImageLoadError, ImageRecord, IntentDataset, load_rgb_image, verify_images
+from mccl_core.data.images import (
+    RGB_CONVERTIBLE_MODES,
+    ImageLimits,
+    _limit_issues,
+    inspect_image,
+    load_rgb_image_bytes,
+)
 
 
 def _jpeg_bytes(size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -216,3 +225,213 @@ def test_dataset_respects_pixel_limit(tmp_path: Path) -> None:
     dataset = IntentDataset([ImageRecord("x", path, (0,), None)], ["a"], max_pixels=100)
     with pytest.raises(ImageLoadError, match="above the limit"):
         dataset[0]
+
+
+# --------------------------------------------------------------------------------------------
+# One inspector: the loader, `mccl data verify` and the validation suite agree on every case
+# --------------------------------------------------------------------------------------------
+
+RAW_MAGIC = b"MCCLRAW\0"
+
+
+class _RawModeImageFile(ImageFile.ImageFile):
+    """Test-only format: a header naming any PIL mode, then raw pixels. Lets a *file* open with a
+    mode no standard decoder produces (``I;16N``, ``RGBa``, premultiplied ``La``)."""
+
+    format = "MCCLRAW"
+    format_description = "test-only raw pixels with a chosen PIL mode"
+
+    def _open(self) -> None:
+        header = self.fp.read(24)
+        if header[:8] != RAW_MAGIC:
+            raise SyntaxError("not an MCCLRAW file")
+        mode = header[8:16].rstrip(b"\0").decode()
+        width, height = struct.unpack("<II", header[16:24])
+        self._mode = mode
+        self._size = (width, height)
+        self.tile = [ImageFile._Tile("raw", (0, 0, width, height), 24, (mode, 0, 1))]
+
+
+@pytest.fixture(scope="module")
+def raw_mode_format():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image, "ID", list(Image.ID))
+        patch.setattr(Image, "OPEN", dict(Image.OPEN))
+        Image.register_open(_RawModeImageFile.format, _RawModeImageFile, lambda prefix: prefix[:8] == RAW_MAGIC)
+        yield
+
+
+def _raw(mode: str, fill: object, size: tuple[int, int] = (20, 20)) -> bytes:
+    pixels = Image.new(mode, size, fill).tobytes()  # type: ignore[arg-type]
+    return RAW_MAGIC + mode.encode().ljust(8, b"\0") + struct.pack("<II", *size) + pixels
+
+
+def _saved(mode: str, fill: object, suffix: str, size: tuple[int, int] = (20, 20), **save: object):
+    def write(path: Path) -> None:
+        Image.new(mode, size, fill).save(path.with_suffix(suffix), **save)  # type: ignore[arg-type]
+        path.with_suffix(suffix).rename(path)
+
+    return write
+
+
+def _palette_with_transparency(path: Path) -> None:
+    image = Image.new("P", (20, 20), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.save(path.with_suffix(".png"), transparency=0)
+    path.with_suffix(".png").rename(path)
+
+
+def _truncated(path: Path) -> None:
+    data = _jpeg_bytes((64, 64))
+    path.write_bytes(data[: len(data) // 2])
+
+
+#: Validation-style limits, applied on every path (sides 16..128, at most 10,000 pixels).
+SHARED_LIMITS = ImageLimits(min_side=16, max_side=128, max_pixels=10_000)
+
+# name -> (write the file at the given path (None: leave it missing), source mode when accepted,
+#          the reason when refused)
+SHARED_CASES: dict[str, tuple] = {
+    "RGB jpeg": (lambda p: p.write_bytes(_jpeg_bytes((40, 30))), "RGB", None),
+    "L png": (_saved("L", 128, ".png"), "L", None),
+    "1 png": (_saved("1", 1, ".png"), "1", None),
+    "P png": (_saved("P", 3, ".png"), "P", None),
+    "P png with transparency": (_palette_with_transparency, "P", None),
+    "RGBA png": (_saved("RGBA", (0, 0, 255, 0), ".png"), "RGBA", None),
+    "LA png": (_saved("LA", (0, 255), ".png"), "LA", None),
+    "I;16 png": (_saved("I;16", 65535, ".png"), "I;16", None),
+    "I;16B tiff": (_saved("I;16B", 300, ".tif"), "I;16B", None),
+    "I;16N raw": (lambda p: p.write_bytes(_raw("I;16N", 300)), "I;16N", None),
+    "I tiff": (_saved("I", 1000, ".tif"), "I", None),
+    "F tiff": (_saved("F", 2.0, ".tif"), "F", None),
+    "CMYK jpeg": (_saved("CMYK", (0, 255, 255, 0), ".jpg", quality=100), "CMYK", None),
+    "YCbCr tiff": (_saved("YCbCr", (76, 85, 255), ".tif"), "YCbCr", None),
+    "LAB tiff": (_saved("LAB", (50, 128, 128), ".tif"), "LAB", None),
+    "RGBa raw": (lambda p: p.write_bytes(_raw("RGBa", (10, 20, 30, 255))), "RGBa", None),
+    "La raw (no conversion in Pillow)": (
+        lambda p: p.write_bytes(_raw("La", (10, 255))), None, "image mode 'La' cannot be converted to RGB",
+    ),
+    "truncated jpeg": (_truncated, None, "corrupt or truncated image data"),
+    "zero-byte file": (lambda p: p.write_bytes(b""), None, "zero-byte file"),
+    "not an image": (lambda p: p.write_text("<html>403</html>"), None, "not a recognised image format"),
+    "missing file": (None, None, "file not found"),
+    "too small": (_saved("RGB", (1, 2, 3), ".png", size=(8, 40)), None, "width 8 outside [16, 128]"),
+    "too wide": (_saved("RGB", (1, 2, 3), ".png", size=(200, 20)), None, "width 200 outside [16, 128]"),
+    # Header only: decoding would fail, so the exact reason also proves it is never decoded.
+    "too many pixels": (
+        lambda p: p.write_bytes(_png_header_only(110, 110)), None,
+        "image is 110x110 = 12,100 pixels, above the limit of 10,000 (possible decompression bomb",
+    ),
+    "beyond PIL's hard limit": (
+        lambda p: p.write_bytes(_png_header_only(20_000, 20_000)), None, "decompression bomb refused by PIL",
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared_cases(tmp_path_factory: pytest.TempPathFactory, raw_mode_format) -> dict:
+    """Every case written once, run through the validation suite (once) and `verify_images`."""
+    from mccl_core.validation import validate_manifest
+
+    root = tmp_path_factory.mktemp("shared_cases")
+    paths: dict[str, Path] = {}
+    for number, (name, (write, _, _)) in enumerate(SHARED_CASES.items()):
+        paths[name] = root / f"case{number:02d}.img"
+        if write is not None:
+            write(paths[name])
+    for good in ("good0", "good1"):  # every class keeps a valid train image
+        (root / f"{good}.jpg").write_bytes(_jpeg_bytes((40, 30)))
+    rows = [{"image_id": g, "image_path": f"{g}.jpg", "split": "train", "label_ids": [i]} for i, g in enumerate(["good0", "good1"])]
+    rows += [{"image_id": name, "image_path": path.name, "split": "train", "label_ids": [0]} for name, path in paths.items()]
+    report = validate_manifest(
+        pd.DataFrame(rows), 2, ["a", "b"], "quarantine", True, SHARED_LIMITS,
+        image_root=root, quarantine_path=root / "quarantine.csv", workers=2,
+    )  # fmt: skip
+    records = [ImageRecord(name, path, (0,), None) for name, path in paths.items()]
+    verified = verify_images(IntentDataset(records, ["a", "b"], name="cases"), limits=SHARED_LIMITS, show_progress=False)
+    return {
+        "paths": paths,
+        "validation": {record.image_id: record for record in report.offending},
+        "modes": dict(zip(report.checked_rows["image_id"], report.checked_rows["mode"])),
+        "verify": {problem.image_id: problem for problem in verified},
+    }
+
+
+@pytest.mark.parametrize("case", list(SHARED_CASES))
+def test_loader_verify_and_validation_agree(case: str, shared_cases: dict) -> None:
+    _, source_mode, reason = SHARED_CASES[case]
+    path = shared_cases["paths"][case]
+    validation = shared_cases["validation"].get(case)
+    verified = shared_cases["verify"].get(case)
+    if reason is None:  # accepted everywhere, and the loader really decodes it to RGB
+        image = load_rgb_image(path, limits=SHARED_LIMITS)
+        assert image.mode == "RGB" and image.size == Image.open(path).size
+        assert validation is None and verified is None
+        assert shared_cases["modes"][case] == source_mode
+    else:  # refused everywhere, for the very same reason
+        with pytest.raises(ImageLoadError) as caught:
+            load_rgb_image(path, limits=SHARED_LIMITS, image_id=case)
+        assert reason in caught.value.problem and str(path) in str(caught.value)
+        assert validation is not None and verified is not None
+        assert validation.problem == caught.value.problem == verified.problem
+        assert validation.image_path == path.name and verified.path == path
+
+
+def test_mode_rule() -> None:
+    """Every mode Pillow knows is either converted (and really converts) or refused with a reason."""
+    from mccl_core.data.images import _to_rgb
+
+    assert set(RGB_CONVERTIBLE_MODES) | {"La"} == set(Image.MODES)
+    for mode in Image.MODES:
+        inspection_reason = [i.reason for i in _limit_issues(20, 20, mode, ImageLimits.decode_only())]
+        if mode in RGB_CONVERTIBLE_MODES:
+            assert inspection_reason == []
+            assert _to_rgb(Image.new(mode, (3, 2)), Path("x")).mode == "RGB"
+        else:
+            assert inspection_reason == [f"image mode {mode!r} cannot be converted to RGB"]
+
+
+def test_i16n_converts_like_i16(raw_mode_format, tmp_path: Path) -> None:
+    native = tmp_path / "native.raw"
+    native.write_bytes(_raw("I;16N", 32768))
+    png = tmp_path / "i16.png"
+    Image.new("I;16", (20, 20), 32768).save(png)
+    assert Image.open(native).mode == "I;16N"
+    assert np.array_equal(np.asarray(load_rgb_image(native)), np.asarray(load_rgb_image(png)))
+    assert np.asarray(load_rgb_image(native))[0, 0].tolist() == [127, 127, 127]
+
+
+def test_loader_default_limits_only_cap_pixels(tmp_path: Path) -> None:
+    """The training loader has no side limits by default (the validate step adds them)."""
+    path = tmp_path / "thin.png"
+    Image.new("RGB", (8, 40)).save(path)
+    assert load_rgb_image(path).size == (8, 40)
+    assert inspect_image(path).ok and not inspect_image(path, SHARED_LIMITS).ok
+    assert inspect_image(path, ImageLimits(min_side=16, max_side=None)).problem == "width 8 below min_side 16"
+
+
+def test_bytes_go_through_the_same_inspector(tmp_path: Path) -> None:
+    data = _jpeg_bytes((40, 30))
+    assert load_rgb_image_bytes(data).size == (40, 30)
+    with pytest.raises(ImageLoadError, match="request row 2.*zero-byte image data"):
+        load_rgb_image_bytes(b"", source="request row 2")
+    with pytest.raises(ImageLoadError, match="width 40 outside \\[16, 32\\]"):
+        load_rgb_image_bytes(data, limits=ImageLimits(min_side=16, max_side=32))
+    inspection = inspect_image(data[: len(data) // 2], name="upload")
+    assert inspection.path == Path("upload") and inspection.issues[0].kind == "decode"
+
+
+def test_verify_cli_applies_side_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mccl_core.data.cli import main as data_cli
+
+    Image.new("RGB", (8, 40)).save(tmp_path / "thin.png")
+    (tmp_path / "ok.jpg").write_bytes(_jpeg_bytes((40, 30)))
+    (tmp_path / "m.csv").write_text("image,labels\nthin.png,a\nok.jpg,b\n")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    args = ["verify", "--source", "manifest", "--manifest", str(tmp_path / "m.csv"),
+            "--class-list", str(tmp_path / "classes.txt"), "--split", "train", "--report", str(tmp_path / "r.json")]  # fmt: skip
+    assert data_cli(args) == 0
+    assert data_cli([*args, "--min-side", "16", "--max-side", "128"]) == 1
+    problems = json.loads((tmp_path / "r.json").read_text())
+    assert [(p["image_id"], p["problem"]) for p in problems] == [("thin.png", "width 8 outside [16, 128]")]
+    assert "1 of 2 images refused" in capsys.readouterr().err

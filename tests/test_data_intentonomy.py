@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ from mccl_core.data.intentonomy import (
     intentonomy_train_cooccurrence,
     load_intentonomy_records,
     parse_intentonomy_annotations,
+)
+from mccl_core.intentonomy_json import (
+    AnnotationFileError,
+    AnnotationFileNotFoundError,
+    load_intentonomy_annotations,
+    parse_intentonomy_document,
+    read_intentonomy_json,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -91,7 +99,7 @@ def test_bundled_cooccurrence() -> None:
     np.testing.assert_array_equal(np.diag(cooccurrence), intentonomy_class_counts("train"))
     conditional = cooccurrence / np.diag(cooccurrence)[:, None]
     np.fill_diagonal(conditional, 0)
-    assert conditional.max() == pytest.approx(0.369, abs=5e-4)  # the spec's "largest P(j|i)"
+    assert conditional.max() == pytest.approx(0.369, abs=5e-4)  # the "largest P(j|i)" quoted in docs/model.md
     assert int((conditional >= 0.1).sum()) == 101  # "tau = 0.1 gives 101 directed edges"
 
 
@@ -212,3 +220,156 @@ def test_unreadable_annotation_file(tmp_path: Path) -> None:
         load_intentonomy_records(path, tmp_path, "val")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_intentonomy_records(tmp_path / "missing.json", tmp_path, "val")
+
+
+# ----------------------------------------------------------------------------- one parser, two modes
+
+GOOD_FILES = [
+    pytest.param(OFFICIAL / "intentonomy_val2020.json", "val", id="official-val"),
+    pytest.param(OFFICIAL / "intentonomy_test2020.json", "test", id="official-test"),
+    pytest.param(FIXTURES / "intentonomy_train_mini.json", "train", id="train-softprob"),
+]
+
+
+@pytest.mark.parametrize(("path", "split"), GOOD_FILES)
+def test_strict_and_lenient_agree_on_good_files(path: Path, split: str) -> None:
+    strict = load_intentonomy_annotations(path, mode="strict", image_root=Path("/root"), split=split)
+    lenient = load_intentonomy_annotations(path, mode="lenient", image_root=Path("/root"), split=split)
+    assert lenient.problems == () and lenient.bad_records() == []
+    assert lenient.records == strict.records
+    assert (lenient.class_names, lenient.class_descriptions) == (strict.class_names, strict.class_descriptions)
+    document = json.loads(path.read_text())
+    assert [r.image_id for r in strict.records] == [a["image_id"] for a in document["annotations"]]
+    assert [r.position for r in strict.records] == list(range(len(document["annotations"])))
+    # The training loader is the same parser: same ids, paths, labels and soft labels.
+    records, names, _ = load_intentonomy_records(path, Path("/root"), split)
+    assert [(r.image_id, r.image_path, r.labels, r.soft_labels) for r in records] == [
+        (s.image_id, s.image_path, s.label_ids, s.soft_labels) for s in strict.records
+    ]
+    assert tuple(names) == strict.class_names
+
+
+def _mutate_unknown_id(doc: dict) -> None:
+    doc["annotations"][3]["category_ids"] = [4, 28]
+
+
+def _mutate_duplicate_annotation(doc: dict) -> None:
+    doc["annotations"].append(copy.deepcopy(doc["annotations"][5]))
+
+
+def _mutate_annotation_without_image(doc: dict) -> None:
+    doc["annotations"].append({"id": 999, "image_id": "not-there", "category_ids": [1]})
+
+
+def _mutate_image_without_annotation(doc: dict) -> None:
+    doc["annotations"].pop(10)
+
+
+def _mutate_no_labels(doc: dict) -> None:
+    doc["annotations"][0]["category_ids"] = []
+
+
+def _mutate_non_integer_label(doc: dict) -> None:
+    doc["annotations"][7]["category_ids"] = ["3"]
+
+
+def _mutate_not_an_object(doc: dict) -> None:
+    doc["annotations"][2] = "oops"
+
+
+def _mutate_repeated_label(doc: dict) -> None:
+    doc["annotations"][8]["category_ids"] = [5, 5]
+
+
+#: (mutation, {annotations position or image id (unannotated image): (label_ids as written, problem)}).
+BAD_RECORDS = [
+    pytest.param(_mutate_unknown_id, {3: ((4, 28), "unknown category id(s) [28] (valid: 0..27)")}, id="unknown-id"),
+    pytest.param(_mutate_duplicate_annotation, {498: (None, "more than one annotation (first: annotations[5])")},
+                 id="duplicate-annotation"),
+    pytest.param(_mutate_annotation_without_image, {498: ((1,), "refers to an image id missing from 'images'")},
+                 id="annotation-without-image"),
+    pytest.param(_mutate_image_without_annotation, {"popped": (None, "image has no annotation")},
+                 id="image-without-annotation"),
+    pytest.param(_mutate_no_labels, {0: ((), "no labels (every val image needs at least one intent)")}, id="no-labels"),
+    pytest.param(_mutate_non_integer_label, {7: (("3",), "'category_ids' must be a list of integers")},
+                 id="non-integer-label"),
+    pytest.param(_mutate_repeated_label, {8: ((5, 5), "category id listed more than once in [5, 5]")},
+                 id="repeated-label"),
+    pytest.param(_mutate_not_an_object, {2: (None, "is not an object"), "popped": (None, "image has no annotation")},
+                 id="annotation-not-an-object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutate", "expected"), BAD_RECORDS)
+def test_lenient_returns_every_record_with_its_problem(val_document: dict, mutate, expected: dict) -> None:
+    original_annotations = copy.deepcopy(val_document["annotations"])
+    mutate(val_document)
+    annotated = {a["image_id"] for a in val_document["annotations"] if isinstance(a, dict)}
+    unannotated = [i["id"] for i in val_document["images"] if i["id"] not in annotated]
+    popped = [a["image_id"] for a in original_annotations if a["image_id"] in unannotated]
+
+    lenient = parse_intentonomy_document(val_document, "ann.json", mode="lenient", image_root=Path("/root"), split="val")
+    assert len(lenient.records) == len(val_document["annotations"]) + len(unannotated)  # nothing dropped
+    bad = {(r.position if r.position is not None else "popped"): r for r in lenient.bad_records()}
+    assert set(bad) == set(expected)
+    for key, (label_ids, problem) in expected.items():
+        record = bad[key]
+        assert len(record.problems) == 1 and problem in record.problems[0]
+        if label_ids is not None:
+            assert record.label_ids == label_ids  # as written: GX sees out-of-range / malformed ids
+        if key == "popped":
+            assert record.image_id == popped[0] and record.label_ids is None
+            assert record.image_path == Path("/root/low") / f"{popped[0]}.jpg"
+    # Record problems name the record; the file's problem list is exactly the records' problems.
+    assert list(lenient.problems) == [p for r in lenient.records if r.position is not None for p in r.problems] + [
+        p for r in lenient.records if r.position is None for p in r.problems
+    ]
+    # Strict mode raises exactly those problems; the training loader names the file and records.
+    with pytest.raises(AnnotationFileError) as strict_error:
+        parse_intentonomy_document(val_document, "ann.json", mode="strict", image_root=Path("/root"), split="val")
+    assert strict_error.value.problems == list(lenient.problems)
+    with pytest.raises(AnnotationError) as loader_error:
+        _parse(val_document)
+    assert loader_error.value.problems == list(lenient.problems)
+    assert str(loader_error.value).startswith(f"ann.json: {len(lenient.problems)} annotation problem(s)")
+
+
+def test_lenient_keeps_softprob_labels_as_written_and_reports_file_level_problems(tmp_path: Path) -> None:
+    document = json.loads((FIXTURES / "intentonomy_train_mini.json").read_text())
+    document["annotations"][0]["category_ids_softprob"] = [0.0] * 27 + [0.5, 0.5]  # 29 values
+    document["images"].append(copy.deepcopy(document["images"][1]))  # an image listed twice: no record of its own
+    lenient = parse_intentonomy_document(document, "train.json", mode="lenient", image_root=tmp_path, split="train")
+    assert len(lenient.records) == 6
+    (bad,) = lenient.bad_records()
+    assert bad.position == 0 and bad.label_ids == (27, 28) and bad.soft_labels is None
+    assert "'category_ids_softprob' must be a list of 28 numbers, got 29" in bad.problems[0]
+    assert len(lenient.problems) == 2 and "duplicate image id (first listed as images[1])" in lenient.problems[0]
+    with pytest.raises(AnnotationFileError) as info:
+        parse_intentonomy_document(document, "train.json", mode="strict", image_root=tmp_path, split="train")
+    assert info.value.problems == list(lenient.problems)
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["categories"].pop(5), "category ids must be 0..26"),
+        (lambda d: d.pop("annotations"), "missing or non-list 'annotations'"),
+        (lambda d: d["categories"][2].update(name=""), "categories[2] must have an integer 'id' and a non-empty"),
+        (lambda d: d.update(images={}), "missing or non-list 'images'"),
+    ],
+    ids=["category-gap", "no-annotations", "empty-name", "images-not-a-list"],
+)
+def test_structural_problems_raise_in_both_modes(val_document: dict, mode: str, mutate, message: str) -> None:
+    mutate(val_document)
+    with pytest.raises(AnnotationFileError, match=re.escape(message)):
+        parse_intentonomy_document(val_document, "ann.json", mode=mode, split="val")
+
+
+def test_read_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(AnnotationFileNotFoundError, match="missing.json: annotation file does not exist"):
+        read_intentonomy_json(tmp_path / "missing.json")
+    assert issubclass(AnnotationFileNotFoundError, FileNotFoundError) and issubclass(AnnotationFileError, ValueError)
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(AnnotationFileError, match="list.json: top level must be a JSON object, got list"):
+        load_intentonomy_annotations(tmp_path / "list.json", mode="lenient")

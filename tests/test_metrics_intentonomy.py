@@ -21,9 +21,11 @@ from mccl_core.metrics import (
     SplitTunedProtocolResult,
     f1_report,
     format_table,
+    intentonomy_subsets_for,
     mean_average_precision,
     official_protocol,
     pick_threshold,
+    resolve_subsets,
     select_threshold,
     split_tuned_protocol,
     threshold_curve,
@@ -87,6 +89,28 @@ def test_intentonomy_subsets_partition_and_complement() -> None:
     object_or_context = set(INTENTONOMY_SUBSETS["object"]) | set(INTENTONOMY_SUBSETS["context"])
     assert set(INTENTONOMY_SUBSETS["other"]) == set(range(NUM_CLASSES)) - object_or_context
     assert len(INTENTONOMY_SUBSETS["other"]) == 19
+
+
+def test_subsets_rule_is_by_class_names() -> None:
+    from mccl_core.intentonomy_json import INTENTONOMY_CLASSES
+
+    assert intentonomy_subsets_for(INTENTONOMY_CLASSES) == INTENTONOMY_SUBSETS
+    assert intentonomy_subsets_for(list(INTENTONOMY_CLASSES)) == INTENTONOMY_SUBSETS
+    other_28 = [f"intent_{i}" for i in range(NUM_CLASSES)]
+    assert intentonomy_subsets_for(other_28) is None  # 28 classes, other names: no Intentonomy subsets
+    assert intentonomy_subsets_for(INTENTONOMY_CLASSES[::-1]) is None  # same names, other ids
+    assert intentonomy_subsets_for(INTENTONOMY_CLASSES[:10]) is None
+    # A fresh dict: callers cannot change the module constant.
+    intentonomy_subsets_for(INTENTONOMY_CLASSES)["easy"] = ()  # type: ignore[index]
+    assert INTENTONOMY_SUBSETS["easy"] == (0, 7, 19)
+    assert resolve_subsets("auto", INTENTONOMY_CLASSES) == INTENTONOMY_SUBSETS
+    assert resolve_subsets("auto", other_28) is None
+    assert resolve_subsets("none", INTENTONOMY_CLASSES) is None
+    assert resolve_subsets("intentonomy", INTENTONOMY_CLASSES) == INTENTONOMY_SUBSETS
+    with pytest.raises(ValueError, match="Intentonomy subsets need the 28 Intentonomy classes"):
+        resolve_subsets("intentonomy", other_28)
+    with pytest.raises(ValueError, match="subsets must be one of"):
+        resolve_subsets("all", INTENTONOMY_CLASSES)
 
 
 @pytest.mark.parametrize("kind", ["random", "informative"])

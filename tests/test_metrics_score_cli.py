@@ -268,19 +268,23 @@ def test_annotation_parser_rejects_schema_problems(tmp_path: Path) -> None:
 
     bad = json.loads(json.dumps(document))
     bad["annotations"][4]["category_ids"] = [3, 99]
-    with pytest.raises(AnnotationFileError, match=r"annotations\[4\] .* category id 99 not in categories"):
+    image_id = bad["annotations"][4]["image_id"]
+    with pytest.raises(
+        AnnotationFileError,
+        match=rf"ann.json: annotations\[4\] image '{image_id}' file 'low/{image_id}.jpg': unknown category id\(s\) \[99\]",
+    ):
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
-    del bad["annotations"][10]
-    with pytest.raises(AnnotationFileError, match=r"images without an annotation: 1 id\(s\)"):
+    dropped = bad["annotations"].pop(10)["image_id"]
+    with pytest.raises(AnnotationFileError, match=rf"images\[\d+\] image '{dropped}' .*: image has no annotation"):
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
     bad["annotations"][1]["image_id"] = bad["annotations"][0]["image_id"]
-    with pytest.raises(AnnotationFileError, match="annotated more than once"):
+    with pytest.raises(AnnotationFileError, match=r"annotations\[1\] .*more than one annotation \(first: annotations\[0\]\)"):
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
     bad["categories"][3]["id"] = 40
-    with pytest.raises(AnnotationFileError, match="category ids must be exactly 0..27"):
+    with pytest.raises(AnnotationFileError, match=r"category ids must be 0..27 \(class index = id\)"):
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
     del bad["annotations"][0]["category_ids"]
@@ -309,3 +313,50 @@ def test_runs_as_module(splits: dict, tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "OFFICIAL protocol" in completed.stdout and "WorkILike" in completed.stdout
+
+
+def _renamed_classes(path: Path, tmp_path: Path) -> Path:
+    """The same file with 28 classes that are NOT the Intentonomy ones (same count, other names)."""
+    document = json.loads(path.read_text())
+    for category in document["categories"]:
+        category["name"] = f"intent_{category['id']:02d}"
+    out = tmp_path / path.name
+    out.write_text(json.dumps(document))
+    return out
+
+
+def test_subsets_auto_goes_by_class_names_not_count(splits: dict, tmp_path: Path, capsys) -> None:
+    predictions = write_json(tmp_path / "p.json", _rows(splits))
+    val, test = _renamed_classes(VAL_JSON, tmp_path), _renamed_classes(TEST_JSON, tmp_path)
+    json_out = tmp_path / "renamed.json"
+    code, out, err = run_cli(
+        ["--predictions", predictions, "--val-annotations", val, "--test-annotations", test, "--json-out", json_out],
+        capsys,
+    )
+    assert code == 0, err
+    written = json.loads(json_out.read_text())
+    assert written["official"]["f1"]["subsets"] == {} and "no class subsets reported" in written["notes"]
+    # The official classes get the official subsets (same scores, same labels).
+    code, _, err = run_cli(
+        ["--predictions", predictions, "--val-annotations", VAL_JSON, "--test-annotations", TEST_JSON,
+         "--json-out", json_out], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert set(json.loads(json_out.read_text())["official"]["f1"]["subsets"]) == set(INTENTONOMY_SUBSETS)
+    # Asking for the Intentonomy subsets on other classes is an error, not a silent mislabel.
+    code, _, err = run_cli(
+        ["--predictions", predictions, "--val-annotations", val, "--test-annotations", test, "--subsets", "intentonomy"],
+        capsys,
+    )
+    assert code == 2 and "Intentonomy subsets need the 28 Intentonomy classes" in err
+
+
+def test_scoring_cli_does_not_import_torch() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, mccl_core.metrics.score; "
+         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('mccl_core.data')); "
+         "print(','.join(bad)); sys.exit(1 if bad else 0)"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, f"mccl score imports {completed.stdout.strip()} {completed.stderr}"

@@ -11,7 +11,7 @@ from mccl_core.models import AsymmetricLoss, LossConfig, ModelConfig, MultiLabel
 
 
 def _direct_asl(logits: np.ndarray, y: np.ndarray, gamma_neg: float, gamma_pos: float, clip: float) -> np.ndarray:
-    """Element-wise ASL in float64 straight from the spec's formula."""
+    """Element-wise ASL in float64 straight from the formula in docs/model.md."""
     p = 1.0 / (1.0 + np.exp(-logits))
     p_m = np.maximum(p - clip, 0.0)
     return -(y * (1 - p) ** gamma_pos * np.log(p) + (1 - y) * p_m**gamma_neg * np.log(1 - p_m))

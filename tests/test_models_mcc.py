@@ -58,7 +58,7 @@ def test_residual_mixes_the_normalised_token():
 
 
 def _reference_update(protos, owners, x, a, labels, momentum):
-    """Loop-based reading of the spec's update rule (independent of the matmul implementation)."""
+    """Loop-based reading of the update rule in docs/model.md (independent of the matmul implementation)."""
     out = protos.clone()
     for k in range(protos.shape[0]):
         images = labels[:, owners[k]] > 0

@@ -1,10 +1,13 @@
-"""Kubeflow pipeline: the committed YAML is current, its structure, the PyTorchJob manifest, the
-submit CLI without a cluster, and the whole DAG run locally with kfp.local.SubprocessRunner."""
+"""Kubeflow pipeline: the committed YAML is current, its structure, the components are adapters
+over the step contract, the PyTorchJob manifest and pod entry point (staging on a real S3 server),
+the submit CLI without a cluster, and the whole DAG run locally with kfp.local.SubprocessRunner."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipeline" / "mccl_pipeline.yaml"
-STEPS = ("validate", "extract", "cluster", "train", "evaluate", "register")
+STEPS = ("demo", "validate", "extract", "cluster", "train", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +47,24 @@ def _tasks(spec: dict) -> dict[str, dict]:
 
 
 def test_pipeline_structure_caching_gpus_and_typed_artifacts(spec):
-    from pipeline.image import IMAGE_REPOSITORY, IMAGE_TAG
+    from mccl_core.launch.image import IMAGE_REPOSITORY, IMAGE_TAG
+    from mccl_core.steps.contract import spec as step_spec
 
     tasks = _tasks(spec)
-    for step in STEPS:
-        assert step in tasks, f"task {step} missing from the DAG"
-    assert "train-multinode" in tasks
-    cached = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items() if "dag" not in spec["components"][task["componentRef"]["name"]]}
-    assert cached == {"validate": True, "extract": True, "cluster": True, "train": False,
-                      "train-multinode": False, "evaluate": False, "register": False}  # fmt: skip
+    assert set(tasks) == set(STEPS)
+    cached = {name: task.get("cachingOptions", {}).get("enableCache", False) for name, task in tasks.items()}
+    assert cached == {name: step_spec(name).cacheable for name in STEPS}
     executors = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"}
     train_resources = executors["exec-train"]["container"]["resources"]
     assert "accelerator_type" in json.dumps(train_resources) and "accelerators_per_node" in json.dumps(train_resources)
-    for name in ("accelerator_type", "accelerators_per_node", "num_nodes", "mlflow_tracking_uri", "train_params", "model"):
+    for name in ("accelerator_type", "accelerators_per_node", "mlflow_tracking_uri", "train_params", "model", "tracking"):
         assert name in spec["root"]["inputDefinitions"]["parameters"]
+    for name in STEPS:  # each step's output folder is typed as the step declares
+        outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
+        assert outputs["out"]["artifactType"]["schemaTitle"] == f"system.{step_spec(name).output_kind}"
+        inputs = spec["components"][f"comp-{name}"].get("inputDefinitions", {}).get("artifacts", {})
+        assert set(inputs) == set(step_spec(name).input_names()), name
     artifact_types = {
         art["artifactType"]["schemaTitle"]
         for component in spec["components"].values()
@@ -66,19 +72,36 @@ def test_pipeline_structure_caching_gpus_and_typed_artifacts(spec):
     }
     assert {"system.Dataset", "system.Model", "system.Metrics", "system.Markdown", "system.HTML"} <= artifact_types
     # Defaults come from params.yaml (one source of truth for DVC and Kubeflow).
-    from mccl_core.params import load_params
+    from mccl_core.config import load_params
 
     defaults = spec["root"]["inputDefinitions"]["parameters"]["train_params"]["defaultValue"]
     assert defaults == load_params(REPO / "params.yaml")["train"]
 
 
-def test_pytorchjob_manifest_from_the_pipeline_parameters():
-    from pipeline.pytorchjob import PyTorchJobConfig, build_pytorchjob, job_state
+def test_components_pass_exactly_the_sections_each_step_reads():
+    """A component is argument plumbing: the params sections it hands to run_step are the step's."""
+    import ast
+
+    from mccl_core.steps.contract import spec as step_spec
+
+    tree = ast.parse((REPO / "components" / "steps.py").read_text())
+    for node in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
+        call = next(c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "run_kfp_step")
+        assert call.args[0].value == node.name
+        sections = {k.value for k in call.args[1].keys} - {"tracking"}
+        assert sections == set(step_spec(node.name).sections), node.name
+    text = (REPO / "components" / "steps.py").read_text() + (REPO / "pipeline" / "pipeline.py").read_text()
+    for file_name in (".json", ".pt", ".safetensors", ".npz", "model/"):  # no artifact names in the adapters
+        assert file_name not in text, file_name
+
+
+def test_pytorchjob_manifest_and_the_pod_environment():
+    from mccl_core.launch.pytorchjob import PyTorchJobConfig, build_pytorchjob, job_state, launch_from_env
 
     manifest = build_pytorchjob(PyTorchJobConfig(
         name="mccl-train-1", namespace="team", image="reg/mccl:1", num_nodes=3, nproc_per_node=4,
         accelerator_type="nvidia.com/gpu", accelerators_per_node=4, staging_uri="s3://b/run1",
-        mlflow_tracking_uri="http://mlflow:5000", mlflow_run_id="abc",
+        mlflow_tracking_uri="http://mlflow:5000",
     ))  # fmt: skip
     assert manifest["kind"] == "PyTorchJob" and manifest["apiVersion"] == "kubeflow.org/v1"
     assert manifest["spec"]["nprocPerNode"] == "4"
@@ -87,13 +110,18 @@ def test_pytorchjob_manifest_from_the_pipeline_parameters():
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch" and container["image"] == "reg/mccl:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert container["command"][:3] == ["python", "-m", "pipeline.pytorchjob"] and "abc" in container["command"]
+    assert container["command"][:3] == ["python", "-m", "mccl_core.launch.pytorchjob"] and "s3://b/run1" in container["command"]
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(manifest)  # credentials come from a secret reference
     assert job_state({"status": {"conditions": [{"type": "Running", "status": "True"}]}}) is None
     assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
     with pytest.raises(ValueError, match="num_nodes=1"):
         PyTorchJobConfig(name="x", namespace="n", image="i", num_nodes=1, nproc_per_node=1,
                          accelerator_type="nvidia.com/gpu", accelerators_per_node=1, staging_uri="s3://b/p")  # fmt: skip
+    # The pod's launch section comes from what the Training Operator sets.
+    env = {"PET_NNODES": "3", "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "2", "PET_MASTER_ADDR": "job-master-0",
+           "PET_MASTER_PORT": "23456"}  # fmt: skip
+    assert launch_from_env(env) == {"backend": "torchrun", "nproc_per_node": 4, "nnodes": 3, "node_rank": 2,
+                                    "rdzv_endpoint": "job-master-0:23456"}  # fmt: skip
 
 
 def test_submit_without_a_reachable_endpoint_fails_clearly(capsys):
@@ -105,7 +133,7 @@ def test_submit_without_a_reachable_endpoint_fails_clearly(capsys):
 
 
 def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch):
-    """validate (generating the tiny demo) -> extract -> cluster -> train -> evaluate -> register."""
+    """demo -> validate -> extract -> cluster -> train -> evaluate -> register, one MLflow parent."""
     from kfp import local
     from mlflow import MlflowClient
 
@@ -116,9 +144,9 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = copy.deepcopy(TINY_MODEL)
-    run = mccl_pipeline(
-        demo={"seed": 3, "n_train": 96, "n_val": 48, "n_test": 48, "image_size": 32, "workers": 1},
-        data={"source": "demo", "root": "unused-generated-in-validate"},
+    mccl_pipeline(
+        demo_params={"seed": 3, "n_train": 96, "n_val": 48, "n_test": 48, "image_size": 32, "workers": 1},
+        data={"source": "demo", "root": "data/demo"},
         validate_params={"workers": 2},
         extract_params={"batch_size": 48, "tokens_per_image": 8, "shard_size": 64, "device": "cpu"},
         cluster_params={"device": "cpu"},
@@ -127,18 +155,16 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
         launch={"nproc_per_node": 1},
         evaluate_params={"batch_size": 48, "device": "cpu", "plots": True},
         register_params={"model_name": "mccl-kfp-test", "alias": "champion"},
+        tracking={"experiment": "mccl-kfp"},
         mlflow_tracking_uri=tracking_uri,
         accelerators_per_node=1,
-        num_nodes=1,
     )
-    outputs = run.outputs if hasattr(run, "outputs") else {}
-    del outputs
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("mccl")
+    experiment = client.get_experiment_by_name("mccl-kfp")  # the tracking section reaches Kubeflow too
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"pipeline", *STEPS}
+    assert set(runs) == {"pipeline", *STEPS} - {"demo"}
     parent_id = runs["pipeline"].info.run_id
-    for step in STEPS:
+    for step in set(STEPS) - {"demo"}:
         assert runs[step].data.tags.get("mlflow.parentRunId") == parent_id, step  # cached-step runs adopted
         assert runs[step].info.status == "FINISHED"
     assert runs["pipeline"].info.status == "FINISHED"  # ended by register
@@ -146,40 +172,59 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
     assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "train_loss")] == [0]
     version = client.get_model_version_by_alias("mccl-kfp-test", "champion")
     assert str(version.version) == "1" and float(version.tags["test_macro_f1"]) >= 0.0
+    assert runs["register"].data.tags["mccl.dvc.data_hash"].startswith("sha256:")
     summaries = list((tmp_path / "kfp").rglob("summary"))
     assert summaries and "Data validation: PASSED" in summaries[0].read_text()
+    reports = list((tmp_path / "kfp").rglob("report"))
+    assert reports and "<h2>MCCL evaluation</h2>" in reports[0].read_text()
 
 
-def test_pytorchjob_staging_round_trip_through_s3(tmp_path, monkeypatch):
-    """What the launcher uploads, a PyTorchJob pod downloads and relocates (real S3: SeaweedFS)."""
+@pytest.mark.slow
+def test_pytorchjob_pod_runs_the_train_step_from_staged_inputs(tiny_demo, tiny_demo_label_embeddings, tmp_path, monkeypatch):
+    """What the train step stages for a PyTorchJob, a pod (python -m mccl_core.launch.pytorchjob,
+    with the PET_* environment of the Training Operator) downloads, trains and uploads (real S3)."""
+    import subprocess
+    import sys
+
     from services import SeaweedS3
 
-    from pipeline.pytorchjob import _relocate_params, node_command
-    from pipeline.staging import download_prefix, upload_dir
+    from mccl_core.launch.staging import download_prefix, upload_dir
+    from mccl_core.steps.contract import run_step
+    from mccl_core.steps.tracking import TrackingOptions
 
+    off = TrackingOptions(enabled=False)
+    params = {"data": {"source": "demo", "root": str(tiny_demo)}, "validate": {"workers": 2},
+              "extract": {"batch_size": 64, "tokens_per_image": 8, "shard_size": 64, "device": "cpu"},
+              "cluster": {"device": "cpu"}, "model": copy.deepcopy(TINY_MODEL),
+              "train": {"epochs": 1, "batch_size": 16, "image_size": 32, "num_workers": 0, "device": "cpu"}}  # fmt: skip
+    folders = {}
+    for name, inputs in (("validate", {}), ("extract", {"validate"}), ("cluster", {"validate", "extract"})):
+        folders[name] = tmp_path / name
+        run_step(name, params, {k: folders[k] for k in inputs}, folders[name], off)
     server = SeaweedS3(tmp_path / "seaweed", "stagingkey", "stagingsecret123", buckets=["mccl"])
     server.start()
     try:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
         staged = tmp_path / "staged"
-        (staged / "data" / "annotations").mkdir(parents=True)
-        (staged / "data" / "annotations" / "intentonomy_train2020.json").write_text("{}")
-        (staged / "prototypes.safetensors").write_bytes(b"\x00" * 1000)
-        (staged / "resolved_params.yaml").write_text(yaml.safe_dump({
-            "data": {"source": "demo", "root": "data/demo",
-                     "annotations": {"train": "data/annotations/intentonomy_train2020.json"}},
-            "model": {}, "train": {"output_dir": "anything"}}))  # fmt: skip
-        assert upload_dir(staged, "minio://mccl/runs/r1/inputs") == 3
-        workspace = tmp_path / "pod"
-        assert download_prefix("s3://mccl/runs/r1/inputs", workspace / "inputs") == 3
-        assert download_prefix("s3://mccl/runs/r1/outputs/checkpoints", workspace / "ckpt") == 0  # first start
-        assert (workspace / "inputs" / "prototypes.safetensors").read_bytes() == b"\x00" * 1000
-        _relocate_params(workspace / "inputs" / "resolved_params.yaml", workspace)
-        params = yaml.safe_load((workspace / "inputs" / "resolved_params.yaml").read_text())
-        assert params["data"]["annotations"]["train"] == str(workspace / "inputs" / "data/annotations/intentonomy_train2020.json")
-        assert params["train"]["output_dir"] == str(workspace / "outputs")
-        command = node_command(workspace, "run123")
-        assert command[1:4] == ["-m", "torch.distributed.run", "-m"] and command[-2:] == ["--mlflow-run-id", "run123"]
+        for name in ("validate", "extract", "cluster"):
+            shutil.copytree(folders[name], staged / name)
+        (staged / "params.yaml").write_text(yaml.safe_dump({"model": params["model"], "train": params["train"]}))
+        upload_dir(staged, "minio://mccl/run1/inputs")
+        env = {**os.environ, **server.env(), "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0",
+               "OMP_NUM_THREADS": "2"}  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "mccl_core.launch.pytorchjob", "--staging-uri", "s3://mccl/run1",
+                               "--workspace", str(tmp_path / "pod")], env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert download_prefix("s3://mccl/run1/outputs", tmp_path / "fetched") > 0
+        history = json.loads((tmp_path / "fetched" / "history.json").read_text())
+        assert [r["epoch"] for r in history] == [0]
+        assert (tmp_path / "fetched" / "model" / "bundle.json").is_file()
+        assert (tmp_path / "fetched" / "checkpoints" / "inputs.json").is_file()  # the resume guard's record
+        # A restarted pod of the same job resumes from the uploaded checkpoint: nothing left to train.
+        again = subprocess.run([sys.executable, "-m", "mccl_core.launch.pytorchjob", "--staging-uri", "s3://mccl/run1",
+                                "--workspace", str(tmp_path / "pod2")], env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "resuming from" in again.stderr and "same inputs" in again.stderr
     finally:
         server.stop()

@@ -153,8 +153,8 @@ def test_extract_step_cli_reports_a_failed_download_in_one_line(tiny_demo, tmp_p
     }))  # fmt: skip
     env = {**__import__("os").environ, "TORCH_HOME": str(tmp_path / "hub")}
     proc = subprocess.run(
-        [sys.executable, "-m", "components", "extract", "--params", str(params), "--no-tracking",
-         "--validated", str(tmp_path / "v"), "--out", str(tmp_path / "extract")],
+        [sys.executable, "-m", "mccl_core.cli", "step", "extract", "--params", str(params), "--no-tracking",
+         "--validate", str(tmp_path / "v"), "--out", str(tmp_path / "extract")],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 1

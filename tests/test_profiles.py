@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mccl_core.models import ModelConfig
-from mccl_core.params import load_params
+from mccl_core.config import load_params
 from mccl_core.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def test_paper_profile_holds_the_spec_values(caplog):
     assert (cpi.prototypes_per_class, cpi.exponent, cpi.k_min, cpi.k_max) == (8.0, 1.0, 2, 32)
     # MCC: t = 0.1, pure rebuild, momentum 0.999.
     assert (model.mcc.enabled, model.mcc.temperature, model.mcc.residual, model.mcc.momentum) == (True, 0.1, 0.0, 0.999)
-    assert model.mcc.update == "soft"  # the spec's assignment-weighted update
+    assert model.mcc.update == "soft"  # the assignment-weighted update (docs/model.md)
     # PKI: tau 0.1 (0.4 empties the Intentonomy graph), p 0.2, 2 GCN layers, Q2L decoder sizes.
     pki = model.pki
     assert (pki.use_gcn, pki.tau, pki.p, pki.gcn_layers) == (True, 0.1, 0.2, 2)

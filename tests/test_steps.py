@@ -187,19 +187,67 @@ def test_step_cli_fails_with_the_records_and_exit_code_1(demo_copy, tmp_path):
     corrupt_id, bad_label_id = _break_records(demo_copy)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"data": {"source": "demo", "root": str(demo_copy)}, "validate": {"workers": 2}}))
-    proc = subprocess.run([sys.executable, "-m", "components", "validate", "--params", str(params), "--no-tracking",
+    proc = subprocess.run([sys.executable, "-m", "mccl_core.cli", "step", "validate", "--params", str(params), "--no-tracking",
                            "--out", str(tmp_path / "v")], check=False, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "ERROR: data validation failed" in proc.stderr and corrupt_id in proc.stderr and bad_label_id in proc.stderr
 
 
 def test_mccl_step_dispatch_lists_the_steps(capsys):
-    from components.__main__ import main
+    from mccl_core.steps.cli import main
 
     assert main([]) == 2
     assert main(["--help"]) == 0
-    assert "validate,extract,cluster,train,evaluate,register" in capsys.readouterr().out
+    assert "demo,validate,extract,cluster,train,evaluate,register" in capsys.readouterr().out
     assert main(["nope"]) == 2
+
+
+def test_step_cli_options_come_from_the_step_spec(capsys):
+    from mccl_core.steps.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--validate", "--extract", "--cluster", "--demo", "--out", "--set", "--params"):
+        assert option in text
+    assert "model, train, launch" in text
+
+
+def test_run_step_checks_inputs_and_params_by_name(tmp_path):
+    from mccl_core.config import ConfigError
+    from mccl_core.steps.cli import apply_overrides
+    from mccl_core.steps.contract import run_step
+
+    with pytest.raises(StepError, match="needs the output folder of step 'validate'"):
+        run_step("extract", {}, {}, tmp_path, NO_TRACKING)
+    with pytest.raises(StepError, match="takes inputs"):
+        run_step("cluster", {}, {"validate": tmp_path, "extract": tmp_path, "train": tmp_path}, tmp_path, NO_TRACKING)
+    with pytest.raises(StepError, match="does not exist"):
+        run_step("evaluate", {}, {"validate": tmp_path / "nope", "train": tmp_path}, tmp_path, NO_TRACKING)
+    with pytest.raises(ConfigError, match="evaluate.batch_sise"):
+        run_step("evaluate", {"evaluate": {"batch_sise": 3}}, {"validate": tmp_path, "train": tmp_path}, tmp_path, NO_TRACKING)
+    assert apply_overrides({"train": {"lr": 1}}, ["train.lr=3e-4", "model.mcc.temperature=0.1"]) == {
+        "train": {"lr": 3e-4}, "model": {"mcc": {"temperature": 0.1}}}
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        apply_overrides({}, ["lr=3"])
+
+
+def test_one_config_loader_coerces_kfp_floats_and_names_bad_keys():
+    from mccl_core.config import ConfigError
+    from mccl_core.steps.train import LaunchConfig, TrainParams
+
+    # Kubeflow hands dict parameters over as protobuf Structs: every number is a float.
+    params = {"model": {"backbone": {"arch": "resnet18", "weights": "none", "stages": ["layer4"]}, "cpi": {"k_min": 2.0}},
+              "train": {"epochs": 3.0, "lr": 1, "image_size": 64.0}, "launch": {"nproc_per_node": 2.0}}
+    cfg = TrainParams.from_params(params)
+    assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int and cfg.train.lr == 1.0
+    assert cfg.model.cpi.k_min == 2 and type(cfg.model.cpi.k_min) is int and cfg.launch.nproc_per_node == 2
+    with pytest.raises(ConfigError, match=r"train.epochs=2.5: expected an integer"):
+        TrainParams.from_params({**params, "train": {"epochs": 2.5}})
+    with pytest.raises(ConfigError, match="launch.kubernetes.namespce"):
+        LaunchConfig.from_dict({"kubernetes": {"namespce": "x"}})
+    with pytest.raises(ConfigError, match="pytorchjob is for >= 2 nodes"):
+        LaunchConfig.from_dict({"backend": "pytorchjob"})
 
 
 def _dead_server() -> str:
@@ -245,6 +293,7 @@ def test_train_launch_command():
     assert "--standalone" not in nodes and nodes[nodes.index("--rdzv_endpoint") + 1] == "n0:29400"
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         LaunchConfig(nnodes=2)
+    assert LaunchConfig(backend="pytorchjob", nnodes=2).world_size == 2
 
 
 def test_cpi_tokens_equal_the_tokens_of_the_first_training_forward(tiny_demo, tiny_demo_label_embeddings, tmp_path):

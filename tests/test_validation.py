@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import mccl_core.data.images as data_images
 from mccl_core.validation import (
     DataValidationError,
     ImageLimits,
@@ -136,8 +137,8 @@ def _unknown_split(frame, root):
 BAD_CASES = {
     "missing file": (_missing, "file not found"),
     "zero-byte": (_zero_byte, "zero-byte file"),
-    "truncated jpeg": (_truncated, "truncated or corrupt"),
-    "text file": (_text_file, "not an image"),
+    "truncated jpeg": (_truncated, "corrupt or truncated image data"),
+    "text file": (_text_file, "not a recognised image format (corrupt file or not an image)"),
     "too wide": (_too_wide, "width 200 outside [16, 128]"),
     "too small": (_too_small, "width 8 outside [16, 128]"),
     "label out of range": (_label_out_of_range, "label ids out of range [0, 4): [4,-1]"),
@@ -188,12 +189,13 @@ def test_duplicate_ids_flag_every_copy(images: Path) -> None:
 
 def test_decompression_bomb_guard_does_not_decode(images: Path) -> None:
     images.mkdir()
-    path = images / "big.png"
-    Image.new("L", (400, 300), 0).save(path)
+    path = _png_header_only(images / "big.png", 400, 300)  # decoding it would fail
     inspection = inspect_image(path, ImageLimits(max_side=1000, max_pixels=100_000))
-    assert not inspection.readable and (inspection.width, inspection.height) == (400, 300)
-    assert "120000 pixels exceeds max_pixels 100000" in inspection.problem
-    assert inspect_image(path, ImageLimits(max_side=1000, max_pixels=200_000)).readable
+    assert not inspection.ok and (inspection.width, inspection.height, inspection.mode) == (400, 300, "RGB")
+    assert [issue.kind for issue in inspection.issues] == ["pixels"]  # refused from the header, not decoded
+    assert "400x300 = 120,000 pixels, above the limit of 100,000" in inspection.problem
+    decoded = inspect_image(path, ImageLimits(max_side=1000, max_pixels=200_000))
+    assert [issue.kind for issue in decoded.issues] == ["decode"]  # under the limit it is decoded
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
@@ -217,8 +219,12 @@ def test_decompression_bomb_in_manifest(images: Path) -> None:
     problems = {r.image_id: r.problem for r in caught.value.report.offending}
     assert set(problems) == {"bomb", "huge"}
     assert problems["bomb"].startswith("decompression bomb")
-    assert "81000000 pixels exceeds max_pixels 16384 (decompression-bomb guard)" in problems["huge"]
-    assert "width 9000 outside [16, 128]" in problems["huge"]
+    assert problems["huge"] == (
+        "width 9000 outside [16, 128]; height 9000 outside [16, 128]; image is 9000x9000 = 81,000,000 pixels, "
+        "above the limit of 16,384 (possible decompression bomb; raise max_pixels if intended)"
+    )
+    failed = {e.check for e in caught.value.report.expectations if not e.success}
+    assert failed == {"image_width", "image_height", "image_pixels"}
 
 
 def test_parquet_round_trip_label_arrays(images: Path, tmp_path: Path) -> None:
@@ -237,7 +243,7 @@ def test_mode_not_allowed_is_reported(images: Path) -> None:
     frame = _good_frame(images)
     Image.new("L", (32, 32), 128).save(images / "grey.png")
     frame = _add_row(frame, image_id="grey", image_path="grey.png", split="train", label_ids=[0])
-    with pytest.raises(DataValidationError, match="image mode 'L' cannot be converted to RGB"):
+    with pytest.raises(DataValidationError, match=r"image mode 'L' is not among the allowed modes \['RGB'\]"):
         _validate(frame, images, image_limits=ImageLimits(min_side=16, max_side=128, allowed_modes=("RGB",)))
     report = _validate(frame, images)  # L converts to RGB with the default mode list
     assert report.success
@@ -337,3 +343,39 @@ def test_argument_errors(images: Path) -> None:
         _validate(frame, images, policy="drop")
     with pytest.raises(ValueError, match="num_classes=3 but 4"):
         validate_manifest(frame, 3, CLASSES, "fail", True, LIMITS, image_root=images)
+
+
+def test_public_names_and_one_image_inspector() -> None:
+    """What other code imports from mccl_core.validation keeps working, and the image pieces *are*
+    the loader's (not copies that could drift apart)."""
+    import mccl_core.validation as validation
+    from mccl_core.steps.validate import ValidateConfig
+
+    for name in ("REQUIRED_COLUMNS", "DataValidationError", "ImageLimits", "ValidationReport", "validate_manifest",
+                 "write_quarantine", "OffendingRecord", "ExpectationOutcome", "RGB_CONVERTIBLE_MODES"):  # fmt: skip
+        assert hasattr(validation, name), name
+    assert validation.REQUIRED_COLUMNS == ("image_id", "image_path", "split", "label_ids")
+    assert validation.ImageLimits is data_images.ImageLimits
+    assert validation.inspect_image is data_images.inspect_image
+    assert validation.RGB_CONVERTIBLE_MODES is data_images.RGB_CONVERTIBLE_MODES
+    assert ValidateConfig(min_side=8, max_side=64, max_pixels=1000).limits() == ImageLimits(8, 64, 1000)
+
+
+def test_image_limits_are_checked() -> None:
+    assert ImageLimits() == ImageLimits(16, 16384, 89_478_485)  # the suite's defaults are unchanged
+    with pytest.raises(ValueError, match="0 < min_side <= max_side"):
+        ImageLimits(min_side=64, max_side=32)
+    with pytest.raises(ValueError, match="max_pixels must be positive"):
+        ImageLimits(max_pixels=0)
+    with pytest.raises(ValueError, match=r"allowed_modes \['La'\] cannot be converted to RGB"):
+        ImageLimits(allowed_modes=("RGB", "La"))
+
+
+def test_image_columns_carry_the_inspector_verdicts(images: Path) -> None:
+    frame = _too_wide(_good_frame(images), images)
+    with pytest.raises(DataValidationError) as caught:
+        _validate(frame, images)
+    rows = caught.value.report.checked_rows.set_index("image_id")
+    assert rows.loc["bad", "readable"] and not rows.loc["bad", "width_ok"] and rows.loc["bad", "height_ok"]
+    assert rows.loc["bad", "problem"] == "width 200 outside [16, 128]"
+    assert rows.loc["id0", ["readable", "width_ok", "height_ok", "pixels_ok", "mode_ok"]].all()

@@ -3,7 +3,7 @@
 Subcommands:
   demo                  generate the synthetic demo dataset
   download-intentonomy  download Intentonomy images listed in annotation JSON files (resumable)
-  verify                read every image of a split and report unreadable files
+  verify                inspect every image of a split (the loader's own checks) and report refused files
   mdid-compact          rebuild the compact MDID split file from the official MDID files
 """
 
@@ -20,7 +20,7 @@ from mccl_core.data.config import SOURCES, DataConfig, load_split
 from mccl_core.data.dataset import SPLITS, AnnotationError
 from mccl_core.data.demo import DemoConfig, default_workers, generate_demo
 from mccl_core.data.download import DownloadConfig, download_intentonomy
-from mccl_core.data.images import DEFAULT_MAX_PIXELS, format_problems, verify_images
+from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLimits, format_problems, verify_images
 from mccl_core.data.mdid import compact_mdid_splits, write_mdid_splits
 
 logger = logging.getLogger("mccl_core.data.cli")
@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "--report", type=Path, default=None, help="failure report (default <root>/download_report.json)"
     )
 
-    verify = commands.add_parser("verify", help="read every image of a split; exit 1 if any is unreadable")
+    verify = commands.add_parser(
+        "verify",
+        help="inspect every image of a split with the loader's checks; exit 1 if any is refused",
+        description="Inspect every image of a split with the same inspector the loader and the validate step "
+        "use (format, corrupt data, size limits, PIL mode); list each refused file with the reason.",
+    )
     verify.add_argument("--source", choices=SOURCES, required=True)
     verify.add_argument("--root", type=Path, default=Path("."))
     verify.add_argument("--split", choices=SPLITS, required=True)
@@ -63,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--manifest", type=Path, default=None)
     verify.add_argument("--class-list", type=Path, default=None)
     verify.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    verify.add_argument(
+        "--min-side", type=int, default=None, help="refuse images with a side below this (validate step: validate.min_side)"
+    )
+    verify.add_argument(
+        "--max-side", type=int, default=None, help="refuse images with a side above this (validate step: validate.max_side)"
+    )
     verify.add_argument("--report", type=Path, default=None, help="write the problems as JSON here")
 
     compact = commands.add_parser("mdid-compact", help="derive the compact MDID split file from the official files")
@@ -120,14 +131,17 @@ def _run(args: argparse.Namespace) -> int:
             class_list=args.class_list,
             max_image_pixels=args.max_pixels,
         )
+        limits = ImageLimits(
+            min_side=1 if args.min_side is None else args.min_side, max_side=args.max_side, max_pixels=args.max_pixels
+        )
         dataset = load_split(data_cfg, args.split)
-        problems = verify_images(dataset)
+        problems = verify_images(dataset, limits=limits)
         if args.report is not None:
             args.report.write_text(json.dumps([p.to_dict() for p in problems], indent=1) + "\n", encoding="utf-8")
         if problems:
-            print(f"{len(problems)} of {len(dataset)} images unreadable:\n{format_problems(problems)}", file=sys.stderr)
+            print(f"{len(problems)} of {len(dataset)} images refused:\n{format_problems(problems)}", file=sys.stderr)
             return 1
-        logger.info("all %d images readable", len(dataset))
+        logger.info("all %d images accepted", len(dataset))
         return 0
     if args.command == "mdid-compact":
         write_mdid_splits(compact_mdid_splits(args.metadata, args.splits_dir), args.out)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from mccl_core.config import ConfigError, from_dict
 from mccl_core.data.dataset import SPLITS, IntentDataset
 from mccl_core.data.demo import STAMP_FILE
 from mccl_core.data.images import DEFAULT_MAX_PIXELS
@@ -50,21 +51,21 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"DataConfig.source must be one of {list(SOURCES)}, got {self.source!r}")
+            raise ConfigError(f"DataConfig.source must be one of {list(SOURCES)}, got {self.source!r}")
         self.root = Path(self.root)
         self.annotations = {str(k): Path(v) for k, v in (self.annotations or {}).items()}
         unknown = sorted(set(self.annotations) - set(SPLITS))
         if unknown:
-            raise ValueError(f"DataConfig.annotations keys must be splits {list(SPLITS)}, got {unknown}")
+            raise ConfigError(f"DataConfig.annotations keys must be splits {list(SPLITS)}, got {unknown}")
         self.mdid_splits_file = Path(self.mdid_splits_file) if self.mdid_splits_file is not None else None
         self.manifest = Path(self.manifest) if self.manifest is not None else None
         self.class_list = Path(self.class_list) if self.class_list is not None else None
         if self.source == "mdid" and not 0 <= self.mdid_split_index < MDID_NUM_SPLITS:
-            raise ValueError(
+            raise ConfigError(
                 f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}"
             )
         if self.source == "manifest" and (self.manifest is None or self.class_list is None):
-            raise ValueError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
+            raise ConfigError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
 
     def annotation_file(self, split: str) -> Path:
         """Annotation file of ``split`` for the demo / intentonomy sources."""
@@ -86,11 +87,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (catches config typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DataConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_dict(cls, data, "data")
 
 
 def load_split(

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mccl_core.config import ConfigError, from_dict
+
 logger = logging.getLogger(__name__)
 
 #: Bump when the rendering changes, so cached demo folders are regenerated.
@@ -148,23 +150,23 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "n_test"):
             if getattr(self, name) < 0:
-                raise ValueError(f"DemoConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"DemoConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 32:
-            raise ValueError(f"DemoConfig.image_size must be >= 32 px, got {self.image_size}")
+            raise ConfigError(f"DemoConfig.image_size must be >= 32 px, got {self.image_size}")
         if self.imbalance_ratio < 1:
-            raise ValueError(f"DemoConfig.imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
+            raise ConfigError(f"DemoConfig.imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
         probs = tuple(float(p) for p in self.label_count_probs)
         if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(
+            raise ConfigError(
                 f"DemoConfig.label_count_probs must be 3 probabilities summing to 1, got {self.label_count_probs}"
             )
         object.__setattr__(self, "label_count_probs", probs)
         if not 0 <= self.partial_clue_prob <= 1:
-            raise ValueError(f"DemoConfig.partial_clue_prob must be in [0, 1], got {self.partial_clue_prob}")
+            raise ConfigError(f"DemoConfig.partial_clue_prob must be in [0, 1], got {self.partial_clue_prob}")
         if not 0 <= self.max_other_distractors <= 3:
-            raise ValueError(f"DemoConfig.max_other_distractors must be 0..3, got {self.max_other_distractors}")
+            raise ConfigError(f"DemoConfig.max_other_distractors must be 0..3, got {self.max_other_distractors}")
         if not 1 <= self.jpeg_quality <= 95:
-            raise ValueError(f"DemoConfig.jpeg_quality must be 1..95, got {self.jpeg_quality}")
+            raise ConfigError(f"DemoConfig.jpeg_quality must be 1..95, got {self.jpeg_quality}")
 
     def split_size(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
@@ -176,14 +178,7 @@ class DemoConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DemoConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DemoConfig field(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        if "label_count_probs" in values:
-            values["label_count_probs"] = tuple(values["label_count_probs"])
-        return cls(**values)
+        return from_dict(cls, data, "demo")
 
 
 def intent_weights(imbalance_ratio: float) -> np.ndarray:

@@ -1,30 +1,26 @@
-"""Intentonomy (Jia et al., CVPR 2021): annotation JSON reader and bundled metadata.
+"""Intentonomy (Jia et al., CVPR 2021): training-side annotation loading and bundled metadata.
 
-Annotation schema (COCO-like)::
-
-    {"categories": [{"id": int, "name": str, "description"?: str}, ...],
-     "images": [{"id": str, "filename": "low/<id>.jpg", "original_id"?: str, "unsplash_url"?: str}],
-     "annotations": [{"id": int, "image_id": str,
-                      "category_ids": [int]              # val / test
-                      "category_ids_softprob": [float]}]  # train: one value per class, x/3
-
-Label convention (as in every Intentonomy codebase): a class is positive when its softprob is
-> 0; the soft probabilities are kept as ``soft_labels``. Images live at ``<root>/<filename>``.
-The demo dataset is written in this same schema, so the demo walks the real-data code path.
+The annotation JSON (schema, strict / lenient parsing, the 28 class names) is handled by the one
+torch-free parser in :mod:`mccl_core.intentonomy_json`; this module turns its strict result into
+:class:`~mccl_core.data.dataset.ImageRecord` lists for training (raising
+:class:`~mccl_core.data.dataset.AnnotationError` with every offending record). Label convention
+(as in every Intentonomy codebase): a class is positive when its softprob is > 0; the soft
+probabilities are kept as ``soft_labels``. Images live at ``<root>/<filename>``. The demo dataset
+is written in this same schema, so the demo walks the real-data code path.
 
 The bundled metadata (``resources/intentonomy_metadata.json``) holds the 28 class names, our own
 one-to-two sentence class descriptions (label text for PKI), the 28 -> 15 -> 9 hierarchy with
 approximate group names, and per-split class counts; ``resources/
 intentonomy_train_cooccurrence_counts.npy`` holds the training co-occurrence counts. Both are
 derived from the Intentonomy annotations (CC BY-NC 4.0); see ``resources/ATTRIBUTION.md``.
-The official evaluation subsets live in ``mccl_core.metrics.intentonomy_subsets``.
+The official evaluation subsets (and the rule for when they apply) live in
+``mccl_core.metrics.intentonomy_subsets``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -32,41 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from mccl_core.data.dataset import ImageRecord, ProblemCollector
+from mccl_core.data.dataset import AnnotationError, ImageRecord, ProblemCollector
+from mccl_core.intentonomy_json import (
+    INTENTONOMY_CLASSES,
+    AnnotationFileError,
+    parse_intentonomy_document,
+    read_intentonomy_json,
+)
 
 logger = logging.getLogger(__name__)
-
-#: The 28 Intentonomy intents, index = category id.
-INTENTONOMY_CLASSES: tuple[str, ...] = (
-    "Attractive",
-    "BeatCompete",
-    "Communicate",
-    "CreativeUnique",
-    "CuriousAdventurousExcitingLife",
-    "EasyLife",
-    "EnjoyLife",
-    "FineDesignLearnArt-Arch",
-    "FineDesignLearnArt-Art",
-    "FineDesignLearnArt-Culture",
-    "GoodParentEmoCloseChild",
-    "Happy",
-    "HardWorking",
-    "Harmony",
-    "Health",
-    "InLove",
-    "InLoveAnimal",
-    "InspirOthrs",
-    "ManagableMakePlan",
-    "NatBeauty",
-    "PassionAbSmthing",
-    "Playful",
-    "ShareFeelings",
-    "SocialLifeFriendship",
-    "SuccInOccupHavGdJob",
-    "TchOthrs",
-    "ThngsInOrdr",
-    "WorkILike",
-)
 
 #: Official annotation file name per split (``<root>/annotations/<name>``).
 ANNOTATION_FILENAMES: dict[str, str] = {
@@ -124,200 +94,58 @@ def intentonomy_train_cooccurrence() -> np.ndarray:
 # ----------------------------------------------------------------------------- annotation reading
 
 
-def read_annotation_json(path: Path) -> dict[str, Any]:
-    """Parse an annotation JSON file, naming the file in any error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {str(path)!r} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"annotation file {str(path)!r} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"annotation file {str(path)!r}: top level must be an object, got {type(data).__name__}")
-    return data
-
-
-def parse_categories(categories: Any, problems: ProblemCollector) -> tuple[list[str], list[str] | None]:
-    """Class names (index = id) and descriptions (``None`` if the file carries none).
-
-    Ids must be exactly 0..C-1: the label vectors index classes by id, so a gap would silently
-    shift every later class.
-    """
-    if not isinstance(categories, list) or not categories:
-        problems.add("'categories' must be a non-empty list")
-        return [], None
-    by_id: dict[int, dict[str, Any]] = {}
-    for position, category in enumerate(categories):
-        if (
-            not isinstance(category, dict)
-            or not isinstance(category.get("id"), int)
-            or not isinstance(category.get("name"), str)
-        ):
-            problems.add(f"category #{position} must have an integer 'id' and a string 'name': {category!r}")
-            continue
-        if category["id"] in by_id:
-            problems.add(f"duplicate category id {category['id']}")
-        by_id[category["id"]] = category
-    if problems.problems:
-        return [], None
-    if sorted(by_id) != list(range(len(by_id))):
-        problems.add(f"category ids must be 0..{len(by_id) - 1}, got {sorted(by_id)}")
-        return [], None
-    names = [by_id[i]["name"] for i in range(len(by_id))]
-    if len(set(names)) != len(names):
-        problems.add(f"duplicate category names {sorted({n for n in names if names.count(n) > 1})}")
-    if any("description" in c for c in by_id.values()):
-        descriptions = [str(by_id[i].get("description", "")) for i in range(len(by_id))]
-    else:
-        descriptions = None
-    return names, descriptions
-
-
-def _labels_from_annotation(
-    annotation: dict[str, Any], num_classes: int, image_id: str, path: Path, problems: ProblemCollector
-) -> tuple[tuple[int, ...], tuple[float, ...] | None] | None:
-    """(labels, soft labels) of one annotation, or ``None`` after recording a problem."""
-    soft = annotation.get("category_ids_softprob")
-    hard = annotation.get("category_ids")
-    if soft is None and hard is None:
-        problems.add("annotation has neither 'category_ids' nor 'category_ids_softprob'", image_id, path)
-        return None
-    soft_labels: tuple[float, ...] | None = None
-    labels_from_soft: tuple[int, ...] | None = None
-    if soft is not None:
-        if not isinstance(soft, list) or len(soft) != num_classes:
-            size = len(soft) if isinstance(soft, list) else type(soft).__name__
-            problems.add(f"'category_ids_softprob' must be a list of {num_classes} numbers, got {size}", image_id, path)
-            return None
-        if not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
-            for v in soft
-        ):
-            problems.add(f"'category_ids_softprob' values must be numbers in [0, 1], got {soft}", image_id, path)
-            return None
-        soft_labels = tuple(float(v) for v in soft)
-        labels_from_soft = tuple(i for i, v in enumerate(soft_labels) if v > 0)
-    if hard is not None:
-        if not isinstance(hard, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in hard):
-            problems.add(f"'category_ids' must be a list of integers, got {hard!r}", image_id, path)
-            return None
-        unknown = [v for v in hard if not 0 <= v < num_classes]
-        if unknown:
-            problems.add(f"unknown category id(s) {unknown} (valid: 0..{num_classes - 1})", image_id, path)
-            return None
-        if len(set(hard)) != len(hard):
-            problems.add(f"category id listed more than once in {hard}", image_id, path)
-            return None
-        labels = tuple(sorted(hard))
-        if labels_from_soft is not None and labels_from_soft != labels:
-            problems.add(
-                f"'category_ids' {list(labels)} disagree with 'category_ids_softprob' > 0 {list(labels_from_soft)}",
-                image_id,
-                path,
-            )
-            return None
-        return labels, soft_labels
-    assert labels_from_soft is not None
-    return labels_from_soft, soft_labels
-
-
 def parse_intentonomy_annotations(
     data: dict[str, Any], image_root: Path, split: str, source: str
 ) -> tuple[list[ImageRecord], list[str], list[str] | None]:
-    """Validate an Intentonomy-schema annotation dict and turn it into records.
+    """Validate an Intentonomy-schema annotation dict and turn it into records (strict mode).
 
-    Every record is checked and all problems are raised together as one
-    :class:`~mccl_core.data.dataset.AnnotationError`: duplicate image ids, annotations for unknown
-    images, images without annotation, duplicate annotations, unknown category ids, malformed soft
-    probabilities, and (for val/test) images without any label. Unlabelled train images are kept
-    (they are legitimate negatives in multi-label training) and counted in a warning.
+    The parsing is :func:`mccl_core.intentonomy_json.parse_intentonomy_document`; every problem
+    (duplicate image ids, annotations for unknown images, images without annotation, duplicate
+    annotations, unknown category ids, malformed soft probabilities, and for val/test images
+    without any label) is raised together as one :class:`~mccl_core.data.dataset.AnnotationError`.
+    Unlabelled train images are kept (legitimate negatives in multi-label training) and counted
+    in a warning.
 
     Returns:
         records in annotation order (the order of the official label-vector files), class names,
         class descriptions from the file (``None`` if it has none).
     """
-    problems = ProblemCollector(source)
-    for key in ("categories", "images", "annotations"):
-        if not isinstance(data.get(key), list):
-            problems.add(f"missing or non-list '{key}'")
-    problems.raise_if_any()
-    names, descriptions = parse_categories(data["categories"], problems)
-    problems.raise_if_any()
+    try:
+        parsed = parse_intentonomy_document(data, source, mode="strict", image_root=Path(image_root), split=split)
+    except AnnotationFileError as error:
+        raise AnnotationError(error.source, error.problems) from None
+    # Strict mode: every record has an id, an image path and parsed labels.
+    records = [ImageRecord(str(r.image_id), Path(str(r.image_path)), tuple(r.label_ids or ()), r.soft_labels) for r in parsed.records]
+    unlabelled = sum(1 for r in records if not r.labels)
+    if unlabelled:
+        logger.warning("%s: %d %s images have no positive label (kept as all-negative examples)", source, unlabelled, split)
+    descriptions = list(parsed.class_descriptions) if parsed.class_descriptions is not None else None
+    return records, list(parsed.class_names), descriptions
 
-    images: dict[str, Path] = {}
-    for position, image in enumerate(data["images"]):
-        if (
-            not isinstance(image, dict)
-            or not isinstance(image.get("id"), (str, int))
-            or not isinstance(image.get("filename"), str)
-        ):
-            problems.add(f"image entry #{position} needs a string 'id' and a string 'filename': {image!r}")
-            continue
-        image_id = str(image["id"])
-        path = Path(image_root) / image["filename"]
-        if image_id in images:
-            problems.add(f"duplicate image id (image entry #{position})", image_id, path)
-            continue
-        images[image_id] = path
 
-    records: list[ImageRecord] = []
-    annotated: set[str] = set()
-    unlabelled_train = 0
-    for position, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict) or not isinstance(annotation.get("image_id"), (str, int)):
-            problems.add(f"annotation #{position} has no 'image_id': {annotation!r}")
-            continue
-        image_id = str(annotation["image_id"])
-        if image_id not in images:
-            problems.add(f"annotation #{position} refers to an image id missing from 'images'", image_id)
-            continue
-        path = images[image_id]
-        if image_id in annotated:
-            problems.add(f"more than one annotation (annotation #{position})", image_id, path)
-            continue
-        annotated.add(image_id)
-        parsed = _labels_from_annotation(annotation, len(names), image_id, path, problems)
-        if parsed is None:
-            continue
-        labels, soft_labels = parsed
-        if not labels:
-            if split == "train":
-                unlabelled_train += 1
-            else:
-                problems.add(f"no labels (every {split} image needs at least one intent)", image_id, path)
-                continue
-        records.append(ImageRecord(image_id, path, labels, soft_labels))
-    for image_id, path in images.items():
-        if image_id not in annotated:
-            problems.add("image has no annotation", image_id, path)
-    has_soft = {r.soft_labels is not None for r in records}
-    if len(has_soft) > 1:
-        problems.add("some annotations have 'category_ids_softprob' and others do not; use one format per file")
-    problems.raise_if_any()
-    if unlabelled_train:
-        logger.warning(
-            "%s: %d train images have no positive label (kept as all-negative examples)", source, unlabelled_train
-        )
-    return records, names, descriptions
+def resolve_class_descriptions(names: Sequence[str], from_file: Sequence[str] | None) -> list[str]:
+    """Class descriptions: the file's own when it has them (the demo writes them), the bundled ones
+    for the official 28 classes, otherwise empty strings."""
+    if from_file is not None:
+        return list(from_file)
+    return intentonomy_descriptions() if tuple(names) == INTENTONOMY_CLASSES else [""] * len(names)
 
 
 def load_intentonomy_records(
     annotation_file: Path, image_root: Path, split: str
 ) -> tuple[list[ImageRecord], list[str], list[str]]:
-    """Read an Intentonomy-schema annotation file.
+    """Read an Intentonomy-schema annotation file (strict; see :func:`parse_intentonomy_annotations`).
 
-    Class descriptions come from the file's ``categories[].description`` when present (the demo
-    writes them); for the official 28 classes without descriptions the bundled ones are used;
-    otherwise they are empty strings.
+    A missing file raises ``FileNotFoundError``, an unreadable one ``ValueError`` (both
+    :class:`~mccl_core.intentonomy_json.AnnotationFileError`); annotation problems raise
+    :class:`~mccl_core.data.dataset.AnnotationError`. Descriptions: see
+    :func:`resolve_class_descriptions`.
     """
     annotation_file = Path(annotation_file)
-    data = read_annotation_json(annotation_file)
+    data = read_intentonomy_json(annotation_file)
     records, names, descriptions = parse_intentonomy_annotations(data, Path(image_root), split, str(annotation_file))
-    if descriptions is None:
-        descriptions = intentonomy_descriptions() if tuple(names) == INTENTONOMY_CLASSES else [""] * len(names)
     logger.info("%s: %d %s images, %d classes", annotation_file, len(records), split, len(names))
-    return records, names, descriptions
+    return records, names, resolve_class_descriptions(names, descriptions)
 
 
 def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
@@ -325,7 +153,7 @@ def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
 
     Raises ``ValueError`` listing images that lack an id, filename or URL.
     """
-    data = read_annotation_json(Path(annotation_file))
+    data = read_intentonomy_json(Path(annotation_file))
     problems = ProblemCollector(str(annotation_file))
     entries: list[tuple[str, str, str]] = []
     images = data.get("images")

@@ -9,12 +9,19 @@ Conventions that change numbers (see the submodules for the reasons):
 * mAP: mean of sklearn per-class average precision over classes WITH positives; the excluded
   classes are reported.
 * MDID: top-1 accuracy per split, mean and population std (``np.std(ddof=0)``).
+* Subset macro-F1: the official Intentonomy subsets only when the classes ARE the 28 Intentonomy
+  classes by name (:func:`intentonomy_subsets_for`), never because there happen to be 28.
 """
 
 from mccl_core.metrics.annotations import AnnotationFileError, SplitAnnotations, load_split_annotations
 from mccl_core.metrics.average_precision import MAPResult, mean_average_precision
 from mccl_core.metrics.f1 import THRESHOLDS, F1Report, f1_report, pick_threshold, select_threshold, threshold_curve
-from mccl_core.metrics.intentonomy_subsets import INTENTONOMY_NUM_CLASSES, INTENTONOMY_SUBSETS
+from mccl_core.metrics.intentonomy_subsets import (
+    INTENTONOMY_NUM_CLASSES,
+    INTENTONOMY_SUBSETS,
+    intentonomy_subsets_for,
+    resolve_subsets,
+)
 from mccl_core.metrics.mdid import MDIDAccuracyResult, mdid_accuracy
 from mccl_core.metrics.predictions import Predictions, PredictionsFileError, load_predictions
 from mccl_core.metrics.protocol import (
@@ -47,12 +54,14 @@ __all__ = [
     "ThresholdSelection",
     "f1_report",
     "format_table",
+    "intentonomy_subsets_for",
     "load_predictions",
     "load_split_annotations",
     "mdid_accuracy",
     "mean_average_precision",
     "official_protocol",
     "pick_threshold",
+    "resolve_subsets",
     "score_prediction_files",
     "select_threshold",
     "split_tuned_protocol",

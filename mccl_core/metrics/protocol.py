@@ -117,8 +117,9 @@ def official_protocol(
     Args:
         val_true, test_true: binary (N, C) label matrices.
         val_scores, test_scores: (N, C) probabilities in [0, 1].
-        subsets: name -> class indices for subset macro-F1 (pass ``INTENTONOMY_SUBSETS`` for
-            Intentonomy); None reports no subsets.
+        subsets: name -> class indices for subset macro-F1 (for Intentonomy pass
+            ``intentonomy_subsets_for(class_names)``, which is ``None`` for other classes); None
+            reports no subsets.
         class_names: optional C class names for reports.
         thresholds: candidate thresholds (the official grid by default).
     """

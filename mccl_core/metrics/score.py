@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mccl_core.metrics.intentonomy_subsets import SUBSET_CHOICES
 from mccl_core.metrics.scoring import ScoringConfig, score_prediction_files
 from mccl_core.metrics.tables import format_table
 
@@ -40,8 +41,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-annotations", type=Path, help="Intentonomy-format val JSON (tunes the threshold)")
     parser.add_argument("--test-annotations", type=Path, help="Intentonomy-format test JSON (reported split)")
     parser.add_argument(
-        "--subsets", choices=("auto", "intentonomy", "none"), default="auto",
-        help="class subsets for subset macro-F1 (auto: official Intentonomy subsets when there are 28 classes)",
+        "--subsets", choices=SUBSET_CHOICES, default="auto",
+        help=(
+            "class subsets for subset macro-F1 (auto: the official Intentonomy subsets when the categories are "
+            "the 28 Intentonomy classes by name; intentonomy: the same, an error otherwise; none: no subsets)"
+        ),
     )
     parser.add_argument("--scores-are-logits", action="store_true", help="apply a sigmoid to the scores first")
     parser.add_argument(

@@ -19,7 +19,7 @@ from scipy.special import expit
 from mccl_core.metrics._validation import format_id_list
 from mccl_core.metrics.annotations import SplitAnnotations, load_split_annotations
 from mccl_core.metrics.f1 import THRESHOLDS
-from mccl_core.metrics.intentonomy_subsets import INTENTONOMY_NUM_CLASSES, INTENTONOMY_SUBSETS
+from mccl_core.metrics.intentonomy_subsets import resolve_subsets
 from mccl_core.metrics.predictions import Predictions, PredictionsFileError, load_predictions
 from mccl_core.metrics.protocol import (
     OfficialProtocolResult,
@@ -40,7 +40,9 @@ class ScoringConfig:
     Attributes:
         prediction_paths: one or more ``.csv`` / ``.json`` score files (merged; ids must be unique).
         val_annotations / test_annotations: Intentonomy-format JSON; at least one is required.
-        subsets: ``auto`` = official Intentonomy subsets when there are 28 categories, else none.
+        subsets: ``auto`` = official Intentonomy subsets when the categories are the 28 Intentonomy
+            classes (by name, :func:`~mccl_core.metrics.intentonomy_subsets.intentonomy_subsets_for`),
+            else none; ``intentonomy`` = the same, but an error when they are not.
         scores_are_logits: apply a sigmoid before thresholding (thresholds assume probabilities).
         also_split_tuned: with val+test, additionally report the split-tuned protocol on test.
         ignore_extra_ids: drop (with a warning and a note) predicted ids not in any annotation
@@ -83,20 +85,6 @@ class ScoringResult:
             if result is not None:
                 flat.update(result.metrics())
         return flat
-
-
-def _resolve_subsets(choice: SubsetChoice, num_classes: int) -> dict[str, tuple[int, ...]] | None:
-    if choice == "none":
-        return None
-    if choice == "intentonomy":
-        if num_classes != INTENTONOMY_NUM_CLASSES:
-            raise ValueError(
-                f"Intentonomy subsets need {INTENTONOMY_NUM_CLASSES} classes, the annotations have {num_classes}"
-            )
-        return INTENTONOMY_SUBSETS
-    if choice == "auto":
-        return INTENTONOMY_SUBSETS if num_classes == INTENTONOMY_NUM_CLASSES else None
-    raise ValueError(f"subsets must be 'auto', 'intentonomy' or 'none', got {choice!r}")
 
 
 def _check_compatible(val: SplitAnnotations, test: SplitAnnotations) -> None:
@@ -149,7 +137,7 @@ def score_prediction_files(config: ScoringConfig) -> ScoringResult:
         scores = predictions.rows_for(split.image_ids, name)
         return expit(scores) if config.scores_are_logits else scores
 
-    subsets = _resolve_subsets(config.subsets, len(class_names))
+    subsets = resolve_subsets(config.subsets, class_names)
     if subsets is None:
         notes.append("no class subsets reported")
     official: OfficialProtocolResult | None = None

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mccl_core.config import ConfigError, from_dict, to_plain
+
 from .archs import ARCHS, WEIGHT_KEYWORDS
 
 logger = logging.getLogger(__name__)
 
 
 
-class ConfigError(ValueError):
-    """A model config value or key is invalid (the message names the dotted key)."""
 
 
 @dataclass
@@ -125,7 +125,7 @@ class MCCConfig:
     temperature: float = 0.1
     residual: float = 0.0
     momentum: float = 0.999
-    #: Weights of the momentum update: ``soft`` (assignment-weighted, the spec's formula) or
+    #: Weights of the momentum update: ``soft`` (assignment-weighted, see docs/model.md) or
     #: ``hard`` (each patch updates only its nearest eligible prototype: online k-means).
     update: Literal["soft", "hard"] = "soft"
 
@@ -249,68 +249,8 @@ class ModelConfig:
         Unknown keys raise :class:`ConfigError` naming the dotted key and the valid keys, so a typo
         like ``pki.tau_`` cannot silently fall back to a default.
         """
-        return _from_dict(cls, data or {}, prefix="")
+        return from_dict(cls, data, "model")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists instead of tuples) suitable for YAML/JSON and ``from_dict``."""
-        return _to_plain(dataclasses.asdict(self))
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return value
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Light type check/coercion of YAML scalars against a field annotation."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _from_dict(annotation, value, prefix=f"{key}.")
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r}: must be one of {list(choices)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected true/false")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r}: expected a number")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{key}={value!r}: expected a string")
-        return str(value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    return value
-
-
-def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'model'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        names = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise ConfigError(f"unknown model config key(s): {names}; valid keys here: {sorted(valid)}")
-    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
-    return cls(**kwargs)
+        return to_plain(dataclasses.asdict(self))

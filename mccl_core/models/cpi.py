@@ -2,7 +2,7 @@
 
 For every class c and every token stage, the L2-normalised patch tokens of the training images
 that carry c are clustered (spherical k-means, see :mod:`.kmeans`) into K_c prototypes owned by c.
-K_c is frequency-aware: rare classes get more prototypes (spec [ours]):
+K_c is frequency-aware: rare classes get more prototypes (our formula, docs/model.md):
 
     K_c = clip(round(K_total * n_c^-a / sum_j n_j^-a), k_min, k_max),  K_total = 8 * num_classes.
 

@@ -47,6 +47,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from PIL import Image
 
 from mccl_core.bundle import load_bundle
+from mccl_core.config import ConfigError, from_dict
 from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image_bytes
 
 logger = logging.getLogger(__name__)
@@ -89,31 +90,27 @@ class ServingConfig:
     def __post_init__(self) -> None:
         self.threshold = float(self.threshold)
         if not np.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be a score in [0, 1], got {self.threshold}")
+            raise ConfigError(f"threshold must be a score in [0, 1], got {self.threshold}")
         self.max_pixels = None if self.max_pixels is None else int(self.max_pixels)
         self.max_image_bytes, self.batch_size = int(self.max_image_bytes), int(self.batch_size)
         self.max_images_per_request = int(self.max_images_per_request)
         if self.max_pixels is not None and self.max_pixels <= 0:
-            raise ValueError(f"max_pixels must be positive or None, got {self.max_pixels}")
+            raise ConfigError(f"max_pixels must be positive or None, got {self.max_pixels}")
         if self.max_image_bytes <= 0:
-            raise ValueError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
+            raise ConfigError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.max_images_per_request <= 0:
-            raise ValueError(f"max_images_per_request must be positive, got {self.max_images_per_request}")
+            raise ConfigError(f"max_images_per_request must be positive, got {self.max_images_per_request}")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ServingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown serving config keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return from_dict(cls, data, "serving")
 
 
 class RequestError(ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +23,10 @@ from mccl_core.models import (
     format_allocation_table,
     label_texts,
 )
-from mccl_core.params import dataclass_from_dict
-from mccl_core.steps.common import ValidatedData, write_json, write_text
+from mccl_core.config import from_dict, section
+from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, write_json, write_text
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.extract import FEATURES_DIR
 from mccl_core.steps.tracking import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
 
@@ -44,7 +47,7 @@ class ClusterStepConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ClusterStepConfig:
-        return dataclass_from_dict(cls, values, "params section 'cluster'")
+        return from_dict(cls, values, "cluster")
 
 
 @dataclass
@@ -106,3 +109,43 @@ def run_cluster(
         for path in (csv_path, md_path, out_dir / SUMMARY_FILE):
             run.log_artifact(path, "cpi")
         return ClusterResult(bank_path, embeddings_path, csv_path, md_path, summary, run.run_id)
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """Sections ``cluster`` (where to run) and ``model`` (CPI itself: ``model.cpi``)."""
+
+    cluster: ClusterStepConfig
+    model: ModelConfig
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ClusterParams:
+        return cls(ClusterStepConfig.from_dict(section(params, "cluster", required=False)),
+                   ModelConfig.from_dict(section(params, "model")))  # fmt: skip
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: ClusterParams, tracking: TrackingOptions) -> StepOutcome:
+    validated = ValidatedData.load(inputs["validate"], folders=inputs)
+    result = run_cluster(config.cluster, validated, config.model, Path(inputs["extract"]) / FEATURES_DIR, out_dir, tracking,
+                         all_params={"cluster": asdict(config.cluster), "model": config.model.to_dict()})  # fmt: skip
+    return StepOutcome(
+        summary=f"prototype bank: {result.prototypes}; allocation: {result.allocation_md}",
+        metrics={f"prototypes_{s}": float(n) for s, n in result.summary["prototypes_per_stage"].items()},
+        markdown=result.allocation_md.read_text(encoding="utf-8"),
+        mlflow_run_id=result.mlflow_run_id or "",
+    )
+
+
+SPEC = StepSpec(
+    name="cluster",
+    description="CPI prototypes (allocation table) and the PKI label-embedding cache",
+    sections=("cluster", "model"),
+    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+            StepInput("extract", reads=(FEATURES_DIR,))),
+    output_kind="Model",
+    load_config=ClusterParams.from_params,
+    run=run,
+)

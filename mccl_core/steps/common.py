@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: File the validate step writes: the data config later steps must use (clean annotation files).
 VALIDATED_DATA_FILE = "validated_data.json"
+#: Folder of the clean annotation files the validate step writes next to the handle.
+VALIDATED_ANNOTATIONS_DIR = "annotations"
 
 
 from mccl_core.steps.errors import StepError
@@ -145,34 +147,38 @@ class ValidatedData:
             "counts": self.counts,
         }
 
-    def save(self, path: Path) -> Path:
-        """Write the handle; paths inside its folder are stored relative to it (see :meth:`load`)."""
+    def save(self, path: Path, folders: Mapping[str, Path] | None = None) -> Path:
+        """Write the handle. Paths inside its own folder are stored as ``@handle/<rel>``, paths
+        inside one of ``folders`` (upstream step folders by step name, e.g. ``demo``) as
+        ``@<name>/<rel>``: orchestrators hand a step's inputs over under other paths."""
         path = Path(path)
+        bases = {"handle": path.parent, **{k: Path(v) for k, v in (folders or {}).items()}}
         payload = self.to_dict()
         data = payload["data"]
-        data["root"] = _maybe_relative(data["root"], path.parent)
-        data["annotations"] = {k: _maybe_relative(v, path.parent) for k, v in data["annotations"].items()}
+        data["root"] = _portable(data["root"], bases)
+        data["annotations"] = {k: _portable(v, bases) for k, v in data["annotations"].items()}
         for key in ("manifest", "class_list"):
             if data.get(key):
-                data[key] = _maybe_relative(data[key], path.parent)
+                data[key] = _portable(data[key], bases)
         return write_json(path, payload)
 
     @classmethod
-    def load(cls, path: Path) -> ValidatedData:
-        """Read the validate step's handle; a folder means ``<folder>/validated_data.json``."""
+    def load(cls, path: Path, folders: Mapping[str, Path] | None = None) -> ValidatedData:
+        """Read the validate step's handle; a folder means ``<folder>/validated_data.json``.
+
+        ``folders``: where the upstream folders the handle refers to (``@demo/...``) are now.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / VALIDATED_DATA_FILE
         raw = read_json(path, "validated data handle")
         data = dict(raw["data"])
-        base = path.parent
-        # Clean annotation files are stored relative to the handle, so the folder can move
-        # (Kubeflow hands artifacts to the next step under another path).
-        data["root"] = str(_rebase(data["root"], base))
-        data["annotations"] = {k: str(_rebase(v, base)) for k, v in (data.get("annotations") or {}).items()}
+        bases = {"handle": path.parent, **{k: Path(v) for k, v in (folders or {}).items()}}
+        data["root"] = str(_resolve(data["root"], bases, path))
+        data["annotations"] = {k: str(_resolve(v, bases, path)) for k, v in (data.get("annotations") or {}).items()}
         for key in ("manifest", "class_list"):
             if data.get(key):
-                data[key] = str(_rebase(data[key], base))
+                data[key] = str(_resolve(data[key], bases, path))
         return cls(
             data=DataConfig.from_dict(data),
             source=str(raw["source"]),
@@ -182,24 +188,28 @@ class ValidatedData:
         )
 
 
-HANDLE_PREFIX = "@handle/"
+def _resolve(value: str, bases: Mapping[str, Path], handle: Path) -> Path:
+    text = str(value)
+    if not text.startswith("@"):
+        return Path(text)
+    name, _, relative = text[1:].partition("/")
+    if name not in bases:
+        # Steps that never open the files (cluster, register) need not get that folder; a step
+        # that does gets a "file not found" naming the missing input.
+        log.debug("%s refers to %r but the %r folder was not given", handle, text, name)
+        return Path(f"<input folder {name!r} not given>") / relative
+    return bases[name] / relative
 
 
-def _rebase(value: str, base: Path) -> Path:
-    return base / value[len(HANDLE_PREFIX):] if str(value).startswith(HANDLE_PREFIX) else Path(value)
-
-
-def _maybe_relative(value: str, handle_dir: Path) -> str:
-    """``@handle/<rel>`` for a path inside the validated-data folder, else the path unchanged.
-
-    Clean annotation files (and, under Kubeflow, the demo images) live in the validate step's
-    output folder, which the next step receives under another path.
-    """
-    try:
-        relative = Path(value).resolve().relative_to(Path(handle_dir).resolve())
-    except ValueError:
-        return str(value)
-    return HANDLE_PREFIX + relative.as_posix()
+def _portable(value: str, bases: Mapping[str, Path]) -> str:
+    """``@<name>/<rel>`` for a path inside one of ``bases``, else the path unchanged."""
+    for name, base in bases.items():
+        try:
+            relative = Path(value).resolve().relative_to(Path(base).resolve())
+        except ValueError:
+            continue
+        return f"@{name}/{relative.as_posix()}"
+    return str(value)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,16 +27,16 @@ import numpy as np
 from mccl_core.baselines import LabelPriorPredictor
 from mccl_core.bundle import load_bundle
 from mccl_core.data import load_split
-from mccl_core.data.intentonomy import INTENTONOMY_CLASSES
 from mccl_core.metrics import (
-    INTENTONOMY_SUBSETS,
+    intentonomy_subsets_for,
     mdid_accuracy,
     mean_average_precision,
     official_protocol,
     split_tuned_protocol,
 )
-from mccl_core.params import dataclass_from_dict
-from mccl_core.steps.common import StepError, ValidatedData, write_json
+from mccl_core.config import from_dict, section
+from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, StepError, ValidatedData, write_json, write_text
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.tracking import TrackingOptions, tracked_step
 from mccl_core.training.distributed import DistContext, resolve_device
 from mccl_core.training.loop import predict_scores
@@ -47,6 +48,9 @@ REPORT_FILE = "report.json"
 THRESHOLD_CURVE_FILE = "threshold_curve.csv"
 PER_CLASS_FILE = "per_class_f1.csv"
 PLOTS_DIR = "plots"
+#: The metrics table and the plots in one self-contained page (KFP shows it as the HTML output).
+HTML_REPORT_FILE = "report.html"
+PREDICTIONS_DIR = "predictions"
 
 
 @dataclass
@@ -60,7 +64,7 @@ class EvaluateConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
-        return dataclass_from_dict(cls, values, "params section 'evaluate'")
+        return from_dict(cls, values, "evaluate")
 
 
 @dataclass
@@ -82,10 +86,6 @@ class EvaluateResult:
         Official protocol: val macro-F1 at the threshold tuned on val; MDID: split-tuned val macro-F1.
         """
         return float(self.metrics["selection_score"])
-
-
-def _subsets(class_names: list[str]) -> dict[str, list[int]] | None:
-    return dict(INTENTONOMY_SUBSETS) if tuple(class_names) == INTENTONOMY_CLASSES else None
 
 
 def run_evaluate(
@@ -113,14 +113,14 @@ def run_evaluate(
                 raise StepError(f"{split} classes {dataset.class_names} differ from the model's {meta.class_names}")
             scores[split] = predict_scores(model, dataset, ctx, cfg.batch_size, num_workers=cfg.num_workers)
             truth[split] = dataset.label_matrix()
-            predictions = out_dir / "predictions" / f"{split}.npz"
+            predictions = out_dir / PREDICTIONS_DIR / f"{split}.npz"
             predictions.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(predictions, scores=scores[split], labels=truth[split],
                                 image_ids=np.array([r.image_id for r in dataset.records]))  # fmt: skip
         prior = LabelPriorPredictor().fit(train_labels)
         prior_scores = {s: prior.predict(len(truth[s])) for s in splits}
         names = list(meta.class_names)
-        subsets = _subsets(names)
+        subsets = intentonomy_subsets_for(names)  # the one rule: by class names
 
         report: dict[str, Any] = {"class_names": names, "splits": splits, "source": validated.source}
         metrics: dict[str, Any] = {}
@@ -187,12 +187,13 @@ def run_evaluate(
         if cfg.plots:
             plot_paths = _plots(out_dir / PLOTS_DIR, names, per_class, prior_per_class, truth[report_split],
                                 scores[report_split], report_split)  # fmt: skip
+        html_path = write_text(out_dir / HTML_REPORT_FILE, evaluation_html(metrics, plot_paths))
         verdict = "beats" if metrics["beats_label_prior"] else "does NOT beat"
         log.info("model %s the label prior: %s", verdict,
                  {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})  # fmt: skip
         run.log_metrics({k.replace(" ", "_"): float(v) for k, v in mlflow_metrics.items()})
         run.log_metrics({f"summary/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        for path in [metrics_path, report_path, out_dir / THRESHOLD_CURVE_FILE, out_dir / PER_CLASS_FILE, *plot_paths]:
+        for path in [metrics_path, report_path, html_path, out_dir / THRESHOLD_CURVE_FILE, out_dir / PER_CLASS_FILE, *plot_paths]:
             run.log_artifact(path, "evaluation")
         return EvaluateResult(metrics, metrics_path, report_path, plot_paths, run.run_id)
 
@@ -255,3 +256,61 @@ def _plots(plots_dir: Path, names: list[str], per_class: Any, prior_per_class: A
     fig.savefig(curves, dpi=110)
     plt.close(fig)
     return [bars, curves]
+
+
+def evaluation_html(metrics: Mapping[str, Any], plots: list[Path]) -> str:
+    """The metrics table and the plots (embedded as base64 PNG) in one page."""
+    import base64
+    import html
+
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in metrics.items()
+    )  # fmt: skip
+    images = "".join(
+        f'<h3>{html.escape(p.stem)}</h3><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+        for p in plots
+    )
+    return f"<html><body><h2>MCCL evaluation</h2><table border='1'>{rows}</table>{images}</body></html>\n"
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+def _load_config(params: Mapping[str, Any]) -> EvaluateConfig:
+    return EvaluateConfig.from_dict(section(params, "evaluate", required=False))
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: EvaluateConfig, tracking: TrackingOptions) -> StepOutcome:
+    from mccl_core.steps.train import MODEL_DIR
+
+    validated = ValidatedData.load(inputs["validate"], folders=inputs)
+    result = run_evaluate(config, validated, Path(inputs["train"]) / MODEL_DIR, out_dir, tracking,
+                          all_params={"evaluate": asdict(config)})  # fmt: skip
+    m = result.metrics
+    if m["protocol"] == "official":
+        summary = (f"test macro-F1 {m['test_macro_f1']:.4f} (label prior {m['label_prior_test_macro_f1']:.4f}), "
+                   f"test mAP {m['test_map']:.4f} (label prior {m['label_prior_test_map']:.4f}), threshold {m['threshold']:.2f}")  # fmt: skip
+    else:
+        summary = f"val accuracy {m['val_accuracy']:.4f} (label prior {m['label_prior_val_accuracy']:.4f})"
+    return StepOutcome(
+        summary=summary,
+        metrics={k: float(v) for k, v in m.items() if isinstance(v, (int, float))},
+        html=(out_dir / HTML_REPORT_FILE).read_text(encoding="utf-8"),
+        mlflow_run_id=result.mlflow_run_id or "",
+    )
+
+
+SPEC = StepSpec(
+    name="evaluate",
+    description="official-protocol metrics (val-tuned threshold, test F1/mAP) vs the label prior, plots",
+    sections=("evaluate",),
+    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+            StepInput("train", reads=("model",)),
+            StepInput("demo", reads=(".",), optional=True)),
+    output_kind="Artifact",
+    load_config=_load_config,
+    run=run,
+    cacheable=False,
+)

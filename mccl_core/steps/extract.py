@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,10 +20,12 @@ import torch
 from mccl_core.data import load_split
 from mccl_core.features import ExtractConfig, write_token_shards
 from mccl_core.models import ModelConfig
-from mccl_core.params import dataclass_from_dict
-from mccl_core.steps.common import ValidatedData, sha256_of, write_json
+from mccl_core.config import from_dict, section
+from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, sha256_of, write_json
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.tracking import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
+from mccl_core.training.config import TrainConfig
 from mccl_core.training.run import eval_transform, initial_backbone
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ class ExtractStepConfig(ExtractConfig):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExtractStepConfig:
-        return dataclass_from_dict(cls, values, "params section 'extract'")
+        return from_dict(cls, values, "extract")
 
     def extract_config(self) -> ExtractConfig:
         values = asdict(self)
@@ -107,3 +110,48 @@ def run_extract(
                          "extract_shards_reused": manifest["shards_reused"]})  # fmt: skip
         run.log_artifact(out_dir / SUMMARY_FILE, "extract")
         return ExtractResult(out_dir / FEATURES_DIR, init_path, summary, run.run_id)
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """Sections ``extract``, ``model`` (the backbone) and ``train`` (``image_size``, ``seed``)."""
+
+    extract: ExtractStepConfig
+    model: ModelConfig
+    image_size: int
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ExtractParams:
+        train = TrainConfig.from_dict(section(params, "train"))
+        return cls(ExtractStepConfig.from_dict(section(params, "extract", required=False)),
+                   ModelConfig.from_dict(section(params, "model")), train.image_size, train.seed)  # fmt: skip
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: ExtractParams, tracking: TrackingOptions) -> StepOutcome:
+    validated = ValidatedData.load(inputs["validate"], folders=inputs)
+    result = run_extract(config.extract, validated, config.model, config.image_size, config.seed, out_dir, tracking,
+                         all_params={"extract": asdict(config.extract), "model": config.model.to_dict(),
+                                     "train": {"image_size": config.image_size, "seed": config.seed}})  # fmt: skip
+    summary = result.summary
+    return StepOutcome(
+        summary=f"token shards: {result.features_dir} ({summary['shards']} shards, {summary['shards_reused']} reused); "
+                f"initial backbone: {result.backbone_init}",
+        metrics={"images": float(summary["images"]), "shards": float(summary["shards"])},
+        mlflow_run_id=result.mlflow_run_id or "",
+    )  # fmt: skip
+
+
+SPEC = StepSpec(
+    name="extract",
+    description="patch tokens of the initial backbone -> Parquet shards (resumable) + backbone_init.pt",
+    sections=("extract", "model", "train"),
+    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+            StepInput("demo", reads=(".",), optional=True)),
+    output_kind="Dataset",
+    load_config=ExtractParams.from_params,
+    run=run,
+)

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mccl_core.params import dataclass_from_dict
-from mccl_core.steps.common import StepError, read_json, write_json
+from mccl_core.config import from_dict, section
+from mccl_core.steps.common import VALIDATED_DATA_FILE, StepError, ValidatedData, read_json, write_json
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.tracking import TrackingOptions, finish_parent_run, tracked_step
 from mccl_core.tracking import is_unreachable_error, resolve_tracking_uri
 
@@ -41,7 +42,7 @@ class RegisterConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RegisterConfig:
-        return dataclass_from_dict(cls, values, "params section 'register'")
+        return from_dict(cls, values, "register")
 
 
 @dataclass
@@ -157,3 +158,40 @@ def run_register(
         log.info("%s version %s %s: %s", cfg.model_name, version, status, decision.reason)
         finish_parent_run(run)
         return RegisterResult(cfg.model_name, version, bool(decision.promoted), decision.reason, payload, decision_path, run.run_id)
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+def _load_config(params: Mapping[str, Any]) -> RegisterConfig:
+    return RegisterConfig.from_dict(section(params, "register", required=False))
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: RegisterConfig, tracking: TrackingOptions) -> StepOutcome:
+    from mccl_core.steps.evaluate import METRICS_FILE
+    from mccl_core.steps.train import MODEL_DIR
+
+    validated = ValidatedData.load(inputs["validate"], folders=inputs)
+    result = run_register(config, Path(inputs["train"]) / MODEL_DIR, Path(inputs["evaluate"]) / METRICS_FILE, out_dir,
+                          tracking, all_params={"register": asdict(config)}, data_hash=validated.data_hash)  # fmt: skip
+    state = f"promoted to @{config.alias}" if result.promoted else f"kept as a candidate (not @{config.alias})"
+    return StepOutcome(
+        summary=f"{result.model_name} version {result.version} {state}: {result.reason}",
+        metrics={"version": float(result.version), "promoted": float(result.promoted)},
+        markdown=f"# Model registry\n\n{result.model_name} version **{result.version}** {state}.\n\n{result.reason}\n",
+        mlflow_run_id=result.mlflow_run_id or "",
+    )
+
+
+SPEC = StepSpec(
+    name="register",
+    description="register in the MLflow model registry; move the alias only when the validation macro-F1 is better",
+    sections=("register",),
+    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE,)),
+            StepInput("train", reads=("model",)),
+            StepInput("evaluate", reads=("metrics.json",))),
+    output_kind="Artifact",
+    load_config=_load_config,
+    run=run,
+    cacheable=False,
+)

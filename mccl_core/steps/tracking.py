@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mccl_core.params import flatten
+from mccl_core.config import ConfigError, flatten, section
 from mccl_core.tracking import (
     PARENT_RUN_ENV,
     PARENT_RUN_TAG,
@@ -59,6 +59,36 @@ class TrackingOptions:
     #: Always start a new parent run (Kubeflow: the first uncached step starts it).
     start_parent: bool = False
     run_name: str = PIPELINE_RUN_NAME
+    #: Step runs created without a parent (Kubeflow's cached data steps) to nest under the
+    #: parent this step starts or joins (see :func:`adopt_runs`).
+    adopt_run_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **run_settings: Any) -> TrackingOptions:
+        """The ``tracking`` section of params (experiment, tracking URI, enabled), plus the
+        driver's run settings (``project_dir``, ``run_ref``, ``parent_run_id``, ...).
+
+        A non-empty ``tracking_uri`` run setting (Kubeflow's ``mlflow_tracking_uri`` parameter)
+        wins over the section's; ``enabled=False`` as a run setting (``--no-tracking``) wins too.
+        """
+        settings = section(params, "tracking", required=False)
+        unknown = sorted(set(settings) - {"enabled", "experiment", "tracking_uri"})
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join('tracking.' + k for k in unknown)}; "
+                              "valid keys here: ['enabled', 'experiment', 'tracking_uri']")  # fmt: skip
+        values: dict[str, Any] = {
+            "enabled": bool(settings.get("enabled", True)),
+            "experiment": str(settings.get("experiment") or "mccl"),
+            "tracking_uri": settings.get("tracking_uri") or None,
+        }
+        for key, value in run_settings.items():
+            if key == "tracking_uri" and not value:
+                continue
+            if key == "enabled":
+                values["enabled"] = values["enabled"] and bool(value)
+                continue
+            values[key] = value
+        return cls(**values)
 
     def tracker_config(self) -> TrackerConfig:
         return TrackerConfig(
@@ -163,6 +193,10 @@ def tracked_step(
         return
     with ResilientTracker(options.tracker_config()) as tracker:
         parent = _resolve_parent(tracker, options, all_params)
+        if options.adopt_run_ids and parent is not None:
+            adopted = adopt_runs(StepTracking(tracker, None, parent), list(options.adopt_run_ids))
+            if adopted:
+                log.info("nested earlier step runs %s under the parent run %s", adopted, parent.run_id)
         with tracker.step_run(step, parent=parent) as run:
             if params:
                 tracker.log_params(dict(flatten(dict(params))), run=run)

@@ -22,15 +22,18 @@ import os
 import subprocess
 import sys
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from mccl_core.models import ModelConfig
-from mccl_core.params import dataclass_from_dict
+from mccl_core.config import ConfigError, from_dict, section, to_plain
 from mccl_core.steps.common import (
+    VALIDATED_ANNOTATIONS_DIR,
+    VALIDATED_DATA_FILE,
     StepError,
     ValidatedData,
     sha256_files,
@@ -38,6 +41,7 @@ from mccl_core.steps.common import (
     write_json,
     write_text,
 )
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
 from mccl_core.training.config import TrainConfig
 
@@ -54,29 +58,57 @@ RUN_ONLY_FIELDS = ("output_dir", "resume", "num_workers", "device", "eval_every"
 
 
 @dataclass
-class LaunchConfig:
-    """The ``launch`` section: how many training processes, on how many nodes.
+class KubernetesConfig:
+    """``launch.kubernetes``: the PyTorchJob the train step submits with ``backend: pytorchjob``."""
 
-    ``nnodes > 1`` on one machine is only meaningful with a rendezvous endpoint every node
-    reaches; on Kubernetes the Kubeflow pipeline turns it into a PyTorchJob instead.
+    namespace: str = "kubeflow"
+    #: Container image of the pods (default: the project's image, see mccl_core.launch.image).
+    image: str = ""
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerators_per_node: int = 1
+    #: S3 prefix the inputs and outputs travel through; each run gets its own key below it.
+    staging_uri: str = "s3://mccl-pipeline/staging"
+    #: Kubernetes secret with the AWS_* variables (S3 staging, MLflow artifacts).
+    credentials_secret: str = "mccl-s3-credentials"
+    cpu: str = "8"
+    memory: str = "32Gi"
+
+
+@dataclass
+class LaunchConfig:
+    """The ``launch`` section: how many training processes, on how many nodes, started how.
+
+    ``backend: torchrun`` starts ``nproc_per_node`` processes here (``nnodes > 1`` on bare
+    machines needs ``rdzv_endpoint``, the host:port of node 0). ``backend: pytorchjob`` submits a
+    Kubeflow Training Operator PyTorchJob of ``nnodes`` pods x ``nproc_per_node`` processes
+    (settings in ``kubernetes``); every pod runs this same step with the torchrun backend.
     """
 
+    backend: Literal["torchrun", "pytorchjob"] = "torchrun"
     nproc_per_node: int = 1
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str = ""
     #: Extra environment for the training processes (e.g. ``OMP_NUM_THREADS``).
     env: dict[str, str] | None = None
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1:
-            raise ValueError(f"launch.nproc_per_node and launch.nnodes must be >= 1, got {self.nproc_per_node}, {self.nnodes}")
-        if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError("launch.nnodes > 1 needs launch.rdzv_endpoint (host:port of node 0)")
+            raise ConfigError(f"launch.nproc_per_node and launch.nnodes must be >= 1, got {self.nproc_per_node}, {self.nnodes}")
+        if self.backend == "torchrun" and self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ConfigError("launch.nnodes > 1 with the torchrun backend needs launch.rdzv_endpoint (host:port of node 0); "
+                              "on Kubernetes use launch.backend: pytorchjob")  # fmt: skip
+        if self.backend == "pytorchjob" and self.nnodes < 2:
+            raise ConfigError(f"launch.backend: pytorchjob is for >= 2 nodes, got launch.nnodes={self.nnodes}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LaunchConfig:
-        return dataclass_from_dict(cls, values, "params section 'launch'")
+        return from_dict(cls, values, "launch")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 @dataclass
@@ -118,7 +150,7 @@ def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, validated: Vali
     train = {k: v for k, v in train_cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
     files = {name: sha256_files([path]) for name, path in asdict(inputs).items() if path is not None}
     # World size matters: per-rank batches and data order change with it.
-    world = launch.nproc_per_node * launch.nnodes
+    world = launch.world_size
     return {"model": model_cfg.to_dict(), "train": train, "data": validated.data_hash, "inputs": files,
             "world_size": world, "code": training_code_hash()}  # fmt: skip
 
@@ -203,8 +235,9 @@ def run_train(
     resolved["data"]["root"] = str(Path(resolved["data"]["root"]).resolve())
     resolved["data"]["annotations"] = {k: str(Path(v).resolve()) for k, v in resolved["data"]["annotations"].items()}
     params_path = write_text(out_dir / RESOLVED_PARAMS_FILE, yaml.safe_dump(resolved, sort_keys=False))
-    resumable = _prepare_resume(out_dir, _fingerprint(model_cfg, train_cfg, validated, inputs, launch))
-    params = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "launch": asdict(launch)}
+    fingerprint = _fingerprint(model_cfg, train_cfg, validated, inputs, launch)
+    resumable = _prepare_resume(out_dir, fingerprint)
+    params = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "launch": to_plain(launch)}
 
     with tracked_step("train", tracking, params, all_params, validated.data_hash) as run:
         run.log_artifact(params_path, "config")
@@ -215,22 +248,10 @@ def run_train(
                 train_args += [flag, str(Path(path).resolve())]
         if not resumable:
             train_args.append("--no-resume")
-        env = dict(os.environ)
-        env.update(launch.env or {})
-        if run.run_id is not None and run.tracker is not None:
-            train_args += ["--mlflow-run-id", run.run_id]
-            env["MLFLOW_TRACKING_URI"] = run.tracker.tracking_uri
-        command = torchrun_command(launch, train_args)
-        log.info("launching: %s", " ".join(command))
-        env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
-        returncode, output = _run_streaming(command, env)
-        if returncode != 0:
-            raise StepError(
-                f"training failed (exit code {returncode}); re-running the step resumes from "
-                f"{out_dir / CHECKPOINT_DIR / 'last.pt'} if an epoch finished. Last output:\n" + "\n".join(output[-40:])
-            )
-        history = json.loads((out_dir / HISTORY_FILE).read_text())
-        final = json.loads((out_dir / SUMMARY_FILE).read_text())
+        if launch.backend == "pytorchjob":
+            history, final, output = _launch_pytorchjob(launch, validated, inputs, out_dir, resolved, fingerprint, run)
+        else:
+            history, final, output = _launch_torchrun(launch, train_args, run, out_dir)
         backfilled = _backfill_epochs(run, history)
         if backfilled:
             log.info("logged %d epochs finished before the restart to MLflow", backfilled)
@@ -238,3 +259,133 @@ def run_train(
         resumed = any("resumed from" in line for line in output)
         run.set_tags({"mccl.train.resumed": str(resumed).lower()})
         return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)
+
+
+def _launch_torchrun(launch: LaunchConfig, train_args: list[str], run: StepTracking, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """The training processes on this machine (``torchrun``, or one plain process)."""
+    env = dict(os.environ)
+    env.update(launch.env or {})
+    if run.run_id is not None and run.tracker is not None:
+        train_args = [*train_args, "--mlflow-run-id", run.run_id]
+        env["MLFLOW_TRACKING_URI"] = run.tracker.tracking_uri
+    command = torchrun_command(launch, train_args)
+    log.info("launching: %s", " ".join(command))
+    env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
+    returncode, output = _run_streaming(command, env)
+    if returncode != 0:
+        raise StepError(
+            f"training failed (exit code {returncode}); re-running the step resumes from "
+            f"{out_dir / CHECKPOINT_DIR / 'last.pt'} if an epoch finished. Last output:\n" + "\n".join(output[-40:])
+        )
+    history = json.loads((out_dir / HISTORY_FILE).read_text())
+    final = json.loads((out_dir / SUMMARY_FILE).read_text())
+    return history, final, output
+
+
+def _launch_pytorchjob(
+    launch: LaunchConfig,
+    validated: ValidatedData,
+    inputs: TrainInputsPaths,
+    out_dir: Path,
+    resolved: dict[str, Any],
+    fingerprint: dict[str, Any],
+    run: StepTracking,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Stage the inputs to S3, run a PyTorchJob whose pods run this step, fetch the outputs."""
+    import shutil
+    import tempfile
+
+    from mccl_core.launch.image import pipeline_image
+    from mccl_core.launch.pytorchjob import PARAMS_FILE, PyTorchJobConfig, build_pytorchjob, submit_and_wait
+    from mccl_core.launch.staging import download_prefix, upload_dir
+
+    k8s = launch.kubernetes
+    # One staging key per set of inputs: another run never resumes (or overwrites) this one.
+    key = sha256_of(fingerprint)[:16]
+    staging = f"{k8s.staging_uri.rstrip('/')}/{key}"
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        handle_dir = staged / "validate"
+        folders: dict[str, Path] = {}
+        if validated.data.source == "demo" and validated.data.root.is_dir():
+            shutil.copytree(validated.data.root, staged / "demo")
+            folders["demo"] = staged / "demo"
+        moved = ValidatedData(
+            data=replace(validated.data, root=folders.get("demo", validated.data.root),
+                         annotations={s: handle_dir / "annotations" / Path(p).name for s, p in validated.data.annotations.items()}),
+            source=validated.source, splits=validated.splits, data_hash=validated.data_hash, counts=validated.counts,
+        )  # fmt: skip
+        for split, path in validated.data.annotations.items():
+            (handle_dir / "annotations").mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, moved.data.annotations[split])
+        moved.save(handle_dir / VALIDATED_DATA_FILE, folders)
+        for folder, path in (("extract", inputs.backbone_init), ("cluster", inputs.prototypes), ("cluster", inputs.label_embeddings)):
+            if path is not None:
+                (staged / folder).mkdir(exist_ok=True)
+                shutil.copy(path, staged / folder / Path(path).name)
+        params = {"model": resolved["model"], "train": {**resolved["train"], "output_dir": "outputs"},
+                  "launch": {"env": launch.env}}  # fmt: skip
+        write_text(staged / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
+        upload_dir(staged, f"{staging}/inputs")
+    manifest = build_pytorchjob(PyTorchJobConfig(
+        name=f"mccl-train-{key}", namespace=k8s.namespace, image=k8s.image or pipeline_image(),
+        num_nodes=launch.nnodes, nproc_per_node=launch.nproc_per_node, accelerator_type=k8s.accelerator_type,
+        accelerators_per_node=k8s.accelerators_per_node, staging_uri=staging,
+        mlflow_tracking_uri=run.tracker.tracking_uri if run.tracker is not None else "",
+        credentials_secret=k8s.credentials_secret, cpu=k8s.cpu, memory=k8s.memory,
+    ))  # fmt: skip
+    submit_and_wait(manifest)
+    download_prefix(f"{staging}/outputs", out_dir)
+    history = json.loads((out_dir / HISTORY_FILE).read_text())
+    final = json.loads((out_dir / SUMMARY_FILE).read_text())
+    log.info("PyTorchJob %s trained %d epochs", manifest["metadata"]["name"], len(history))
+    return history, final, []
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Sections ``model``, ``train`` and ``launch``."""
+
+    model: ModelConfig
+    train: TrainConfig
+    launch: LaunchConfig
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainParams:
+        return cls(ModelConfig.from_dict(section(params, "model")), TrainConfig.from_dict(section(params, "train")),
+                   LaunchConfig.from_dict(section(params, "launch", required=False)))  # fmt: skip
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: TrainParams, tracking: TrackingOptions) -> StepOutcome:
+    from mccl_core.steps.cluster import EMBEDDINGS_FILE, PROTOTYPES_FILE
+    from mccl_core.steps.extract import BACKBONE_INIT_FILE
+
+    validated = ValidatedData.load(inputs["validate"], folders=inputs)
+    paths = TrainInputsPaths(Path(inputs["cluster"]) / PROTOTYPES_FILE, Path(inputs["extract"]) / BACKBONE_INIT_FILE,
+                             Path(inputs["cluster"]) / EMBEDDINGS_FILE)  # fmt: skip
+    all_params = {"model": config.model.to_dict(), "train": config.train.to_dict(), "launch": to_plain(config.launch)}
+    result = run_train(config.model, config.train, config.launch, validated, paths, out_dir, tracking, all_params)
+    return StepOutcome(
+        summary=f"model bundle: {result.model_dir} ({len(result.history)} epochs, resumed: {result.resumed})",
+        metrics={k: float(v) for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
+        mlflow_run_id=result.mlflow_run_id or "",
+        parent_run_id=result.parent_run_id or "",
+    )
+
+
+SPEC = StepSpec(
+    name="train",
+    description="train under torchrun (or a PyTorchJob); resumes from its checkpoint when the inputs match",
+    sections=("model", "train", "launch"),
+    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+            StepInput("extract", reads=("backbone_init.pt",)),
+            StepInput("cluster", reads=("prototypes.safetensors", "label_embeddings.npz")),
+            StepInput("demo", reads=(".",), optional=True)),
+    output_kind="Model",
+    load_config=TrainParams.from_params,
+    run=run,
+    cacheable=False,
+)

@@ -27,21 +27,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
 from mccl_core.data import AnnotationError, DataConfig, load_split
-from mccl_core.data.dataset import ProblemCollector
-from mccl_core.data.intentonomy import (
-    ANNOTATION_FILENAMES,
-    parse_categories,
-    read_annotation_json,
-)
-from mccl_core.params import dataclass_from_dict
+from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, resolve_class_descriptions
+from mccl_core.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
+from mccl_core.config import from_dict, section
 from mccl_core.steps.common import (
+    VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
     StepError,
     ValidatedData,
@@ -51,6 +49,7 @@ from mccl_core.steps.common import (
     write_json,
     write_text,
 )
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
 from mccl_core.validation import (
     REQUIRED_COLUMNS,
@@ -88,7 +87,7 @@ class ValidateConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ValidateConfig:
-        return dataclass_from_dict(cls, values, "params section 'validate'")
+        return from_dict(cls, values, "validate")
 
     def limits(self) -> ImageLimits:
         return ImageLimits(min_side=self.min_side, max_side=self.max_side, max_pixels=self.max_pixels)
@@ -122,64 +121,36 @@ class _SourceRows:
     documents: dict[str, dict[str, Any]]
 
 
-def _lenient_labels(annotation: dict[str, Any]) -> Any:
-    """Label ids as written (out-of-range ids kept: GX reports them); ``None`` if unreadable."""
-    hard = annotation.get("category_ids")
-    if isinstance(hard, list):
-        return hard
-    soft = annotation.get("category_ids_softprob")
-    if isinstance(soft, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in soft):
-        return [i for i, v in enumerate(soft) if v > 0]
-    return None
-
-
 def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
+    """Manifest rows of Intentonomy-schema files, parsed in lenient mode: every record, bad ones
+    included (duplicate ids, out-of-range label ids as written, images without annotation with no
+    label list), so the GX suite reports or quarantines them. Problems tied to no record (e.g. an
+    image listed twice) surface when the clean files are re-read strictly after quarantine."""
     rows: list[dict[str, Any]] = []
     documents: dict[str, dict[str, Any]] = {}
     names: list[str] | None = None
-    descriptions: list[str] | None = None
+    descriptions: tuple[str, ...] | None = None
     for split in splits:
         path = data_cfg.annotation_file(split)
         try:
-            document = read_annotation_json(path)
-        except (FileNotFoundError, ValueError) as error:
-            raise AnnotationError(str(path), [str(error)]) from error
-        problems = ProblemCollector(str(path))
-        split_names, split_descriptions = parse_categories(document.get("categories"), problems)
-        problems.raise_if_any()
+            document = read_intentonomy_json(path)
+            parsed = parse_intentonomy_document(document, str(path), mode="lenient", image_root=data_cfg.root, split=split)
+        except AnnotationFileError as error:  # unreadable file / unusable categories: no record to validate
+            raise AnnotationError(error.source, error.problems) from error
         if names is None:
-            names, descriptions = split_names, split_descriptions
-        elif split_names != names:
-            raise AnnotationError(str(path), [f"categories {split_names} differ from the train split's {names}"])
+            names, descriptions = list(parsed.class_names), parsed.class_descriptions
+        elif list(parsed.class_names) != names:
+            raise AnnotationError(str(path), [f"categories {list(parsed.class_names)} differ from the train split's {names}"])
         documents[split] = document
-        images: dict[str, str] = {}
-        for image in document.get("images") or []:
-            if isinstance(image, dict) and isinstance(image.get("id"), (str, int)) and isinstance(image.get("filename"), str):
-                images.setdefault(str(image["id"]), str(Path(data_cfg.root) / image["filename"]))
-        annotated: set[str] = set()
-        for annotation in document.get("annotations") or []:
-            raw_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-            image_id = str(raw_id) if isinstance(raw_id, (str, int)) else None
-            annotated.add(str(image_id))
-            rows.append(
-                {
-                    "image_id": image_id,
-                    "image_path": images.get(image_id) if image_id is not None else None,
-                    "split": split,
-                    "label_ids": _lenient_labels(annotation) if isinstance(annotation, dict) else None,
-                }
-            )
-        for image_id, image_path in images.items():
-            if image_id not in annotated:  # an image nobody labelled: a record with no label list
-                rows.append({"image_id": image_id, "image_path": image_path, "split": split, "label_ids": None})
-    if descriptions is None:
-        from mccl_core.data.intentonomy import (
-            INTENTONOMY_CLASSES,
-            intentonomy_descriptions,
-        )
-
-        descriptions = intentonomy_descriptions() if tuple(names or ()) == INTENTONOMY_CLASSES else [""] * len(names or [])
-    return _SourceRows(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), list(names or []), list(descriptions), documents)
+        rows += [
+            {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path), "split": split,
+             "label_ids": None if r.label_ids is None else list(r.label_ids)}
+            for r in parsed.records
+        ]  # fmt: skip
+    names = names or []
+    return _SourceRows(
+        pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), names, resolve_class_descriptions(names, descriptions), documents
+    )
 
 
 def _loaded_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
@@ -274,6 +245,7 @@ def run_validate(
     tracking: TrackingOptions | None = None,
     all_params: dict[str, Any] | None = None,
     project_dir: Path | None = None,
+    input_folders: dict[str, Path] | None = None,
 ) -> ValidateResult:
     """Validate the configured dataset; raise :class:`StepError` naming the bad records on failure."""
     out_dir = Path(out_dir)
@@ -322,7 +294,7 @@ def run_validate(
         documents = _clean_documents(source, report, data_cfg, splits)
         annotations = {}
         for split, document in documents.items():
-            path = out_dir / "annotations" / ANNOTATION_FILENAMES[split]
+            path = out_dir / VALIDATED_ANNOTATIONS_DIR / ANNOTATION_FILENAMES[split]
             write_text(path, json.dumps(document, separators=(",", ":")) + "\n")
             annotations[split] = path
         clean_root = data_cfg.root if source.documents else Path("/")
@@ -349,7 +321,7 @@ def run_validate(
 
         counts = {**report.counts, "per_split": {s: int((report.clean_manifest["split"] == s).sum()) for s in splits}}
         validated = ValidatedData(data=clean_cfg, source=data_cfg.source, splits=splits, data_hash=data_hash, counts=counts)
-        validated.save(out_dir / VALIDATED_DATA_FILE)
+        validated.save(out_dir / VALIDATED_DATA_FILE, input_folders)
         _write_report(out_dir, report, data_cfg, splits, data_hash)
         tracking_run.log_metrics(_metric_counts(report))
         _log_outputs(tracking_run, out_dir)
@@ -378,3 +350,51 @@ def _write_report(out_dir: Path, report: ValidationReport, data_cfg: DataConfig,
     write_json(out_dir / REPORT_FILE, payload)
     write_text(out_dir / SUMMARY_FILE, report.to_markdown())
     write_json(out_dir / METRICS_FILE, {k: v for k, v in report.counts.items()})
+
+
+# ------------------------------------------------------------------------------- step contract
+
+
+@dataclass
+class ValidateStepConfig:
+    """Sections ``data`` (what to validate) and ``validate`` (how)."""
+
+    validate: ValidateConfig
+    data: DataConfig
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ValidateStepConfig:
+        return cls(ValidateConfig.from_dict(section(params, "validate", required=False)),
+                   DataConfig.from_dict(section(params, "data")))  # fmt: skip
+
+
+def run(inputs: Mapping[str, Path], out_dir: Path, config: ValidateStepConfig, tracking: TrackingOptions) -> StepOutcome:
+    """Validate ``data`` (the demo source reads the ``demo`` input folder when one is given:
+    under Kubeflow the generated dataset arrives as the demo step's artifact)."""
+    data_cfg = config.data
+    folders: dict[str, Path] = {}
+    if data_cfg.source == "demo" and "demo" in inputs:
+        folders["demo"] = Path(inputs["demo"])
+        data_cfg = replace(data_cfg, root=folders["demo"])
+    result = run_validate(config.validate, data_cfg, out_dir, tracking,
+                          all_params={"data": data_cfg.to_dict(), "validate": asdict(config.validate)},
+                          project_dir=tracking.project_dir, input_folders=folders)  # fmt: skip
+    counts = result.validated.counts
+    return StepOutcome(
+        summary=f"validation passed: {result.n_records} records, {result.n_quarantined} quarantined "
+                f"(report: {result.report_path}, summary: {result.summary_path})",
+        metrics={k: float(counts.get(k, 0)) for k in ("records", "clean", "quarantined", "offending", "failed_expectations")},
+        markdown=result.summary_path.read_text(encoding="utf-8"),
+        mlflow_run_id=result.mlflow_run_id or "",
+    )  # fmt: skip
+
+
+SPEC = StepSpec(
+    name="validate",
+    description="Great Expectations over the manifest and images; stops (or quarantines) bad records",
+    sections=("data", "validate"),
+    inputs=(StepInput("demo", reads=(".",), optional=True),),
+    output_kind="Dataset",
+    load_config=ValidateStepConfig.from_params,
+    run=run,
+)

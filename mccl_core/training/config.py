@@ -2,7 +2,7 @@
 
 One dataclass holds every knob of the training loop so that ``params.yaml`` (DVC), the Kubeflow
 train step and tests all describe a run the same way. Defaults follow the Query2Label family on
-Intentonomy (spec: "Training defaults"); the demo pipeline overrides size and epochs.
+Intentonomy (docs/model.md, "Training recipe"); the demo pipeline overrides size and epochs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.params import dataclass_from_dict
+from mccl_core.config import from_dict
 
 
 @dataclass
@@ -69,7 +69,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a params.yaml section, rejecting unknown keys by name."""
-        return dataclass_from_dict(cls, values, "params section 'train'")
+        return from_dict(cls, values, "train")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

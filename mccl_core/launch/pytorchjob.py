@@ -5,12 +5,15 @@ torchrun nodes together is what the Training Operator already does well. The pip
 step therefore becomes a PyTorchJob when more than one node is asked for; the manifest is built
 here from the same parameters (image, nodes, processes and accelerators per node).
 
-Data flow: the launcher (a pipeline component) uploads the train inputs to
-``<staging_uri>/inputs`` (see :mod:`pipeline.staging`); each pod runs :func:`node_main`
-(``python -m pipeline.pytorchjob``), which downloads them and runs ``torchrun`` - the operator
-sets ``PET_NNODES``/``PET_NPROC_PER_NODE``/``PET_NODE_RANK``/``PET_MASTER_ADDR``/``PET_MASTER_PORT``,
-which torchrun reads - and node 0 uploads the model bundle and its checkpoint to
-``<staging_uri>/outputs``. A restarted job downloads that checkpoint first and resumes.
+Data flow: the train step with ``launch.backend: pytorchjob`` (see
+:func:`mccl_core.steps.train.run_train`) uploads its inputs and params to
+``<staging>/inputs`` (the staging prefix is keyed by the fingerprint of the inputs, so two runs
+never share one); every pod runs :func:`node_main` (``python -m mccl_core.launch.pytorchjob``),
+which downloads them and runs **the train step itself** with the ``torchrun`` backend, its
+nodes, rank and rendezvous taken from the ``PET_*`` environment the operator sets - the same
+resume guard, the same loop. Node 0 uploads the outputs (bundle, history, checkpoint) to
+``<staging>/outputs``; a restarted pod downloads that checkpoint first and resumes it when it
+belongs to the same inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,7 +48,6 @@ class PyTorchJobConfig:
     accelerators_per_node: int
     staging_uri: str
     mlflow_tracking_uri: str = ""
-    mlflow_run_id: str = ""
     #: Kubernetes secret with AWS_* variables (S3 staging, MLflow artifacts); never baked in.
     credentials_secret: str = "mccl-s3-credentials"
     cpu: str = "8"
@@ -70,9 +71,7 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
         limits[cfg.accelerator_type] = str(cfg.accelerators_per_node)
     env = [{"name": "MLFLOW_TRACKING_URI", "value": cfg.mlflow_tracking_uri}] if cfg.mlflow_tracking_uri else []
     env += [{"name": k, "value": v} for k, v in sorted(cfg.extra_env.items())]
-    command = ["python", "-m", "pipeline.pytorchjob", "--staging-uri", cfg.staging_uri, "--workspace", WORKSPACE]
-    if cfg.mlflow_run_id:
-        command += ["--mlflow-run-id", cfg.mlflow_run_id]
+    command = ["python", "-m", "mccl_core.launch.pytorchjob", "--staging-uri", cfg.staging_uri, "--workspace", WORKSPACE]
     return {
         "replicas": replicas,
         "restartPolicy": "OnFailure",
@@ -146,58 +145,55 @@ def submit_and_wait(manifest: dict[str, Any], poll_s: float = 30.0, timeout_s: f
 
 # ------------------------------------------------------------------------------- in the pods
 
+PARAMS_FILE = "params.yaml"
 
-def node_command(workspace: Path, mlflow_run_id: str = "") -> list[str]:
-    """torchrun over the staged inputs; nodes/ranks/master come from the operator's PET_* env."""
-    inputs = workspace / "inputs"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "-m", "mccl_core.training.cli",
-        "--params", str(inputs / "resolved_params.yaml"),
-        "--prototypes", str(inputs / "prototypes.safetensors"),
-        "--backbone-init", str(inputs / "backbone_init.pt"),
-        "--label-embeddings", str(inputs / "label_embeddings.npz"),
-        "--output-dir", str(workspace / "outputs"),
-        "--summary-json", str(workspace / "outputs" / "metrics.json"),
-    ]  # fmt: skip
-    if mlflow_run_id:
-        command += ["--mlflow-run-id", mlflow_run_id]
-    return command
+
+def launch_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``launch`` section of one pod, from what the Training Operator sets (``PET_*``)."""
+    env = dict(os.environ if env is None else env)
+    nnodes = int(env.get("PET_NNODES", "1").split(":")[-1])
+    values: dict[str, Any] = {
+        "backend": "torchrun",
+        "nproc_per_node": int(env.get("PET_NPROC_PER_NODE", "1")),
+        "nnodes": nnodes,
+        "node_rank": int(env.get("PET_NODE_RANK", env.get("RANK", "0"))),
+    }
+    if nnodes > 1:
+        values["rdzv_endpoint"] = f"{env.get('PET_MASTER_ADDR', env.get('MASTER_ADDR', ''))}:{env.get('PET_MASTER_PORT', env.get('MASTER_PORT', '23456'))}"
+    return values
 
 
 def node_main(argv: list[str] | None = None) -> int:
-    """Entry point of every PyTorchJob pod (``python -m pipeline.pytorchjob``)."""
-    from pipeline.staging import download_prefix, upload_dir
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.pytorchjob", description=node_main.__doc__)
-    parser.add_argument("--staging-uri", required=True)
-    parser.add_argument("--workspace", type=Path, default=Path(WORKSPACE))
-    parser.add_argument("--mlflow-run-id", default="")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    workspace = args.workspace
-    download_prefix(f"{args.staging_uri.rstrip('/')}/inputs", workspace / "inputs")
-    # A restarted job resumes: node 0 uploaded the checkpoint of the last finished run.
-    download_prefix(f"{args.staging_uri.rstrip('/')}/outputs/checkpoints", workspace / "outputs" / "checkpoints")
-    resolved = workspace / "inputs" / "resolved_params.yaml"
-    _relocate_params(resolved, workspace)
-    returncode = subprocess.call(node_command(workspace, args.mlflow_run_id))
-    node_rank = int(os.environ.get("PET_NODE_RANK", os.environ.get("RANK", "0")))
-    if returncode == 0 and node_rank == 0:
-        upload_dir(workspace / "outputs", f"{args.staging_uri.rstrip('/')}/outputs")
-    return returncode
-
-
-def _relocate_params(path: Path, workspace: Path) -> None:
-    """Point the staged params at the staged data (the launcher wrote paths relative to inputs/)."""
+    """Entry point of every PyTorchJob pod: download the staged inputs, run the train step."""
     import yaml
 
-    params = yaml.safe_load(path.read_text())
-    data = params["data"]
-    base = workspace / "inputs"
-    data["root"] = str(base / data["root"])
-    data["annotations"] = {k: str(base / v) for k, v in (data.get("annotations") or {}).items()}
-    params["train"]["output_dir"] = str(workspace / "outputs")
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    from mccl_core.launch.staging import download_prefix, upload_dir
+    from mccl_core.steps.contract import run_step
+    from mccl_core.steps.errors import StepError
+    from mccl_core.steps.tracking import TrackingOptions
+
+    parser = argparse.ArgumentParser(prog="python -m mccl_core.launch.pytorchjob", description=node_main.__doc__)
+    parser.add_argument("--staging-uri", required=True, help="the run's staging prefix (inputs/, outputs/)")
+    parser.add_argument("--workspace", type=Path, default=Path(WORKSPACE))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    staging, workspace = args.staging_uri.rstrip("/"), args.workspace
+    inputs_dir, out_dir = workspace / "inputs", workspace / "outputs"
+    download_prefix(f"{staging}/inputs", inputs_dir)
+    # A restarted pod resumes from node 0's last upload (the step's guard checks it is ours).
+    download_prefix(f"{staging}/outputs/checkpoints", out_dir / "checkpoints")
+    params = yaml.safe_load((inputs_dir / PARAMS_FILE).read_text())
+    params["launch"] = {**launch_from_env(), "env": (params.get("launch") or {}).get("env")}
+    inputs = {name: inputs_dir / name for name in ("validate", "extract", "cluster", "demo") if (inputs_dir / name).is_dir()}
+    try:
+        # MLflow: the launcher owns the train run and back-fills the epochs from history.json.
+        run_step("train", params, inputs, out_dir, TrackingOptions(enabled=False, project_dir=workspace))
+    except (StepError, ValueError) as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    if launch_from_env()["node_rank"] == 0:
+        upload_dir(out_dir, f"{staging}/outputs")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """Copying step folders to and from S3 (multi-node training exchanges its inputs/outputs there).
 
-The pods of a PyTorchJob do not see the Kubeflow pipeline's artifact files, so the launcher
-uploads the train inputs to ``<staging_uri>/inputs`` and every node downloads them; node 0
-uploads the trained bundle (and checkpoints, so a restarted job resumes) to
-``<staging_uri>/outputs``. Credentials and endpoint come from the environment only
+The pods of a PyTorchJob do not see the step's input folders, so the train step uploads them to
+``<staging>/inputs`` and every node downloads them; node 0 uploads the trained bundle (and
+checkpoints, so a restarted pod resumes) to ``<staging>/outputs``. Credentials and endpoint come from the environment only
 (:mod:`mccl_core.s3`). ``minio://bucket/key`` (Kubeflow's default store) is read as S3.
 """
 

@@ -1,268 +1,51 @@
-"""Data validation of an image manifest with Great Expectations (GX Core 1.x).
-
-Why: a training run that silently skips a corrupt JPEG, trains on a class that has no train
-image, or scores on a test image without labels produces numbers nobody can trust. This module
-checks a manifest *before* any step consumes it and either stops the pipeline with a message that
-names every offending record (``policy="fail"``) or moves the bad records to a quarantine file
-and hands back a clean manifest (``policy="quarantine"``) - never dropping anything silently.
-
-The manifest is a plain :class:`pandas.DataFrame` with one row per image::
-
-    image_id     str         unique over the whole manifest
-    image_path   str | Path  relative paths are resolved against ``image_root``
-    split        "train" | "val" | "test"
-    label_ids    list[int]   class indices in [0, num_classes); val/test need at least one
+"""The Great Expectations suite over an image manifest (GX Core 1.x), and its entry point
+:func:`validate_manifest`.
 
 How the checks are split between Python and GX: GX cannot look inside image files or list cells,
-so Python derives per-row columns (``readable``, ``width``, ``height``, ``mode``, ``problem`` from
-opening each file with PIL; ``labels_wellformed``, ``n_labels``, ``n_labels_out_of_range`` from
-``label_ids``) and GX asserts on those columns. GX's result then lists the failing rows (by
-``row_number``, the row's position in the input), which become the offending records of the
-report. The "every class has a train image" check is table-level: a per-class table of train
-counts (over the train rows that passed the row-level checks, i.e. what training will really
-see) is validated by a second GX suite, which names the missing classes.
+so Python derives per-row columns and GX asserts on those columns. Label columns
+(``labels_wellformed``, ``n_labels``, ``n_labels_out_of_range``) come from ``label_ids``; image
+columns come from the one image inspector, :func:`mccl_core.data.images.inspect_image` - the
+function the training loader uses - through the adapter :mod:`mccl_core.validation.images`
+(facts ``width``, ``height``, ``pixels``, ``mode``, ``problem`` and one verdict column per image
+check), so validation accepts exactly the files the loader decodes, for the same reasons. GX's
+result then lists the failing rows (by ``row_number``, the row's position in the input), which
+become the offending records of the report. The "every class has a train image" check is
+table-level: a per-class table of train counts (over the train rows that passed the row-level
+checks, i.e. what training will really see) is validated by a second GX suite, which names the
+missing classes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+
+from mccl_core.data.images import ImageInspection, ImageLimits
+from mccl_core.validation.images import IMAGE_CHECKS, add_image_columns, image_problem, inspect_paths
+from mccl_core.validation.quarantine import write_quarantine
+from mccl_core.validation.report import (
+    MESSAGE_RECORD_LIMIT,
+    DataValidationError,
+    ExpectationOutcome,
+    OffendingRecord,
+    ValidationReport,
+    plain,
+)
+from mccl_core.validation.schema import EVAL_SPLITS, REQUIRED_COLUMNS, ROW_NUMBER, SPLITS, Policy
 
 logger = logging.getLogger(__name__)
-
-Policy = Literal["fail", "quarantine"]
-
-REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "image_path", "split", "label_ids")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Splits whose records are scored and therefore need at least one label.
-EVAL_SPLITS: tuple[str, ...] = ("val", "test")
-#: PIL modes that ``Image.convert("RGB")`` handles (checked against Pillow 13).
-RGB_CONVERTIBLE_MODES: tuple[str, ...] = (
-    "1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV",
-    "I", "I;16", "I;16B", "I;16L", "F",
-)  # fmt: skip
-#: How many offending records an exception message / Markdown summary spells out.
-MESSAGE_RECORD_LIMIT = 20
-ROW_NUMBER = "row_number"
-
-
-class DataValidationError(ValueError):
-    """The manifest failed validation; ``report`` holds the full machine-readable result."""
-
-    def __init__(self, message: str, report: "ValidationReport") -> None:
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Sanity bounds for image files.
-
-    ``max_pixels`` also guards against decompression bombs: an image whose header announces more
-    pixels is reported without being decoded.
-    """
-
-    min_side: int = 16
-    max_side: int = 16384
-    max_pixels: int = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS default
-    allowed_modes: tuple[str, ...] = RGB_CONVERTIBLE_MODES
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_side <= self.max_side:
-            raise ValueError(f"ImageLimits needs 0 < min_side <= max_side, got {self.min_side}, {self.max_side}")
-        if self.max_pixels <= 0:
-            raise ValueError(f"ImageLimits.max_pixels must be positive, got {self.max_pixels}")
-
-
-@dataclass(frozen=True)
-class ImageInspection:
-    """What PIL says about one image file (``problem`` is "" when it decoded fine)."""
-
-    readable: bool
-    width: int | None
-    height: int | None
-    mode: str | None
-    problem: str
-
-
-@dataclass
-class ExpectationOutcome:
-    """One GX expectation's result, reduced to what a person or a dashboard needs."""
-
-    check: str
-    expectation_type: str
-    description: str
-    level: Literal["row", "table"]
-    success: bool
-    unexpected_count: int
-    #: Row numbers (positions in the input manifest) that failed a row-level check.
-    failing_rows: list[int] = field(default_factory=list)
-    #: Table-level details (e.g. the missing class names).
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class OffendingRecord:
-    """A manifest row that failed one or more row-level checks."""
-
-    row_number: int
-    image_id: str
-    image_path: str
-    split: str
-    checks: list[str]
-    problems: list[str]
-
-    @property
-    def problem(self) -> str:
-        return "; ".join(self.problems)
-
-
-@dataclass
-class ValidationReport:
-    """Result of :func:`validate_manifest`.
-
-    ``success`` says whether the manifest *as given* passed every expectation; ``usable`` whether
-    the returned ``clean_manifest`` may be consumed (true after quarantining row-level problems,
-    false when a table-level check failed or ``policy="fail"`` met any problem).
-    """
-
-    success: bool
-    usable: bool
-    policy: Policy
-    n_records: int
-    n_clean: int
-    n_quarantined: int
-    expectations: list[ExpectationOutcome]
-    offending: list[OffendingRecord]
-    table_problems: list[str]
-    missing_classes: list[str]
-    quarantine_path: Path | None
-    #: The input rows that passed (original columns and index); empty when not usable.
-    clean_manifest: pd.DataFrame = field(repr=False)
-    #: Per-row columns derived for GX (readable, width, height, mode, problem, n_labels, ...).
-    checked_rows: pd.DataFrame = field(repr=False)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {
-            "records": self.n_records,
-            "clean": self.n_clean,
-            "offending": len(self.offending),
-            "quarantined": self.n_quarantined,
-            "expectations": len(self.expectations),
-            "failed_expectations": sum(not e.success for e in self.expectations),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (without the DataFrames)."""
-        return {
-            "success": self.success,
-            "usable": self.usable,
-            "policy": self.policy,
-            "counts": self.counts,
-            "expectations": [asdict(e) for e in self.expectations],
-            "offending_records": [
-                {**asdict(record), "problem": record.problem} for record in self.offending
-            ],
-            "table_problems": list(self.table_problems),
-            "missing_classes": list(self.missing_classes),
-            "quarantine_path": str(self.quarantine_path) if self.quarantine_path else None,
-        }
-
-    def to_json(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n", encoding="utf-8")
-        return path
-
-    def to_markdown(self) -> str:
-        """A short human summary (status, counts, failed checks, first offending records)."""
-        status = "PASSED" if self.success else ("FAILED" if not self.usable else "PASSED after quarantine")
-        lines = [
-            f"# Data validation: {status}",
-            "",
-            f"- records: {self.n_records}, clean: {self.n_clean}, offending: {len(self.offending)}, "
-            f"quarantined: {self.n_quarantined} (policy: {self.policy})",
-        ]
-        if self.quarantine_path:
-            lines.append(f"- quarantine file: `{self.quarantine_path}`")
-        lines += ["", "| check | level | result | unexpected |", "|---|---|---|---|"]
-        for outcome in self.expectations:
-            mark = "pass" if outcome.success else "**FAIL**"
-            lines.append(f"| {outcome.check} | {outcome.level} | {mark} | {outcome.unexpected_count} |")
-        if self.table_problems:
-            lines += ["", "## Table-level problems", ""] + [f"- {p}" for p in self.table_problems]
-        if self.offending:
-            lines += ["", f"## Offending records ({len(self.offending)})", ""]
-            for record in self.offending[:MESSAGE_RECORD_LIMIT]:
-                lines.append(f"- `{record.image_id}` (`{record.image_path}`): {record.problem}")
-            if len(self.offending) > MESSAGE_RECORD_LIMIT:
-                lines.append(f"- ... and {len(self.offending) - MESSAGE_RECORD_LIMIT} more (see the JSON report)")
-        return "\n".join(lines) + "\n"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
 # Python-side derivation of per-row columns
 # --------------------------------------------------------------------------------------------
-
-
-def inspect_image(path: Path, limits: ImageLimits) -> ImageInspection:
-    """Open ``path`` with PIL and fully decode it, reporting any problem instead of raising.
-
-    The header is read first; an image announcing more than ``limits.max_pixels`` pixels is not
-    decoded (decompression-bomb guard). ``load()`` forces the full decode so truncated and
-    corrupt files are caught here, not in the middle of a training epoch.
-    """
-    if not path.exists():
-        return ImageInspection(False, None, None, None, f"file not found: {path}")
-    if not path.is_file():
-        return ImageInspection(False, None, None, None, f"not a regular file: {path}")
-    if path.stat().st_size == 0:
-        return ImageInspection(False, None, None, None, "zero-byte file")
-    try:
-        with warnings.catch_warnings():
-            # PIL warns (and above 2x its limit raises) for huge images; we apply our own limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                mode = image.mode
-                pixels = width * height
-                if pixels > limits.max_pixels:
-                    return ImageInspection(
-                        False, width, height, mode,
-                        f"not decoded: {width}x{height} = {pixels} pixels exceeds max_pixels "
-                        f"{limits.max_pixels} (decompression-bomb guard)",
-                    )  # fmt: skip
-                image.load()
-    except Image.DecompressionBombError as error:
-        return ImageInspection(False, None, None, None, f"decompression bomb: {error}")
-    except UnidentifiedImageError:
-        return ImageInspection(False, None, None, None, "not an image (PIL cannot identify the file format)")
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt data
-        return ImageInspection(
-            False, None, None, None, f"truncated or corrupt image data ({type(error).__name__}: {error})"
-        )
-    return ImageInspection(True, width, height, mode, "")
 
 
 def _resolve(path_value: Any, image_root: Path | None) -> Path | None:
@@ -293,7 +76,7 @@ def _derive_rows(
     limits: ImageLimits,
     image_root: Path | None,
     workers: int,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[ImageInspection]]:
     rows = pd.DataFrame(
         {
             ROW_NUMBER: np.arange(len(manifest), dtype=np.int64),
@@ -309,25 +92,12 @@ def _derive_rows(
     rows["n_labels"] = np.array([x[1] for x in labels], dtype=np.int64)
     rows["n_labels_out_of_range"] = np.array([x[2] for x in labels], dtype=np.int64)
     rows["labels_out_of_range"] = [x[3] for x in labels]
+    inspections: list[ImageInspection] = []
     if check_images:
         paths = [_resolve(p, image_root) for p in manifest["image_path"].tolist()]
-
-        def inspect(path: Path | None) -> ImageInspection:
-            if path is None:
-                return ImageInspection(False, None, None, None, "no image_path")
-            return inspect_image(path, limits)
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(
-                tqdm(pool.map(inspect, paths), total=len(paths), desc="checking images", unit="img", leave=False)
-            )
-        rows["readable"] = [r.readable for r in results]
-        rows["width"] = np.array([np.nan if r.width is None else r.width for r in results], dtype=np.float64)
-        rows["height"] = np.array([np.nan if r.height is None else r.height for r in results], dtype=np.float64)
-        rows["pixels"] = rows["width"] * rows["height"]
-        rows["mode"] = np.array([r.mode for r in results], dtype=object)
-        rows["problem"] = [r.problem for r in results]
-    return rows
+        inspections = inspect_paths(paths, limits, workers)
+        add_image_columns(rows, inspections)
+    return rows, inspections
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,20 +140,18 @@ def _row_checks(num_classes: int, check_images: bool, limits: ImageLimits) -> li
                    column="n_labels", min_value=1, row_condition=Column("split").is_in(list(EVAL_SPLITS)))),
     ]  # fmt: skip
     if check_images:
+        # The verdicts come from the image inspector (the loader's own checks); GX asserts them.
+        descriptions = {
+            "image_readable": "the image file opens, decodes and converts to RGB with the loader's inspector",
+            "image_width": f"width in [{limits.min_side}, {limits.max_side}]",
+            "image_height": f"height in [{limits.min_side}, {limits.max_side}]",
+            "image_pixels": f"at most {limits.max_pixels} pixels (larger images are not decoded)",
+            "image_mode": f"PIL mode converted to RGB by the loader (one of {list(limits.allowed_modes)})",
+        }
         checks += [
-            _Check("image_readable", "row", "the image file opens and fully decodes with PIL",
-                   E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True])),
-            _Check("image_width", "row", f"width in [{limits.min_side}, {limits.max_side}]",
-                   E.ExpectColumnValuesToBeBetween(
-                       column="width", min_value=limits.min_side, max_value=limits.max_side)),
-            _Check("image_height", "row", f"height in [{limits.min_side}, {limits.max_side}]",
-                   E.ExpectColumnValuesToBeBetween(
-                       column="height", min_value=limits.min_side, max_value=limits.max_side)),
-            _Check("image_pixels", "row", f"at most {limits.max_pixels} pixels",
-                   E.ExpectColumnValuesToBeBetween(column="pixels", max_value=limits.max_pixels)),
-            _Check("image_mode", "row", "PIL mode convertible to RGB",
-                   E.ExpectColumnValuesToBeInSet(column="mode", value_set=list(limits.allowed_modes))),
-        ]  # fmt: skip
+            _Check(check, "row", descriptions[check], E.ExpectColumnValuesToBeInSet(column=column, value_set=[True]))
+            for check, (column, _) in IMAGE_CHECKS.items()
+        ]
     return checks
 
 
@@ -466,9 +234,9 @@ def _outcome(check: _Check, gx_result: Any, index_column: str | None) -> Expecta
         failing = sorted({int(entry[index_column]) for entry in result.get("unexpected_index_list") or []})
     details: dict[str, Any] = {}
     if "observed_value" in result:
-        details["observed_value"] = _plain(result["observed_value"])
+        details["observed_value"] = plain(result["observed_value"])
     if "details" in result:
-        details["details"] = _plain(result["details"])
+        details["details"] = plain(result["details"])
     return ExpectationOutcome(
         check=check.key,
         expectation_type=gx_result.expectation_config.type,
@@ -481,17 +249,14 @@ def _outcome(check: _Check, gx_result: Any, index_column: str | None) -> Expecta
     )
 
 
-def _plain(value: Any) -> Any:
-    """GX results hold numpy scalars; make them JSON-friendly."""
-    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-
-
 # --------------------------------------------------------------------------------------------
 # Problem texts
 # --------------------------------------------------------------------------------------------
 
 
-def _problem_text(check: str, row: pd.Series, id_counts: dict[Any, int], num_classes: int, limits: ImageLimits) -> str:
+def _problem_text(
+    check: str, row: pd.Series, id_counts: dict[Any, int], num_classes: int, inspection: ImageInspection | None
+) -> str:
     if check == "image_id_present":
         return "image_id is missing"
     if check == "image_id_unique":
@@ -508,21 +273,13 @@ def _problem_text(check: str, row: pd.Series, id_counts: dict[Any, int], num_cla
         return f"label ids out of range [0, {num_classes}): [{row['labels_out_of_range']}]"
     if check == "eval_rows_labelled":
         return f"{row['split']} record has no labels (val/test records need at least one)"
-    if check == "image_readable":
-        return str(row["problem"])
-    if check in ("image_width", "image_height"):
-        side = check.removeprefix("image_")
-        return f"{side} {int(row[side])} outside [{limits.min_side}, {limits.max_side}]"
-    if check == "image_pixels":
-        size = f"{int(row['width'])}x{int(row['height'])} = {int(row['pixels'])} pixels"
-        return f"{size} exceeds max_pixels {limits.max_pixels}"
-    if check == "image_mode":
-        return f"image mode {row['mode']!r} cannot be converted to RGB"
+    if check in IMAGE_CHECKS and inspection is not None:
+        return image_problem(check, inspection)
     return f"failed check {check}"
 
 
 def _offending_records(
-    outcomes: list[ExpectationOutcome], rows: pd.DataFrame, num_classes: int, limits: ImageLimits
+    outcomes: list[ExpectationOutcome], rows: pd.DataFrame, num_classes: int, inspections: list[ImageInspection]
 ) -> list[OffendingRecord]:
     id_counts = rows["image_id"].value_counts(dropna=True).to_dict()
     by_row: dict[int, OffendingRecord] = {}
@@ -541,7 +298,8 @@ def _offending_records(
                     checks=[],
                     problems=[],
                 )
-            text = _problem_text(outcome.check, row, id_counts, num_classes, limits)
+            inspection = inspections[row_number] if inspections else None
+            text = _problem_text(outcome.check, row, id_counts, num_classes, inspection)
             record.checks.append(outcome.check)
             if text not in record.problems:
                 record.problems.append(text)
@@ -557,50 +315,6 @@ def _error_message(report: ValidationReport) -> str:
         lines.append(f"  ... and {len(report.offending) - MESSAGE_RECORD_LIMIT} more")
     lines.append(f"  {len(report.offending)} offending record(s) in total")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Quarantine
-# --------------------------------------------------------------------------------------------
-
-
-def write_quarantine(manifest: pd.DataFrame, offending: list[OffendingRecord], path: Path) -> Path:
-    """Write the offending rows (original columns + ``row_number``, ``checks``, ``reason``).
-
-    ``.csv`` stores ``label_ids`` as JSON text; ``.json`` writes a list of objects.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"quarantine file {str(path)!r} must end in .csv or .json")
-    records = []
-    for record in offending:
-        source = manifest.iloc[record.row_number]
-        entry = {column: _plain(_cell(source[column])) for column in manifest.columns}
-        entry.update(row_number=record.row_number, checks=record.checks, reason=record.problem)
-        records.append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
-    else:
-        frame = pd.DataFrame(records, columns=[*manifest.columns, "row_number", "checks", "reason"])
-        for column in frame.columns:
-            if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
-                frame[column] = frame[column].map(json.dumps)
-        frame.to_csv(path, index=False)
-    return path
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,7 +335,7 @@ def validate_manifest(
     min_train_images_per_class: int = 1,
     workers: int = 4,
 ) -> ValidationReport:
-    """Validate ``manifest`` (see the module docstring for its columns) with GX.
+    """Validate ``manifest`` (columns: see :mod:`mccl_core.validation.schema`) with GX.
 
     ``policy="fail"`` raises :class:`DataValidationError` on any failed expectation, listing the
     first offending records (id, path, problem) and their total. ``policy="quarantine"`` writes
@@ -652,12 +366,12 @@ def validate_manifest(
         )  # fmt: skip
         raise DataValidationError(_error_message(report), report)
 
-    rows = _derive_rows(manifest, num_classes, check_images, limits, image_root, workers)
+    rows, inspections = _derive_rows(manifest, num_classes, check_images, limits, image_root, workers)
     row_checks = _row_checks(num_classes, check_images, limits)
     row_results = _run_suite(context, "manifest_rows", rows, row_checks, index_column=ROW_NUMBER)
     row_outcomes = [_outcome(c, row_results[c.key], ROW_NUMBER) for c in row_checks]
     rows["_label_ids"] = manifest["label_ids"].tolist()
-    offending = _offending_records(row_outcomes, rows, num_classes, limits)
+    offending = _offending_records(row_outcomes, rows, num_classes, inspections)
     rows = rows.drop(columns="_label_ids")
     bad_rows = {record.row_number for record in offending}
     clean_mask = np.ones(len(manifest), dtype=bool)

@@ -1,0 +1,96 @@
+"""``mccl step <name>``: run one pipeline step, exactly as ``dvc repro`` does (``dvc.yaml`` runs this).
+
+Options come from the step's :class:`~mccl_core.steps.contract.StepSpec`: one ``--<input>``
+per upstream folder (default ``outputs/<step>``), ``--out`` (default: where ``dvc.yaml`` keeps
+the output), ``--params`` and ``--set section.key=value`` overrides. Nothing here computes
+anything: the arguments go to :func:`~mccl_core.steps.contract.run_step`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from mccl_core.config import ConfigError, load_params
+from mccl_core.steps.contract import STEP_NAMES, StepSpec, run_step, spec
+from mccl_core.steps.errors import StepError
+from mccl_core.steps.tracking import DEFAULT_RUN_REF, TrackingOptions
+
+USAGE = "usage: mccl step {" + ",".join(STEP_NAMES) + "} [args...]   (mccl step <name> --help for a step's options)"
+
+
+def build_parser(step: StepSpec) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mccl step {step.name}", description=f"{step.name}: {step.description} "
+                                f"(params sections: {', '.join(step.sections)})")  # fmt: skip
+    for item in step.inputs:
+        default = None if item.optional else Path(spec(item.step).out_dir())
+        p.add_argument(f"--{item.step}", type=Path, default=default, metavar="DIR",
+                       help=f"output folder of the {item.step} step" + ("" if item.optional else f" (default: {default})"))  # fmt: skip
+    p.add_argument("--out", type=Path, default=step.out_dir(), help=f"output folder (default: {step.out_dir()})")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one param (the value is YAML: 3, 1e-3, [a, b], {k: v})")  # fmt: skip
+    p.add_argument("--project-dir", type=Path, default=Path("."), help="project folder (embedded MLflow store)")
+    p.add_argument("--run-ref", type=Path, default=DEFAULT_RUN_REF,
+                   help="MLflow parent-run reference shared by the steps of one pipeline run")  # fmt: skip
+    p.add_argument("--parent-run-id", help="explicit MLflow parent run id (overrides --run-ref)")
+    p.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """``["train.lr=3e-4"]`` -> ``params["train"]["lr"] = 3e-4`` (nested keys with more dots)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        *path, last = key.strip().split(".")
+        node = params
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        node[last] = value
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in STEP_NAMES:
+        print(f"mccl step: unknown step {name!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    step = spec(name)
+    ns = build_parser(step).parse_args(rest)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        params = apply_overrides(load_params(ns.params), ns.overrides)
+        run_ref = ns.run_ref if ns.run_ref.is_absolute() else ns.project_dir / ns.run_ref
+        tracking = TrackingOptions.from_params(params, enabled=not ns.no_tracking, project_dir=ns.project_dir,
+                                               parent_run_id=ns.parent_run_id, run_ref=run_ref)  # fmt: skip
+        inputs = {item.step: getattr(ns, item.step) for item in step.inputs}
+        outcome = run_step(name, params, inputs, ns.out, tracking)
+    except (StepError, ValueError, FileNotFoundError) as error:  # ConfigError and weight errors are ValueErrors
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 1
+    print(outcome.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
