@@ -48,7 +48,7 @@ COPY mccl_core ./mccl_core
 COPY components ./components
 COPY pipeline ./pipeline
 RUN pip install --no-deps . \
- && python -c "import mccl_core, components, pipeline.runtime, kfp, mlflow, dvc, great_expectations"
+ && python -c "import mccl_core, components.runner, pipeline.pipeline, kfp, mlflow, dvc, great_expectations"
 
 # 3. The DVC project files, so `dvc repro` also runs inside the image (mount or pull the data).
 COPY dvc.yaml params.yaml data.dvc .dvcignore ./

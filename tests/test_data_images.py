@@ -341,14 +341,17 @@ def shared_cases(tmp_path_factory: pytest.TempPathFactory, raw_mode_format) -> d
             write(paths[name])
     for good in ("good0", "good1"):  # every class keeps a valid train image
         (root / f"{good}.jpg").write_bytes(_jpeg_bytes((40, 30)))
-    rows = [{"image_id": g, "image_path": f"{g}.jpg", "split": "train", "label_ids": [i]} for i, g in enumerate(["good0", "good1"])]
-    rows += [{"image_id": name, "image_path": path.name, "split": "train", "label_ids": [0]} for name, path in paths.items()]
+    rows = [{"image_id": f"good{i}", "image_path": f"good{i}.jpg", "split": "train", "label_ids": [i]} for i in (0, 1)]
+    rows += [
+        {"image_id": name, "image_path": path.name, "split": "train", "label_ids": [0]} for name, path in paths.items()
+    ]
     report = validate_manifest(
         pd.DataFrame(rows), 2, ["a", "b"], "quarantine", True, SHARED_LIMITS,
         image_root=root, quarantine_path=root / "quarantine.csv", workers=2,
     )  # fmt: skip
     records = [ImageRecord(name, path, (0,), None) for name, path in paths.items()]
-    verified = verify_images(IntentDataset(records, ["a", "b"], name="cases"), limits=SHARED_LIMITS, show_progress=False)
+    dataset = IntentDataset(records, ["a", "b"], name="cases")
+    verified = verify_images(dataset, limits=SHARED_LIMITS, show_progress=False)
     return {
         "paths": paths,
         "validation": {record.image_id: record for record in report.offending},
@@ -428,8 +431,8 @@ def test_verify_cli_applies_side_limits(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "ok.jpg").write_bytes(_jpeg_bytes((40, 30)))
     (tmp_path / "m.csv").write_text("image,labels\nthin.png,a\nok.jpg,b\n")
     (tmp_path / "classes.txt").write_text("a\nb\n")
-    args = ["verify", "--source", "manifest", "--manifest", str(tmp_path / "m.csv"),
-            "--class-list", str(tmp_path / "classes.txt"), "--split", "train", "--report", str(tmp_path / "r.json")]  # fmt: skip
+    args = ["verify", "--source", "manifest", "--manifest", str(tmp_path / "m.csv"), "--split", "train",
+            "--class-list", str(tmp_path / "classes.txt"), "--report", str(tmp_path / "r.json")]  # fmt: skip
     assert data_cli(args) == 0
     assert data_cli([*args, "--min-side", "16", "--max-side", "128"]) == 1
     problems = json.loads((tmp_path / "r.json").read_text())

@@ -109,12 +109,12 @@ def test_every_dvc_stage_command_exists_in_the_image(image_layout):
     stages = yaml.safe_load((image_layout / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         command = shlex.split(" ".join(stage["cmd"].split()))
-        assert command[:3] == ["python", "-m", "components"], f"stage {name}: {command}"
-        proc = _python(["-m", "components", command[3], "--help"], image_layout)
+        assert command[:2] == ["mccl", "step"], f"stage {name}: {command}"
+        proc = _python(["-m", "mccl_core.cli", "step", command[2], "--help"], image_layout)
         assert proc.returncode == 0, f"stage {name}: {proc.stderr[-2000:]}"
-        assert f"mccl step {command[3]}" in proc.stdout
+        assert f"mccl step {command[2]}" in proc.stdout
         # Every output file the stage's command writes is under a path argument it accepts.
-        for flag in [c for c in command[4:] if c.startswith("--")]:
+        for flag in [c for c in command[3:] if c.startswith("--")]:
             assert flag in proc.stdout, f"stage {name}: {flag} is not an option of the step"
 
 
@@ -122,10 +122,10 @@ def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
     spec = yaml.safe_load((REPO / "pipeline" / "mccl_pipeline.yaml").read_text())
     modules = set()
     for executor in spec["deploymentSpec"]["executors"].values():
-        modules |= set(re.findall(r"from (pipeline) import runtime", "\n".join(executor["container"]["command"])))
-    assert modules == {"pipeline"}
-    assert _python(["-c", "import pipeline.runtime, components.__main__"], image_layout).returncode == 0
-    proc = _python(["-m", "pipeline.pytorchjob", "--help"], image_layout)
+        modules |= set(re.findall(r"from (components\.runner) import run_kfp_step", "\n".join(executor["container"]["command"])))
+    assert modules == {"components.runner"}
+    assert _python(["-c", "import components.runner, pipeline.pipeline"], image_layout).returncode == 0
+    proc = _python(["-m", "mccl_core.launch.pytorchjob", "--help"], image_layout)
     assert proc.returncode == 0 and "--staging-uri" in proc.stdout
     assert PYPROJECT["project"]["scripts"]["mccl"] == "mccl_core.cli:main"
     proc = _python(["-c", "from mccl_core.cli import main; raise SystemExit(main(['step', '--help']))"], image_layout)

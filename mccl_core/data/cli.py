@@ -68,12 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--manifest", type=Path, default=None)
     verify.add_argument("--class-list", type=Path, default=None)
     verify.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    verify.add_argument(
-        "--min-side", type=int, default=None, help="refuse images with a side below this (validate step: validate.min_side)"
-    )
-    verify.add_argument(
-        "--max-side", type=int, default=None, help="refuse images with a side above this (validate step: validate.max_side)"
-    )
+    verify.add_argument("--min-side", type=int, default=None, help="refuse sides below this (validate step: min_side)")
+    verify.add_argument("--max-side", type=int, default=None, help="refuse sides above this (validate step: max_side)")
     verify.add_argument("--report", type=Path, default=None, help="write the problems as JSON here")
 
     compact = commands.add_parser("mdid-compact", help="derive the compact MDID split file from the official files")

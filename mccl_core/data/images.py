@@ -230,11 +230,12 @@ def _refused(path: Path, kind: IssueKind, reason: str) -> ImageInspection:
 
 def _limit_issues(width: int, height: int, mode: str, limits: ImageLimits) -> list[ImageIssue]:
     issues: list[ImageIssue] = []
-    for kind, side in (("width", width), ("height", height)):
+    sides: tuple[tuple[IssueKind, int], ...] = (("width", width), ("height", height))
+    for kind, side in sides:
         if limits.max_side is not None and not limits.min_side <= side <= limits.max_side:
-            issues.append(ImageIssue(kind, f"{kind} {side} outside [{limits.min_side}, {limits.max_side}]"))  # type: ignore[arg-type]
+            issues.append(ImageIssue(kind, f"{kind} {side} outside [{limits.min_side}, {limits.max_side}]"))
         elif side < limits.min_side:
-            issues.append(ImageIssue(kind, f"{kind} {side} below min_side {limits.min_side}"))  # type: ignore[arg-type]
+            issues.append(ImageIssue(kind, f"{kind} {side} below min_side {limits.min_side}"))
     pixels = width * height
     if limits.max_pixels is not None and pixels > limits.max_pixels:
         issues.append(
@@ -247,7 +248,8 @@ def _limit_issues(width: int, height: int, mode: str, limits: ImageLimits) -> li
     if mode not in RGB_CONVERTIBLE_MODES:
         issues.append(ImageIssue("mode", f"image mode {mode!r} cannot be converted to RGB"))
     elif mode not in limits.allowed_modes:
-        issues.append(ImageIssue("mode", f"image mode {mode!r} is not among the allowed modes {list(limits.allowed_modes)}"))
+        allowed = list(limits.allowed_modes)
+        issues.append(ImageIssue("mode", f"image mode {mode!r} is not among the allowed modes {allowed}"))
     return issues
 
 

@@ -89,8 +89,11 @@ class ValidateConfig:
     def from_dict(cls, values: dict[str, Any]) -> ValidateConfig:
         return from_dict(cls, values, "validate")
 
-    def limits(self) -> ImageLimits:
-        return ImageLimits(min_side=self.min_side, max_side=self.max_side, max_pixels=self.max_pixels)
+    def limits(self, loader_max_pixels: int | None = None) -> ImageLimits:
+        """The checks' limits; never laxer than the loader's pixel cap (``data.max_image_pixels``),
+        so an image validation accepts is one every later step can load."""
+        caps = [c for c in (self.max_pixels, loader_max_pixels) if c is not None]
+        return ImageLimits(min_side=self.min_side, max_side=self.max_side, max_pixels=min(caps) if caps else None)
 
 
 @dataclass
@@ -276,7 +279,7 @@ def run_validate(
                 class_names=source.class_names,
                 policy=cfg.policy,
                 check_images=cfg.check_images,
-                image_limits=cfg.limits(),
+                image_limits=cfg.limits(data_cfg.max_image_pixels),
                 quarantine_path=quarantine_path,
                 min_train_images_per_class=cfg.min_train_images_per_class,
                 workers=cfg.workers,
