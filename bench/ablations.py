@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import yaml
 
-from mccl_core.baselines import LabelPriorPredictor
+from mccl_core.metrics.baselines import LabelPriorPredictor
 from mccl_core.data import DataConfig, load_split
 from mccl_core.metrics import official_protocol
 from mccl_core.models import ModelConfig
@@ -130,7 +130,7 @@ def run_variant(name: str, params: dict[str, Any], out_dir: Path) -> dict[str, A
     result = train(model_cfg, train_cfg, inputs)
     train_seconds = time.perf_counter() - start
 
-    from mccl_core.bundle import load_bundle
+    from mccl_core.models.bundle import load_bundle
 
     device = resolve_device(train_cfg.device)
     model, meta = load_bundle(result.model_path, device)

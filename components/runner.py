@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mccl_core.steps.contract import StepOutcome, run_step
-from mccl_core.steps.tracking import TrackingOptions
+from mccl_core.tracking.steps import TrackingOptions
 
 
 def run_kfp_step(

@@ -24,7 +24,7 @@ from mccl_core.data.intentonomy import (
     load_intentonomy_records,
     parse_intentonomy_annotations,
 )
-from mccl_core.intentonomy_json import (
+from mccl_core.data.intentonomy_json import (
     AnnotationFileError,
     AnnotationFileNotFoundError,
     load_intentonomy_annotations,

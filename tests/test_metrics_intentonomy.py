@@ -92,7 +92,7 @@ def test_intentonomy_subsets_partition_and_complement() -> None:
 
 
 def test_subsets_rule_is_by_class_names() -> None:
-    from mccl_core.intentonomy_json import INTENTONOMY_CLASSES
+    from mccl_core.data.intentonomy_json import INTENTONOMY_CLASSES
 
     assert intentonomy_subsets_for(INTENTONOMY_CLASSES) == INTENTONOMY_SUBSETS
     assert intentonomy_subsets_for(list(INTENTONOMY_CLASSES)) == INTENTONOMY_SUBSETS

@@ -190,7 +190,7 @@ def test_pytorchjob_pod_runs_the_train_step_from_staged_inputs(tiny_demo, tiny_d
 
     from mccl_core.launch.staging import download_prefix, upload_dir
     from mccl_core.steps.contract import run_step
-    from mccl_core.steps.tracking import TrackingOptions
+    from mccl_core.tracking.steps import TrackingOptions
 
     off = TrackingOptions(enabled=False)
     params = {"data": {"source": "demo", "root": str(tiny_demo)}, "validate": {"workers": 2},

@@ -1,10 +1,10 @@
-"""mccl_core.s3 helpers that need no server (the S3 round trips are in test_s3_integration.py)."""
+"""mccl_core.launch.s3 helpers that need no server (the S3 round trips are in test_s3_integration.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mccl_core.s3 import (
+from mccl_core.launch.s3 import (
     S3ConfigError,
     describe_s3_env,
     parse_s3_uri,

@@ -19,7 +19,7 @@ import requests
 from botocore.exceptions import ClientError
 from services import MlflowServer, SeaweedS3, venv_executable
 
-from mccl_core.s3 import ensure_bucket, list_keys, s3_client_from_env
+from mccl_core.launch.s3 import ensure_bucket, list_keys, s3_client_from_env
 from mccl_core.tracking import ResilientTracker, TrackerConfig
 
 # servers are real processes: never let a hang block the suite

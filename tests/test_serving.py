@@ -33,7 +33,7 @@ from sklearn.datasets import load_sample_image
 from services import HOST, MlflowServer, ServiceProcess, free_ports, venv_executable
 
 from conftest import TINY_MODEL
-from mccl_core.bundle import load_bundle, read_meta
+from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_rgb_image, load_split
 from mccl_core.models import ModelConfig, load_label_embeddings
 from mccl_core.serving import (

@@ -15,13 +15,13 @@ import torch
 from conftest import TINY_MODEL
 
 from mccl_core.data import DataConfig, load_split
-from mccl_core.features import iter_token_shards
+from mccl_core.models.cpi.shards import iter_token_shards
 from mccl_core.models import ModelConfig, PrototypeBank
 from mccl_core.steps import StepError
 from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
 from mccl_core.steps.common import ValidatedData
 from mccl_core.steps.extract import ExtractStepConfig, run_extract
-from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.steps.validate import ValidateConfig, run_validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_tracked_step_nests_runs_under_one_parent_and_reuses_an_open_parent(tmp_
     assert step.data.tags["mccl.dvc.data_hash"] == "sha256:x" and step.data.params == {"validate.policy": "fail"}
     assert step.data.metrics == {"records": 3.0}
 
-    from mccl_core.steps.tracking import finish_parent_run
+    from mccl_core.tracking.steps import finish_parent_run
 
     with tracked_step("register", options) as last:
         finish_parent_run(last)

@@ -1,7 +1,7 @@
 """Intentonomy (Jia et al., CVPR 2021): training-side annotation loading and bundled metadata.
 
 The annotation JSON (schema, strict / lenient parsing, the 28 class names) is handled by the one
-torch-free parser in :mod:`mccl_core.intentonomy_json`; this module turns its strict result into
+torch-free parser in :mod:`mccl_core.data.intentonomy_json`; this module turns its strict result into
 :class:`~mccl_core.data.dataset.ImageRecord` lists for training (raising
 :class:`~mccl_core.data.dataset.AnnotationError` with every offending record). Label convention
 (as in every Intentonomy codebase): a class is positive when its softprob is > 0; the soft
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mccl_core.data.dataset import AnnotationError, ImageRecord, ProblemCollector
-from mccl_core.intentonomy_json import (
+from mccl_core.data.intentonomy_json import (
     INTENTONOMY_CLASSES,
     AnnotationFileError,
     parse_intentonomy_document,
@@ -99,7 +99,7 @@ def parse_intentonomy_annotations(
 ) -> tuple[list[ImageRecord], list[str], list[str] | None]:
     """Validate an Intentonomy-schema annotation dict and turn it into records (strict mode).
 
-    The parsing is :func:`mccl_core.intentonomy_json.parse_intentonomy_document`; every problem
+    The parsing is :func:`mccl_core.data.intentonomy_json.parse_intentonomy_document`; every problem
     (duplicate image ids, annotations for unknown images, images without annotation, duplicate
     annotations, unknown category ids, malformed soft probabilities, and for val/test images
     without any label) is raised together as one :class:`~mccl_core.data.dataset.AnnotationError`.
@@ -137,7 +137,7 @@ def load_intentonomy_records(
     """Read an Intentonomy-schema annotation file (strict; see :func:`parse_intentonomy_annotations`).
 
     A missing file raises ``FileNotFoundError``, an unreadable one ``ValueError`` (both
-    :class:`~mccl_core.intentonomy_json.AnnotationFileError`); annotation problems raise
+    :class:`~mccl_core.data.intentonomy_json.AnnotationFileError`); annotation problems raise
     :class:`~mccl_core.data.dataset.AnnotationError`. Descriptions: see
     :func:`resolve_class_descriptions`.
     """

@@ -170,7 +170,7 @@ def node_main(argv: list[str] | None = None) -> int:
     from mccl_core.launch.staging import download_prefix, upload_dir
     from mccl_core.steps.contract import run_step
     from mccl_core.steps.errors import StepError
-    from mccl_core.steps.tracking import TrackingOptions
+    from mccl_core.tracking.steps import TrackingOptions
 
     parser = argparse.ArgumentParser(prog="python -m mccl_core.launch.pytorchjob", description=node_main.__doc__)
     parser.add_argument("--staging-uri", required=True, help="the run's staging prefix (inputs/, outputs/)")

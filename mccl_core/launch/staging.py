@@ -3,7 +3,7 @@
 The pods of a PyTorchJob do not see the step's input folders, so the train step uploads them to
 ``<staging>/inputs`` and every node downloads them; node 0 uploads the trained bundle (and
 checkpoints, so a restarted pod resumes) to ``<staging>/outputs``. Credentials and endpoint come from the environment only
-(:mod:`mccl_core.s3`). ``minio://bucket/key`` (Kubeflow's default store) is read as S3.
+(:mod:`mccl_core.launch.s3`). ``minio://bucket/key`` (Kubeflow's default store) is read as S3.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mccl_core.s3 import list_keys, parse_s3_uri, s3_client_from_env
+from mccl_core.launch.s3 import list_keys, parse_s3_uri, s3_client_from_env
 
 log = logging.getLogger(__name__)
 

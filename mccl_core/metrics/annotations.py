@@ -1,7 +1,7 @@
 """Labels of one Intentonomy annotation file (val/test) as a matrix, for the scoring CLI.
 
 The file is parsed by the project's one Intentonomy parser (``load_intentonomy_annotations`` in
-:mod:`mccl_core.intentonomy_json`), in strict mode with the
+:mod:`mccl_core.data.intentonomy_json`), in strict mode with the
 scoring requirements (every annotation has a ``category_ids`` list; ``images`` is optional and
 cross-checked when present). That module is torch-free, so ``mccl score`` stays light. Anything
 it cannot interpret raises :class:`AnnotationFileError` naming the file and every offending
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mccl_core.intentonomy_json import AnnotationFileError, load_intentonomy_annotations
+from mccl_core.data.intentonomy_json import AnnotationFileError, load_intentonomy_annotations
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mccl_core.intentonomy_json import INTENTONOMY_CLASSES
+from mccl_core.data.intentonomy_json import INTENTONOMY_CLASSES
 
 INTENTONOMY_NUM_CLASSES: int = len(INTENTONOMY_CLASSES)
 

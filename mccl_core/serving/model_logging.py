@@ -39,7 +39,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from PIL import Image
 
 import mccl_core
-from mccl_core.bundle import BundleError, read_meta, write_meta
+from mccl_core.models.bundle import BundleError, read_meta, write_meta
 from mccl_core.serving.pyfunc import BUNDLE_ARTIFACT, IMAGE_COLUMN, INTENTS_COLUMN, MCCLIntentModel, ServingConfig
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def log_pyfunc_model(
     """Log ``bundle_dir`` as a pyfunc model in the active MLflow run; register it when asked.
 
     Args:
-        bundle_dir: a model bundle folder (:mod:`mccl_core.bundle`).
+        bundle_dir: a model bundle folder (:mod:`mccl_core.models.bundle`).
         threshold: the tuned decision threshold (from the evaluate step); stored in the model config
             and in the logged bundle's ``bundle.json``. It overrides ``serving.threshold``.
         artifact_name: the logged model's name (``mlflow.pyfunc.log_model(name=...)``).

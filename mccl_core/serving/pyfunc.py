@@ -5,7 +5,7 @@ request carries *encoded images* (what a client has), and the answer must be int
 tuned threshold, so decoding, the eval transform, batching, sigmoid and thresholding belong to the
 model - exactly the same code path as evaluation (:func:`mccl_core.data.images.load_rgb_image_bytes`
 shares the decoder of :func:`mccl_core.data.load_rgb_image`, and the transform is
-:meth:`mccl_core.bundle.BundleMeta.eval_transform`, with the normalisation of the backbone's weights).
+:meth:`mccl_core.models.bundle.BundleMeta.eval_transform`, with the normalisation of the backbone's weights).
 
 Request (the scoring server's ``dataframe_split`` / ``dataframe_records`` JSON, or a DataFrame when
 called in-process): one row per image, column ``image`` = base64 of the JPEG/PNG/... file bytes
@@ -46,7 +46,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from PIL import Image
 
-from mccl_core.bundle import load_bundle
+from mccl_core.models.bundle import load_bundle
 from mccl_core.config import ConfigError, from_dict
 from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image_bytes
 

@@ -9,7 +9,7 @@ The same functions run under three drivers, so a step behaves identically everyw
 Steps (in DAG order): ``demo`` (generates the embedded demo dataset), ``validate``, ``extract``,
 ``cluster`` (CPI prototypes + label embeddings), ``train``, ``evaluate``, ``register``. Each takes
 its own config dataclass (built from its section of ``params.yaml``), explicit input/output paths
-and :class:`~mccl_core.steps.tracking.TrackingOptions`, and returns a result dataclass.
+and :class:`~mccl_core.tracking.steps.TrackingOptions`, and returns a result dataclass.
 """
 
 from mccl_core.steps.errors import StepError

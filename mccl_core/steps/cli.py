@@ -18,7 +18,7 @@ import yaml
 from mccl_core.config import ConfigError, load_params
 from mccl_core.steps.contract import STEP_NAMES, StepSpec, run_step, spec
 from mccl_core.steps.errors import StepError
-from mccl_core.steps.tracking import DEFAULT_RUN_REF, TrackingOptions
+from mccl_core.tracking.steps import DEFAULT_RUN_REF, TrackingOptions
 
 USAGE = "usage: mccl step {" + ",".join(STEP_NAMES) + "} [args...]   (mccl step <name> --help for a step's options)"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mccl_core.data import load_split
-from mccl_core.features import cluster_token_shards
+from mccl_core.models.cpi.shards import cluster_token_shards
 from mccl_core.models import (
     ModelConfig,
     compute_label_embeddings,
@@ -27,7 +27,7 @@ from mccl_core.config import from_dict, section
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, write_json, write_text
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.extract import FEATURES_DIR
-from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ The drivers add nothing of their own: ``mccl step <name>`` (what ``dvc.yaml`` ru
 :mod:`mccl_core.steps.cli`) and the Kubeflow components (``components/``) both call
 :func:`run_step` with the params, the input folders and the output folder; they differ only in
 where those folders are and how steps find the MLflow parent run (a run-reference file under
-DVC, explicit ids under Kubeflow), which is :class:`~mccl_core.steps.tracking.TrackingOptions`.
+DVC, explicit ids under Kubeflow), which is :class:`~mccl_core.tracking.steps.TrackingOptions`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from mccl_core.config import ConfigError
 from mccl_core.steps.errors import StepError
-from mccl_core.steps.tracking import TrackingOptions
+from mccl_core.tracking.steps import TrackingOptions
 
 log = logging.getLogger(__name__)
 

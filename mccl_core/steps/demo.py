@@ -17,7 +17,7 @@ from mccl_core.config import section
 from mccl_core.data import DemoConfig, ensure_demo
 from mccl_core.data.demo import default_workers
 from mccl_core.steps.contract import StepOutcome, StepSpec
-from mccl_core.steps.tracking import TrackingOptions
+from mccl_core.tracking.steps import TrackingOptions
 
 log = logging.getLogger(__name__)
 

@@ -90,9 +90,37 @@ def stage_deps(step: str, root: Path = ROOT) -> list[str]:
     return sorted(deps)
 
 
-if __name__ == "__main__":  # print the code deps of each stage (to paste into dvc.yaml)
+def rewrite_dvc_yaml(path: Path, root: Path = ROOT) -> bool:
+    """Replace the code deps (``mccl_core/...``) of every stage in ``dvc.yaml`` by
+    :func:`stage_deps`, keeping everything else (and comments) as written. True if it changed."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    result: list[str] = []
+    stage, indent, in_deps = "", "", False
+    for line in lines:
+        stripped = line.strip()
+        if in_deps and not stripped.startswith("- "):  # end of the deps block: current code deps
+            result += [f"{indent}- {d}\n" for d in stage_deps(stage, root)]
+            in_deps = False
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage = stripped[:-1]
+        if stripped == "deps:":
+            in_deps, indent = True, " " * (len(line) - len(line.lstrip()) + 2)
+        elif in_deps and stripped.startswith(f"- {PACKAGE}/"):
+            continue
+        result.append(line)
+    changed = result != lines
+    if changed:
+        Path(path).write_text("".join(result), encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":  # print the code deps of each stage, or rewrite them in dvc.yaml
     import sys
 
-    for name in sys.argv[1:] or ["demo", "validate", "extract", "cluster", "train", "evaluate", "register"]:
-        print(f"{name}:")
-        print("\n".join(f"  - {d}" for d in stage_deps(name)))
+    if sys.argv[1:2] == ["--write"]:
+        target = Path(sys.argv[2] if len(sys.argv) > 2 else "dvc.yaml")
+        print(f"{target}: {'updated' if rewrite_dvc_yaml(target) else 'already current'}")
+    else:
+        for name in sys.argv[1:] or ["demo", "validate", "extract", "cluster", "train", "evaluate", "register"]:
+            print(f"{name}:")
+            print("\n".join(f"  - {d}" for d in stage_deps(name)))

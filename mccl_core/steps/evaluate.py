@@ -4,7 +4,7 @@
   tuned on val by macro-F1, applied unchanged to test - plus mAP; the split-tuned numbers (each
   split tuning its own threshold, optimistic) are reported separately under ``split_tuned``.
 * MDID (train/val per split index): top-1 accuracy on val (``mdid_accuracy``) and split-tuned F1.
-* The :class:`~mccl_core.baselines.LabelPriorPredictor` (training label frequencies, no pixels)
+* The :class:`~mccl_core.metrics.baselines.LabelPriorPredictor` (training label frequencies, no pixels)
   is evaluated the same way: a model that does not beat it has learned nothing.
 
 Outputs: ``metrics.json`` (compact, DVC metrics; holds the chosen ``threshold`` that the register
@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mccl_core.baselines import LabelPriorPredictor
-from mccl_core.bundle import load_bundle
+from mccl_core.metrics.baselines import LabelPriorPredictor
+from mccl_core.models.bundle import load_bundle
 from mccl_core.data import load_split
 from mccl_core.metrics import (
     intentonomy_subsets_for,
@@ -37,7 +37,7 @@ from mccl_core.metrics import (
 from mccl_core.config import from_dict, section
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, StepError, ValidatedData, write_json, write_text
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import DistContext, resolve_device
 from mccl_core.training.loop import predict_scores
 

@@ -3,7 +3,7 @@
 CPI clusters tokens of the backbone *as it stands before training*; this step therefore also
 saves that backbone's state dict (``backbone_init.pt``), and the train step starts from exactly
 these weights, so prototypes and backbone match. Shards are resumable (finished shards are kept
-when the inputs are unchanged; see :func:`mccl_core.features.write_token_shards`).
+when the inputs are unchanged; see :func:`mccl_core.models.cpi.shards.write_token_shards`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Literal
 import torch
 
 from mccl_core.data import load_split
-from mccl_core.features import ExtractConfig, write_token_shards
+from mccl_core.models.cpi.shards import ExtractConfig, write_token_shards
 from mccl_core.models import ModelConfig
 from mccl_core.config import from_dict, section
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, sha256_of, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.tracking import TrackingOptions, tracked_step
+from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.run import eval_transform, initial_backbone

@@ -42,7 +42,7 @@ from mccl_core.steps.common import (
     write_text,
 )
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
+from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)

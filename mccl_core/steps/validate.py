@@ -36,7 +36,7 @@ import pandas as pd
 
 from mccl_core.data import AnnotationError, DataConfig, load_split
 from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, resolve_class_descriptions
-from mccl_core.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
+from mccl_core.data.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
 from mccl_core.config import from_dict, section
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
@@ -50,7 +50,7 @@ from mccl_core.steps.common import (
     write_text,
 )
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.tracking import StepTracking, TrackingOptions, tracked_step
+from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.validation import (
     REQUIRED_COLUMNS,
     DataValidationError,

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from mccl_core.bundle import BundleMeta, save_bundle
+from mccl_core.models.bundle import BundleMeta, save_bundle
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import ModelConfig, PrototypeBank, build_model
 from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -37,7 +37,7 @@ from mccl_core.training.ema import ModelEMA
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
-FINAL_MODEL_NAME = "model"  # a bundle folder, see mccl_core.bundle
+FINAL_MODEL_NAME = "model"  # a bundle folder, see mccl_core.models.bundle
 HISTORY_NAME = "history.json"
 
 
@@ -211,7 +211,7 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model; returns the per-epoch history and the final weights' path.
 
-    The final model bundle (``output_dir/model``, see :mod:`mccl_core.bundle`) holds the EMA weights
+    The final model bundle (``output_dir/model``, see :mod:`mccl_core.models.bundle`) holds the EMA weights
     when EMA is on (what is evaluated each epoch), so evaluation and serving rebuild it alone.
     """
     ctx = ctx or init_distributed(cfg.device)

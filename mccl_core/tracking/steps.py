@@ -10,7 +10,7 @@ How steps find the parent run (they are separate processes, possibly separate co
 * ``$MCCL_MLFLOW_PARENT_RUN_ID`` overrides both (an outer orchestrator owns the parent).
 
 Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in the project
-folder (see :mod:`mccl_core.tracking`). An unreachable server never fails a step (the tracker
+folder (see :mod:`mccl_core.tracking.tracker`). An unreachable server never fails a step (the tracker
 journals what was not logged and the step reports it), except the register step, which needs
 the model registry.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mccl_core.config import ConfigError, flatten, section
-from mccl_core.tracking import (
+from mccl_core.tracking.tracker import (
     PARENT_RUN_ENV,
     PARENT_RUN_TAG,
     ResilientTracker,
