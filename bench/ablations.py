@@ -36,15 +36,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
-from mccl_core.metrics.baselines import LabelPriorPredictor
+from mccl_core.config import load_params, section
 from mccl_core.data import DataConfig, load_split
 from mccl_core.metrics import official_protocol
+from mccl_core.metrics.baselines import LabelPriorPredictor
 from mccl_core.models import ModelConfig
-from mccl_core.config import load_params, section
 from mccl_core.steps.demo import run_demo
 from mccl_core.steps.extract import ExtractStepConfig
 from mccl_core.training.config import TrainConfig

@@ -91,7 +91,7 @@ class LatencyStats:
     min_ms: float
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
+    def of(cls, seconds: Sequence[float]) -> LatencyStats:
         ms = np.asarray(seconds, dtype=np.float64) * 1000.0
         p50, p95 = (float(v) for v in np.percentile(ms, [50, 95]))
         return cls(len(ms), p50, p95, float(ms.mean()), float(ms.min()))

@@ -1,9 +1,20 @@
-"""Shared fixtures: a tiny demo dataset and its label-embedding cache, built once per session."""
+"""Shared fixtures, built once per session: a tiny demo dataset, its label-embedding cache and one
+tiny trained model bundle.
+
+Test tiers: ``pytest -m "not slow"`` is the fast tier (unit tests and in-process checks of the
+logic); tests marked ``slow`` start real services (MLflow server, ``mlflow models serve``, S3),
+train models, run ``dvc repro`` or the Kubeflow DAG. Plain ``pytest`` (CI) runs both.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
+import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +50,88 @@ def tiny_demo_label_embeddings(tiny_demo, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("embeddings") / "label_embeddings.npz"
     compute_label_embeddings(label_texts(train.class_names, train.class_descriptions), path)
     return path
+
+
+#: The default backbone: EfficientNet-Lite0 with the packaged ImageNet weights (offline).
+LITE0_PACKAGE = {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"}
+
+
+def tiny_train_params(root: Path, out: Path, model: dict | None = None, **train_overrides: Any) -> dict:
+    """params.yaml sections of a tiny CPU training run on the tiny demo (``TINY_MODEL`` unless
+    ``model`` is given; ``mcc.momentum`` 0.9 so prototypes move visibly within a few steps)."""
+    train_section = {
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "image_size": 32,
+        "num_workers": 0,
+        "ema_decay": 0.99,
+        "deterministic": True,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    train_section.update(train_overrides)
+    model = copy.deepcopy(TINY_MODEL if model is None else model)
+    model["mcc"] = {"momentum": 0.9}  # prototypes move visibly within a few steps
+    return {"data": {"source": "demo", "root": str(root)}, "model": model, "train": train_section}
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    """The session's tiny trained bundle. Read-only: a test that writes into a bundle copies
+    ``path`` to its ``tmp_path`` first (the session checks at the end that nothing changed)."""
+
+    path: Path  # the bundle folder (model.pt, bundle.json, prototypes, label embeddings, co-occurrence)
+    checkpoint: Path  # checkpoints/last.pt of the run (weights, EMA, optimiser)
+    model_cfg: Any  # ModelConfig
+    train_cfg: Any  # TrainConfig
+    inputs: Any  # TrainInputs (datasets, class names, label embeddings, co-occurrence, prototype bank)
+    history: list
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory) -> TrainedBundle:
+    """One tiny MCCL model trained once per session, for the tests that only need *a* trained
+    bundle (serving, bundle round trip). The default backbone (EfficientNet-Lite0, packaged
+    weights) on the tiny demo at 32 px: CPI on the 96 train images, then one epoch capped at
+    2 optimiser steps, with EMA. Tests of training itself (resume, DDP, ablations) train their own.
+
+    The global RNGs and torch's determinism flags are restored afterwards, so the tests that run
+    after the one that first asks for this fixture see the same global state as without it.
+    """
+    import numpy as np
+    import torch
+
+    from mccl_core.data import DataConfig
+    from mccl_core.models import ModelConfig
+    from mccl_core.training.config import TrainConfig
+    from mccl_core.training.loop import train
+    from mccl_core.training.run import TrainArtifacts, prepare_inputs
+
+    out = tmp_path_factory.mktemp("tiny_trained")
+    model = {**copy.deepcopy(TINY_MODEL), "backbone": dict(LITE0_PACKAGE)}
+    params = tiny_train_params(tiny_demo, out, model=model, epochs=1, max_steps_per_epoch=2)
+    model_cfg = ModelConfig.from_dict(params["model"])
+    train_cfg = TrainConfig.from_dict(params["train"])
+    saved = (random.getstate(), np.random.get_state(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)  # fmt: skip
+    try:
+        with torch.random.fork_rng(devices=[]):
+            inputs = prepare_inputs(DataConfig.from_dict(params["data"]), model_cfg, train_cfg,
+                                    TrainArtifacts(label_embeddings=tiny_demo_label_embeddings))  # fmt: skip
+            result = train(model_cfg, train_cfg, inputs)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        torch.backends.cudnn.benchmark = saved[4]
+    bundle = TrainedBundle(Path(result.model_path), Path(result.checkpoint_path), model_cfg, train_cfg, inputs,
+                           list(result.history))  # fmt: skip
+    before = _tree_digest(bundle.path)
+    yield bundle
+    assert _tree_digest(bundle.path) == before, f"a test modified the shared bundle {bundle.path}; copy it first"

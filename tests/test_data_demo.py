@@ -80,6 +80,7 @@ def test_intent_table_is_compositional() -> None:
     assert all(2 <= len(s) <= 3 for s in clue_sets)
 
 
+@pytest.mark.slow  # the default demo: 4000 images generated
 def test_default_demo_long_tail_and_label_cardinality(default_demo: Path) -> None:
     train = load_split(DataConfig(source="demo", root=default_demo), "train")
     assert len(train) == DemoConfig().n_train
@@ -96,6 +97,7 @@ def test_default_demo_long_tail_and_label_cardinality(default_demo: Path) -> Non
         assert set(dataset.label_matrix().sum(axis=1).tolist()) == {1.0, 2.0, 3.0}
 
 
+@pytest.mark.slow  # the default demo: 4000 images generated
 def test_default_demo_labels_are_exactly_the_completed_intents(default_demo: Path) -> None:
     clue_sets = [set(i.clues) for i in DEMO_INTENTS]
     train = _annotations(default_demo, "train")
@@ -122,6 +124,7 @@ def test_default_demo_labels_are_exactly_the_completed_intents(default_demo: Pat
     assert partial > 0.2 * len(train["annotations"]) and distractors > 0.5 * len(train["annotations"])
 
 
+@pytest.mark.slow  # the default demo: 4000 images generated
 def test_soft_labels_track_clue_size(default_demo: Path) -> None:
     train = load_split(DataConfig(source="demo", root=default_demo), "train")
     soft = train.soft_label_matrix()
@@ -132,6 +135,7 @@ def test_soft_labels_track_clue_size(default_demo: Path) -> None:
     np.testing.assert_array_equal(train.label_matrix(), (soft > 0).astype(np.float32))
 
 
+@pytest.mark.slow  # the default demo: 4000 images generated
 def test_demo_items_through_transforms(default_demo: Path) -> None:
     dataset = load_split(DataConfig(source="demo", root=default_demo), "train", build_transforms(64, train=True))
     item = dataset[5]

@@ -105,6 +105,7 @@ def test_every_packaged_module_is_copied(image_layout):
         assert (image_layout / name).is_file()
 
 
+@pytest.mark.slow  # one interpreter per DVC stage
 def test_every_dvc_stage_command_exists_in_the_image(image_layout):
     stages = yaml.safe_load((image_layout / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
@@ -118,6 +119,7 @@ def test_every_dvc_stage_command_exists_in_the_image(image_layout):
             assert flag in proc.stdout, f"stage {name}: {flag} is not an option of the step"
 
 
+@pytest.mark.slow  # three interpreters importing kfp, torch, mlflow
 def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
     spec = yaml.safe_load((REPO / "pipeline" / "mccl_pipeline.yaml").read_text())
     modules = set()

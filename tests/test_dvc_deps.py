@@ -20,6 +20,7 @@ def test_every_step_is_a_stage_that_calls_mccl_step():
     assert list(STAGES) == list(STEP_NAMES)
     for name, stage in STAGES.items():
         assert stage["cmd"].split()[:3] == ["mccl", "step", name], stage["cmd"]
+    assert "${data.root}" in STAGES["validate"]["deps"]  # the dataset itself (DVC interpolates params)
 
 
 @pytest.mark.parametrize("name", STEP_NAMES)

@@ -60,6 +60,11 @@ def test_pipeline_structure_caching_gpus_and_typed_artifacts(spec):
     assert "accelerator_type" in json.dumps(train_resources) and "accelerators_per_node" in json.dumps(train_resources)
     for name in ("accelerator_type", "accelerators_per_node", "mlflow_tracking_uri", "train_params", "model", "tracking"):
         assert name in spec["root"]["inputDefinitions"]["parameters"]
+    # The number of training processes is launch.nproc_per_node (params), as under DVC; the GPU
+    # count only sizes the train pod.
+    assert set(spec["components"]["comp-train"]["inputDefinitions"]["parameters"]) == {
+        "model", "train_params", "launch", "tracking", "mlflow_tracking_uri", "validate_run_id", "extract_run_id",
+        "cluster_run_id"}
     for name in STEPS:  # each step's output folder is typed as the step declares
         outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
         assert outputs["out"]["artifactType"]["schemaTitle"] == f"system.{step_spec(name).output_kind}"

@@ -98,6 +98,7 @@ def test_package_format_file_loads_by_order_and_a_torchvision_download_fails_in_
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
+@pytest.mark.slow  # two Lite0 trunks on 16 crops of 160 px
 def test_assignment_is_informative_on_pretrained_features_and_uniform_on_random_ones():
     """The reason the default is pretrained: per-class prototypes on real photos separate classes
     with packaged weights; with random weights the soft assignment is close to uniform."""
@@ -134,6 +135,7 @@ def test_assignment_is_informative_on_pretrained_features_and_uniform_on_random_
     assert hit_pre > 0.9 and hit_pre > hit_rand + 0.2  # measured: 1.00 vs 0.61
 
 
+@pytest.mark.slow  # the validate step, then the extract step CLI in a fresh interpreter
 def test_extract_step_cli_reports_a_failed_download_in_one_line(tiny_demo, tmp_path):
     """`weights: imagenet` without internet: the step prints one ERROR line, not a traceback."""
     import json

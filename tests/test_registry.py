@@ -1,4 +1,5 @@
-"""Champion promotion against a real MLflow tracking server (SQLite backend, proxied artifacts)."""
+"""Champion promotion against a real MLflow tracking server (SQLite backend, proxied artifacts),
+and the same checks against the embedded SQLite store in-process (the fast tier: no server)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,34 @@ from mccl_core.serving import CANDIDATE_TAG, PROMOTED_TAG, SCORE_TAG, promote_if
 from mccl_core.serving.registry import REPORTED_TAG
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory) -> MlflowClient:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-registry")).start()
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
+def client(request, tmp_path_factory) -> MlflowClient:
+    folder = tmp_path_factory.mktemp(f"mlflow-registry-{request.param}")
+    if request.param == "sqlite":
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # The embedded store keeps the run artifacts under the test's folder, not the working directory.
+        client.create_experiment("registry-test", artifact_location=(folder / "artifacts").as_uri())
+        yield client
+        return
+    server = MlflowServer(folder).start()
     try:
         yield MlflowClient(tracking_uri=server.url, registry_uri=server.url)
     finally:
         server.stop()
+
+
+#: ``promote_if_better`` reports ``champion_version`` as the store returns it: a str from the REST
+#: store, an int from the embedded SQLite store (``mccl_core/serving/registry.py`` does not ``str()``
+#: it). Strict: once it is fixed these tests pass on SQLite too and the mark must go.
+CHAMPION_VERSION_INT_ON_SQLITE = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="PromotionDecision.champion_version is an int on the SQLite store"
+)
+
+
+def _xfail_on_sqlite(request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params.get("client") == "sqlite":
+        request.applymarker(CHAMPION_VERSION_INT_ON_SQLITE)
 
 
 def _new_version(client: MlflowClient, name: str) -> str:
@@ -37,14 +59,17 @@ def _new_version(client: MlflowClient, name: str) -> str:
 
 
 def _champion(client: MlflowClient, name: str, alias: str = "champion") -> str | None:
-    return client.get_registered_model(name).aliases.get(alias)
+    holder = client.get_registered_model(name).aliases.get(alias)
+    # The REST store answers the version as a string, the embedded SQLite store as an int.
+    return None if holder is None else str(holder)
 
 
 def _tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
     return dict(client.get_model_version(name, version).tags)
 
 
-def test_first_model_becomes_champion_worse_stays_candidate_better_takes_alias(client):
+def test_first_model_becomes_champion_worse_stays_candidate_better_takes_alias(client, request):
+    _xfail_on_sqlite(request)
     name = "mccl-promotion"
     v1 = _new_version(client, name)
     first = promote_if_better(client, name, v1, 0.40)
@@ -96,7 +121,8 @@ def test_candidate_later_promoted_loses_candidate_tag_and_aliases_are_independen
     assert CANDIDATE_TAG not in _tags(client, name, v2)
 
 
-def test_champion_without_score_is_not_replaced_silently(client):
+def test_champion_without_score_is_not_replaced_silently(client, request):
+    _xfail_on_sqlite(request)
     name = "mccl-manual-alias"
     v1, v2 = _new_version(client, name), _new_version(client, name)
     client.set_registered_model_alias(name, "champion", v1)  # set by hand, no score tag

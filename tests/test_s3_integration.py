@@ -23,7 +23,7 @@ from mccl_core.launch.s3 import ensure_bucket, list_keys, s3_client_from_env
 from mccl_core.tracking import ResilientTracker, TrackerConfig
 
 # servers are real processes: never let a hang block the suite
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 ACCESS_KEY = "mccl" + secrets.token_hex(4)
 SECRET_KEY = secrets.token_urlsafe(24)

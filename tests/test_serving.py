@@ -1,8 +1,10 @@
 """Serving end to end: a real MLflow server (SQLite), a logged + registered + promoted pyfunc model,
 the real ``mlflow models serve`` process answering real image bytes, and its bad-request handling.
 
-The served scores are compared with the bare model (bundle + the training image loader + eval
-transform), computed here without any serving code.
+The served model is the session's tiny trained bundle (``tiny_trained_bundle``: EfficientNet-Lite0
+with the packaged weights); its scores are compared with the bare model (bundle + the training
+image loader + eval transform), computed here without any serving code. The in-process checks
+(fast tier) use an untrained bundle of the same architecture, built in about a second.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory) -> Path:
+    """An untrained bundle (random head, packaged backbone weights) for the in-process checks."""
     train = load_split(DataConfig(source="demo", root=tiny_demo), "train")
     # The default backbone: EfficientNet-Lite0 with the packaged ImageNet weights (mean = std = 0.5).
     model_cfg = ModelConfig.from_dict({
@@ -81,6 +84,12 @@ def bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory) -> Path:
         image_size=64,
         class_descriptions=train.class_descriptions,
     )
+
+
+@pytest.fixture(scope="module")
+def served_bundle(tiny_trained_bundle) -> Path:
+    """The session's trained bundle (read-only: ``log_pyfunc_model`` stages its own copy)."""
+    return tiny_trained_bundle.path
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +117,9 @@ def images(tiny_demo, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def bare_scores(bundle, images) -> np.ndarray:
-    """Scores of the bundle's model with the training loader and eval transform, no serving code."""
-    model, meta = load_bundle(bundle)
+def bare_scores(served_bundle, images) -> np.ndarray:
+    """Scores of the served bundle's model with the training loader and eval transform, no serving code."""
+    model, meta = load_bundle(served_bundle)
     # Independent of the serving code: the Lite0 weights' own normalisation, written out.
     assert (meta.mean, meta.std) == ([0.5] * 3, [0.5] * 3)
     assert meta.backbone["arch"] == "efficientnet_lite0" and meta.backbone["weights"] == "package"
@@ -132,7 +141,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(bundle, bare_scores, tmp_path_factory) -> Served:
+def served(served_bundle, bare_scores, tmp_path_factory) -> Served:
     workdir = tmp_path_factory.mktemp("serving-mlflow")
     server = MlflowServer(workdir).start()
     process = None
@@ -145,7 +154,7 @@ def served(bundle, bare_scores, tmp_path_factory) -> Served:
             experiment_id = client.create_experiment("serving-test")
             with mlflow.start_run(experiment_id=experiment_id):
                 info = log_pyfunc_model(
-                    bundle, threshold, registered_model_name=MODEL_NAME,
+                    served_bundle, threshold, registered_model_name=MODEL_NAME,
                     serving=ServingConfig(threshold=0.5, max_image_bytes=MAX_IMAGE_BYTES),
                 )  # fmt: skip
             decision = promote_if_better(client, MODEL_NAME, str(info.registered_model_version), 0.5)
@@ -164,7 +173,7 @@ def served(bundle, bare_scores, tmp_path_factory) -> Served:
         url = f"http://{HOST}:{port}"
         process.wait_until(lambda: requests.get(f"{url}/ping", timeout=2).status_code == 200, 180, "/ping")
         yield Served(url, server, process, threshold, info.model_uri, str(info.registered_model_version),
-                     read_meta(bundle).class_names)  # fmt: skip
+                     read_meta(served_bundle).class_names)  # fmt: skip
     finally:
         if process is not None:
             process.stop()
@@ -189,6 +198,7 @@ def _check_answer(answer: list[dict], expected_scores: np.ndarray, class_names: 
         assert row[INTENTS_COLUMN] == [name for name, s in zip(class_names, scores) if s > threshold]
 
 
+@pytest.mark.slow
 def test_champion_serves_the_bare_models_scores_for_real_images(served, images, bare_scores):
     # The per-image differences are far above the tolerance, so mixed-up rows would fail.
     assert np.abs(bare_scores[0] - bare_scores[1]).max() > 100 * 1e-5
@@ -243,6 +253,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_gets_400_with_message_and_server_keeps_serving(served, images, bare_scores, case):
     build, message = BAD_REQUESTS[case]
@@ -264,6 +275,7 @@ def downloaded_model(served, tmp_path_factory) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path_factory.mktemp("dl"))))
 
 
+@pytest.mark.slow
 def test_logged_model_carries_code_bundle_threshold_signature_and_pinned_requirements(served, downloaded_model):
     mlmodel = yaml.safe_load((downloaded_model / "MLmodel").read_text())
     pyfunc_flavor = mlmodel["flavors"]["python_function"]
@@ -290,6 +302,7 @@ def test_logged_model_carries_code_bundle_threshold_signature_and_pinned_require
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
 
 
+@pytest.mark.slow
 def test_pyfunc_loads_where_mccl_core_is_only_in_code_paths(downloaded_model, images, bare_scores, served, tmp_path):
     """``python -S`` skips site's .pth files, so the editable install of this project is invisible:
     ``mccl_core`` can only come from the model's ``code/`` folder."""

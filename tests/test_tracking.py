@@ -111,6 +111,7 @@ def test_embedded_sqlite_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert client.get_experiment_by_name("embedded").artifact_location == (project / "mlartifacts").as_uri()
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_server_params_metrics_artifacts_tags_round_trip(server: MlflowServer, tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "weights.txt").write_text("w")
@@ -157,6 +158,7 @@ def test_server_params_metrics_artifacts_tags_round_trip(server: MlflowServer, t
     assert parent_run.data.tags[GIT_COMMIT_TAG] == head and parent_run.data.tags[GIT_DIRTY_TAG] == "false"
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_parent_run_passed_between_steps(server: MlflowServer, tmp_path: Path, monkeypatch) -> None:
     config = TrackerConfig(project_dir=tmp_path, experiment_name="steps", tracking_uri=server.url)
     first = ResilientTracker(config)
@@ -192,6 +194,7 @@ def test_parent_run_passed_between_steps(server: MlflowServer, tmp_path: Path, m
         ResilientTracker(config).resume_parent_run()
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_system_metrics_toggle(server: MlflowServer, tmp_path: Path) -> None:
     config = TrackerConfig(project_dir=tmp_path, experiment_name="sysmetrics", tracking_uri=server.url,
                            system_metrics=True, system_metrics_interval_s=0.5)  # fmt: skip
@@ -203,6 +206,7 @@ def test_system_metrics_toggle(server: MlflowServer, tmp_path: Path) -> None:
     assert "system/cpu_utilization_percentage" in keys and "system/system_memory_usage_megabytes" in keys
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_server_killed_mid_run_keeps_going_and_journals(
     server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

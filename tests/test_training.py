@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_MODEL
+from conftest import tiny_train_params
 from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
@@ -31,21 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(root: Path, out: Path, **train_overrides) -> dict:
-    train_section = {
-        "epochs": 3,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "image_size": 32,
-        "num_workers": 0,
-        "ema_decay": 0.99,
-        "deterministic": True,
-        "device": "cpu",
-        "output_dir": str(out),
-    }
-    train_section.update(train_overrides)
-    model = copy.deepcopy(TINY_MODEL)
-    model["mcc"] = {"momentum": 0.9}  # prototypes move visibly within a few steps
-    return {"data": {"source": "demo", "root": str(root)}, "model": model, "train": train_section}
+    return tiny_train_params(root, out, **train_overrides)
 
 
 def _write_params(path: Path, params: dict) -> Path:
@@ -68,6 +53,7 @@ def _bundle_state(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "model" / "model.pt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights_and_metrics(tiny_demo, tiny_demo_label_embeddings, tmp_path):
     epochs = 4
     ref_out, killed_out = tmp_path / "reference", tmp_path / "killed"
@@ -110,6 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_identical_prototypes_and_agree_with_single_process(
     tiny_demo, tiny_demo_label_embeddings, tmp_path
 ):
@@ -153,18 +140,15 @@ def test_ddp_two_cpu_processes_identical_prototypes_and_agree_with_single_proces
         assert d["train_loss"] == pytest.approx(s["train_loss"], rel=1e-3)
 
 
-def test_bundle_reloads_to_identical_predictions(tiny_demo, tiny_demo_label_embeddings, tmp_path):
-    params = _params(tiny_demo, tmp_path / "out", epochs=1)
-    model_cfg = ModelConfig.from_dict(params["model"])
-    train_cfg = TrainConfig.from_dict(params["train"])
-    data_cfg = DataConfig.from_dict(params["data"])
-    inputs = prepare_inputs(data_cfg, model_cfg, train_cfg, TrainArtifacts(label_embeddings=tiny_demo_label_embeddings))
-    result = train(model_cfg, train_cfg, inputs)
-    model, meta = load_bundle(result.model_path)
+@pytest.mark.slow
+def test_bundle_reloads_to_identical_predictions(tiny_trained_bundle):
+    """The session's trained bundle (1 epoch) reloads to the predictions of the run's EMA weights."""
+    inputs, model_cfg = tiny_trained_bundle.inputs, tiny_trained_bundle.model_cfg
+    model, meta = load_bundle(tiny_trained_bundle.path)
     assert meta.class_names == inputs.class_names and meta.image_size == 32
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     reloaded = predict_scores(model, inputs.val_set, ctx, batch_size=16, progress=False)
-    ckpt = load_checkpoint(result.checkpoint_path)
+    ckpt = load_checkpoint(tiny_trained_bundle.checkpoint)
     assert ckpt["epoch"] == 0 and ckpt["ema"] is not None
     from mccl_core.models import build_model
 
@@ -173,7 +157,7 @@ def test_bundle_reloads_to_identical_predictions(tiny_demo, tiny_demo_label_embe
     ema_model.load_state_dict(ckpt["ema"]["module"])
     direct = predict_scores(ema_model, inputs.val_set, ctx, batch_size=16, progress=False)
     np.testing.assert_allclose(reloaded, direct, atol=1e-6)
-    assert read_meta(result.model_path).threshold is None
+    assert read_meta(tiny_trained_bundle.path).threshold is None
 
 
 @pytest.mark.parametrize(
@@ -186,6 +170,7 @@ def test_bundle_reloads_to_identical_predictions(tiny_demo, tiny_demo_label_embe
     ],
     ids=["no_cpi", "no_mcc", "no_gcn", "baseline"],
 )
+@pytest.mark.slow
 def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, tmp_path, overrides):
     params = _params(tiny_demo, tmp_path / "out", epochs=1, max_steps_per_epoch=2, deterministic=False)
     model_section = params["model"]
@@ -218,6 +203,7 @@ def test_unknown_train_key_is_named():
         TrainConfig.from_dict({"lr_max": 1.0})
 
 
+@pytest.mark.slow
 def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     """The real learning check: a few CPU epochs of MCCL on the demo, from the default backbone
     (EfficientNet-Lite0 with its packaged ImageNet weights) and the paper's pure clue rebuild

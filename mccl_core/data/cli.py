@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        cfg = DemoConfig(
+        demo_cfg = DemoConfig(
             seed=args.seed,
             n_train=args.n_train,
             n_val=args.n_val,
@@ -102,18 +102,18 @@ def _run(args: argparse.Namespace) -> int:
             imbalance_ratio=args.imbalance_ratio,
         )
         start = time.perf_counter()
-        out = generate_demo(args.out, cfg, workers=args.workers)
+        out = generate_demo(args.out, demo_cfg, workers=args.workers)
         logger.info("demo generated in %.1f s: %s", time.perf_counter() - start, out)
         return 0
     if args.command == "download-intentonomy":
-        cfg = DownloadConfig(
+        download_cfg = DownloadConfig(
             workers=args.workers,
             retries=args.retries,
             backoff_s=args.backoff,
             timeout_s=args.timeout,
             report_path=args.report,
         )
-        report = download_intentonomy(list(args.annotations), args.root, cfg)
+        report = download_intentonomy(list(args.annotations), args.root, download_cfg)
         logger.info(
             "downloaded %d, skipped %d, failed %d of %d", report.downloaded, report.skipped, report.failed, report.total
         )

@@ -104,7 +104,7 @@ def load_split(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    name = cfg.source
+    name: str = cfg.source
     if cfg.source in ("demo", "intentonomy"):
         annotation_file = cfg.annotation_file(split)
         if cfg.source == "demo" and not annotation_file.is_file() and not (cfg.root / STAMP_FILE).is_file():

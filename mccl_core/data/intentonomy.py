@@ -160,8 +160,9 @@ def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
     if not isinstance(images, list):
         problems.add("missing or non-list 'images'")
         problems.raise_if_any()
+    assert isinstance(images, list)  # raise_if_any() raised above otherwise
     seen: set[str] = set()
-    for position, image in enumerate(images):  # type: ignore[union-attr]
+    for position, image in enumerate(images):
         if not isinstance(image, dict):
             problems.add(f"image entry #{position} is not an object")
             continue

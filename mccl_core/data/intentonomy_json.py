@@ -366,6 +366,9 @@ def parse_intentonomy_document(
         return root / filename if root is not None else Path(filename)
 
     problems: list[str] = []
+    # Shared by the loops below: a listed image has both, an annotation may lack either.
+    image_id: str | None
+    path: Path | None
     # image id -> (images position, path); ``None`` = the file has no 'images' (no cross-check).
     images: dict[str, tuple[int, Path]] | None = None
     if isinstance(images_value, list):
@@ -394,7 +397,7 @@ def parse_intentonomy_document(
             continue
         raw_id = annotation.get("image_id")
         image_id = str(raw_id) if _is_id(raw_id) else None
-        path: Path | None = None
+        path = None
         if image_id is None:
             record_problems.append(_at(f"has no usable 'image_id' ({raw_id!r})", where))
         elif images is not None and image_id not in images:

@@ -15,7 +15,7 @@ class LabelPriorPredictor:
     def __init__(self) -> None:
         self.priors: np.ndarray | None = None
 
-    def fit(self, train_labels: np.ndarray) -> "LabelPriorPredictor":
+    def fit(self, train_labels: np.ndarray) -> LabelPriorPredictor:
         labels = np.asarray(train_labels, dtype=np.float64)
         if labels.ndim != 2 or labels.shape[0] == 0:
             raise ValueError(f"train labels must be a non-empty [N, C] matrix, got shape {labels.shape}")

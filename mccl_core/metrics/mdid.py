@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score
 
-from mccl_core.metrics._validation import to_numpy, as_score_matrix
+from mccl_core.metrics._validation import as_score_matrix, to_numpy
 
 
 @dataclass(frozen=True)

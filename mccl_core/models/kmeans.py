@@ -88,7 +88,7 @@ def _lloyd(points: Tensor, centroids: Tensor, iters: int, tol: float) -> KMeansR
     labels = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
     objective = previous
     iteration = 0
-    for iteration in range(1, iters + 1):
+    for iteration in range(1, iters + 1):  # noqa: B007 - the count is reported after the loop
         sims = points @ centroids.T
         best_sim, labels = sims.max(dim=1)
         # one-hot matmul instead of index_add_/bincount: deterministic on CUDA as well

@@ -64,6 +64,8 @@ class CompositionalClues(nn.Module):
             k-means, as ProtoSeg's hard assignment). The forward rebuild is soft either way.
     """
 
+    _patches_seen: Tensor  # buffer registered in __init__
+
     def __init__(
         self,
         bank: PrototypeBank,

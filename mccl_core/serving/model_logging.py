@@ -35,7 +35,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModelContext
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 from PIL import Image
 
 import mccl_core
@@ -77,7 +77,7 @@ def serving_signature(class_names: list[str]) -> ModelSignature:
         raise BundleError(f"class names are not unique: {class_names}")
     if INTENTS_COLUMN in class_names or IMAGE_COLUMN in class_names:
         raise BundleError(f"a class is named {INTENTS_COLUMN!r} or {IMAGE_COLUMN!r}, which the answer uses itself")
-    outputs = [ColSpec(DataType.float, name) for name in class_names]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec(DataType.float, name) for name in class_names]
     outputs.append(ColSpec(Array(DataType.string), INTENTS_COLUMN))
     return ModelSignature(inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]), outputs=Schema(outputs))
 
@@ -176,8 +176,9 @@ def log_pyfunc_model(
 def _check_staged_model(bundle: Path, config: ServingConfig, example: pd.DataFrame, class_names: list[str]) -> None:
     """Load the staged bundle the way serving will and score the input example."""
     model = MCCLIntentModel()
-    model.load_context(PythonModelContext(artifacts={BUNDLE_ARTIFACT: str(bundle)}, model_config=config.to_dict()))
-    answer = model.predict(None, example)
+    context = PythonModelContext(artifacts={BUNDLE_ARTIFACT: str(bundle)}, model_config=config.to_dict())
+    model.load_context(context)
+    answer = model.predict(context, example)
     expected = [*class_names, INTENTS_COLUMN]
     if list(answer.columns) != expected or len(answer) != len(example):
         raise BundleError(f"{bundle}: the model answered columns {list(answer.columns)}, expected {expected}")

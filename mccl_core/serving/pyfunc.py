@@ -35,7 +35,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -46,9 +46,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from PIL import Image
 
-from mccl_core.models.bundle import load_bundle
 from mccl_core.config import ConfigError, from_dict
 from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image_bytes
+from mccl_core.models.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ServingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ServingConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ServingConfig:
         return from_dict(cls, data, "serving")
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mccl_core.models import Backbone, ModelConfig, build_model, random_prototype_bank
 from mccl_core.models.bundle import BundleMeta, save_bundle
-from mccl_core.models import ModelConfig, Backbone, build_model, random_prototype_bank
 
 logger = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
-from mccl_core.models.cpi.shards import cluster_token_shards
 from mccl_core.models import (
     ModelConfig,
     compute_label_embeddings,
     format_allocation_table,
     label_texts,
 )
-from mccl_core.config import from_dict, section
+from mccl_core.models.cpi.shards import cluster_token_shards
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, write_json, write_text
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.extract import FEATURES_DIR
@@ -96,16 +96,17 @@ def run_cluster(
         md_path = write_text(out_dir / ALLOCATION_MD, "\n".join(md_lines) + "\n")
         log.info("CPI allocation:\n%s", format_allocation_table(rows))
 
+        prototypes_per_stage = {s: bank.num_prototypes(s) for s in bank.stages}
         summary = {
             "classes": bank.num_classes,
             "stages": list(bank.stages),
-            "prototypes_per_stage": {s: bank.num_prototypes(s) for s in bank.stages},
+            "prototypes_per_stage": prototypes_per_stage,
             "total_allocated": sum(r.prototypes for r in rows),
             "label_embedding_dim": int(embeddings.shape[1]),
             "device": str(device),
         }
         write_json(out_dir / SUMMARY_FILE, summary)
-        run.log_metrics({f"cpi_prototypes_{s}": float(n) for s, n in summary["prototypes_per_stage"].items()})
+        run.log_metrics({f"cpi_prototypes_{s}": float(n) for s, n in prototypes_per_stage.items()})
         for path in (csv_path, md_path, out_dir / SUMMARY_FILE):
             run.log_artifact(path, "cpi")
         return ClusterResult(bank_path, embeddings_path, csv_path, md_path, summary, run.run_id)

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from mccl_core.data import DataConfig
+from mccl_core.steps.errors import StepError
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,6 @@ VALIDATED_DATA_FILE = "validated_data.json"
 #: Folder of the clean annotation files the validate step writes next to the handle.
 VALIDATED_ANNOTATIONS_DIR = "annotations"
 
-
-from mccl_core.steps.errors import StepError
 
 
 def _json_default(value: Any) -> Any:

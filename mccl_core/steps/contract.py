@@ -106,7 +106,7 @@ def run_step(
     required and missing, or one the step does not take, is an error naming it.
     """
     step = spec(name)
-    given = {k: Path(v) for k, v in inputs.items() if v not in (None, "")}
+    given = {k: Path(v) for k, v in inputs.items() if v is not None and v != ""}
     unknown = sorted(set(given) - set(step.input_names()))
     if unknown:
         raise StepError(f"step {name!r} takes inputs {step.input_names()}, not {unknown}")

@@ -24,18 +24,26 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mccl_core.metrics.baselines import LabelPriorPredictor
-from mccl_core.models.bundle import load_bundle
+from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
 from mccl_core.metrics import (
+    ProtocolResult,
     intentonomy_subsets_for,
     mdid_accuracy,
     mean_average_precision,
     official_protocol,
     split_tuned_protocol,
 )
-from mccl_core.config import from_dict, section
-from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, StepError, ValidatedData, write_json, write_text
+from mccl_core.metrics.baselines import LabelPriorPredictor
+from mccl_core.models.bundle import load_bundle
+from mccl_core.steps.common import (
+    VALIDATED_ANNOTATIONS_DIR,
+    VALIDATED_DATA_FILE,
+    StepError,
+    ValidatedData,
+    write_json,
+    write_text,
+)
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import DistContext, resolve_device
@@ -125,6 +133,7 @@ def run_evaluate(
         report: dict[str, Any] = {"class_names": names, "splits": splits, "source": validated.source}
         metrics: dict[str, Any] = {}
         mlflow_metrics: dict[str, float] = {}
+        curve_result: ProtocolResult
         if "test" in splits:
             official = official_protocol(truth["val"], scores["val"], truth["test"], scores["test"], subsets, names)
             prior_official = official_protocol(truth["val"], prior_scores["val"], truth["test"], prior_scores["test"], subsets, names)

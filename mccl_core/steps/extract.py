@@ -17,15 +17,15 @@ from typing import Any, Literal
 
 import torch
 
-from mccl_core.data import load_split
-from mccl_core.models.cpi.shards import ExtractConfig, write_token_shards
-from mccl_core.models import ModelConfig
 from mccl_core.config import from_dict, section
+from mccl_core.data import load_split
+from mccl_core.models import ModelConfig
+from mccl_core.models.cpi.shards import ExtractConfig, write_token_shards
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, sha256_of, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
-from mccl_core.training.distributed import resolve_device
 from mccl_core.training.config import TrainConfig
+from mccl_core.training.distributed import resolve_device
 from mccl_core.training.run import eval_transform, initial_backbone
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from typing import Any
 from mccl_core.config import from_dict, section
 from mccl_core.steps.common import VALIDATED_DATA_FILE, StepError, ValidatedData, read_json, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.tracking.steps import TrackingOptions, finish_parent_run, tracked_step
 from mccl_core.tracking import is_unreachable_error, resolve_tracking_uri
+from mccl_core.tracking.steps import TrackingOptions, finish_parent_run, tracked_step
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import yaml
 
-from mccl_core.models import ModelConfig
 from mccl_core.config import ConfigError, from_dict, section, to_plain
+from mccl_core.models import ModelConfig
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
@@ -319,10 +319,10 @@ def _launch_pytorchjob(
             (handle_dir / "annotations").mkdir(parents=True, exist_ok=True)
             shutil.copy(path, moved.data.annotations[split])
         moved.save(handle_dir / VALIDATED_DATA_FILE, folders)
-        for folder, path in (("extract", inputs.backbone_init), ("cluster", inputs.prototypes), ("cluster", inputs.label_embeddings)):
-            if path is not None:
+        for folder, upstream in (("extract", inputs.backbone_init), ("cluster", inputs.prototypes), ("cluster", inputs.label_embeddings)):
+            if upstream is not None:
                 (staged / folder).mkdir(exist_ok=True)
-                shutil.copy(path, staged / folder / Path(path).name)
+                shutil.copy(upstream, staged / folder / Path(upstream).name)
         params = {"model": resolved["model"], "train": {**resolved["train"], "output_dir": "outputs"},
                   "launch": {"env": launch.env}}  # fmt: skip
         write_text(staged / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))

@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from mccl_core.config import from_dict, section
 from mccl_core.data import AnnotationError, DataConfig, load_split
 from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, resolve_class_descriptions
 from mccl_core.data.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
-from mccl_core.config import from_dict, section
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,

@@ -62,6 +62,9 @@ class TrackingOptions:
     #: Step runs created without a parent (Kubeflow's cached data steps) to nest under the
     #: parent this step starts or joins (see :func:`adopt_runs`).
     adopt_run_ids: tuple[str, ...] = ()
+    #: The whole params mapping, logged on a parent run this step creates (so the parent shows
+    #: every setting of the pipeline run, whichever step happens to create it).
+    parent_params: Mapping[str, Any] | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **run_settings: Any) -> TrackingOptions:
@@ -77,6 +80,7 @@ class TrackingOptions:
             raise ConfigError(f"unknown config key(s) {', '.join('tracking.' + k for k in unknown)}; "
                               "valid keys here: ['enabled', 'experiment', 'tracking_uri']")  # fmt: skip
         values: dict[str, Any] = {
+            "parent_params": {k: v for k, v in params.items() if k != "tracking"},
             "enabled": bool(settings.get("enabled", True)),
             "experiment": str(settings.get("experiment") or "mccl"),
             "tracking_uri": settings.get("tracking_uri") or None,
@@ -192,7 +196,7 @@ def tracked_step(
         yield StepTracking(None, None, None)
         return
     with ResilientTracker(options.tracker_config()) as tracker:
-        parent = _resolve_parent(tracker, options, all_params)
+        parent = _resolve_parent(tracker, options, options.parent_params or all_params)
         if options.adopt_run_ids and parent is not None:
             adopted = adopt_runs(StepTracking(tracker, None, parent), list(options.adopt_run_ids))
             if adopted:

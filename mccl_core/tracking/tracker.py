@@ -38,12 +38,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -270,9 +270,16 @@ class RunHandle:
     local_id: str
     name: str
     run_id: str | None
-    parent: "RunHandle | None" = None
+    parent: RunHandle | None = None
     step: str | None = None
     ended: bool = False
+
+    @property
+    def remote_run_id(self) -> str:
+        """``run_id`` for calls to the server, which the tracker makes only for runs created there."""
+        if self.run_id is None:
+            raise RuntimeError(f"run {self.name!r} was not created on the tracking server")
+        return self.run_id
 
 
 @dataclass
@@ -349,7 +356,7 @@ class ResilientTracker:
         self._default_parent: RunHandle | None = None
 
     # ---------------------------------------------------------------- context management
-    def __enter__(self) -> "ResilientTracker":
+    def __enter__(self) -> ResilientTracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -431,7 +438,7 @@ class ResilientTracker:
 
     def _journal(self, kind: str, count: int, payload: dict[str, Any], run: RunHandle | None, reason: str) -> None:
         entry = {
-            "time": datetime.now(timezone.utc).isoformat(),
+            "time": datetime.now(UTC).isoformat(),
             "kind": kind,
             "run_local_id": run.local_id if run else None,
             "run_id": run.run_id if run else None,
@@ -581,7 +588,7 @@ class ResilientTracker:
         if not run.ended:
             self._guarded(
                 "run_status", 1, {"status": status},
-                lambda: self.client.set_terminated(run.run_id, status=status), run,
+                lambda: self.client.set_terminated(run.remote_run_id, status=status), run,
             )  # fmt: skip
             run.ended = True
         if run in self._stack:
@@ -615,11 +622,11 @@ class ResilientTracker:
         items = list(flat.items())
         for start in range(0, len(items), _PARAMS_PER_BATCH):
             chunk = dict(items[start : start + _PARAMS_PER_BATCH])
-            self._guarded(
-                "params", len(chunk), {"params": chunk},
-                lambda c=chunk: self.client.log_batch(run.run_id, params=[Param(k, v) for k, v in c.items()]),
-                run,
-            )  # fmt: skip
+
+            def send_params(batch: dict[str, str] = chunk) -> None:
+                self.client.log_batch(run.remote_run_id, params=[Param(k, v) for k, v in batch.items()])
+
+            self._guarded("params", len(chunk), {"params": chunk}, send_params, run)
 
     def log_metrics(
         self, metrics: Mapping[str, float], step: int | None = None, run: RunHandle | None = None
@@ -639,13 +646,12 @@ class ResilientTracker:
         for start in range(0, len(items), _METRICS_PER_BATCH):
             chunk = dict(items[start : start + _METRICS_PER_BATCH])
             payload = {"metrics": {k: (v if math.isfinite(v) else str(v)) for k, v in chunk.items()}, "step": step}
-            self._guarded(
-                "metrics", len(chunk), payload,
-                lambda c=chunk: self.client.log_batch(
-                    run.run_id, metrics=[Metric(k, v, timestamp, step or 0) for k, v in c.items()]
-                ),
-                run,
-            )  # fmt: skip
+
+            def send_metrics(batch: dict[str, float] = chunk) -> None:
+                metrics = [Metric(k, v, timestamp, step or 0) for k, v in batch.items()]
+                self.client.log_batch(run.remote_run_id, metrics=metrics)
+
+            self._guarded("metrics", len(chunk), payload, send_metrics, run)
 
     def set_tags(self, tags: Mapping[str, Any], run: RunHandle | None = None) -> None:
         from mlflow.entities import RunTag
@@ -655,7 +661,7 @@ class ResilientTracker:
         if text:
             self._guarded(
                 "tags", len(text), {"tags": text},
-                lambda: self.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in text.items()]),
+                lambda: self.client.log_batch(run.remote_run_id, tags=[RunTag(k, v) for k, v in text.items()]),
                 run,
             )  # fmt: skip
 
@@ -680,7 +686,7 @@ class ResilientTracker:
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file")
         self._guarded(
             "artifacts", 1, {"path": str(path.resolve()), "artifact_path": artifact_path},
-            lambda: self.client.log_artifact(run.run_id, str(path), artifact_path),
+            lambda: self.client.log_artifact(run.remote_run_id, str(path), artifact_path),
             run,
         )  # fmt: skip
 
@@ -693,6 +699,6 @@ class ResilientTracker:
         n_files = sum(1 for p in directory.rglob("*") if p.is_file())
         self._guarded(
             "artifacts", n_files, {"directory": str(directory.resolve()), "artifact_path": artifact_path},
-            lambda: self.client.log_artifacts(run.run_id, str(directory), artifact_path),
+            lambda: self.client.log_artifacts(run.remote_run_id, str(directory), artifact_path),
             run,
         )  # fmt: skip

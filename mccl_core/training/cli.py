@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from mccl_core.config import load_params, section
 from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
-from mccl_core.config import load_params, section
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import init_distributed, shutdown_distributed
 from mccl_core.training.loop import train

@@ -67,7 +67,7 @@ class TrainConfig:
     resume: bool = True
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a params.yaml section, rejecting unknown keys by name."""
         return from_dict(cls, values, "train")
 

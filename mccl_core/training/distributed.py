@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,10 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_gather_objects(obj: object, ctx: DistContext) -> list[object]:
+def all_gather_objects(obj: _T, ctx: DistContext) -> list[_T]:
     """Gather one picklable object per rank (a list of one element without DDP)."""
     if not ctx.enabled:
         return [obj]
     gathered: list[object] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
-    return gathered
+    return cast("list[_T]", gathered)  # every slot now holds one rank's obj

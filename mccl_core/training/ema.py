@@ -30,7 +30,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         self.num_updates += 1
-        ema_params = list(self.module.parameters())
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
         live_params = [p.detach() for p in model.parameters()]
         # lerp_(live, w): ema += w * (live - ema), i.e. ema = decay * ema + (1 - decay) * live.
         torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)

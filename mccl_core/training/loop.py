@@ -13,26 +13,30 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from mccl_core.models.bundle import BundleMeta, save_bundle
 from mccl_core.metrics import split_tuned_protocol
-from mccl_core.models import ModelConfig, PrototypeBank, build_model
+from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
+from mccl_core.models.bundle import BundleMeta, save_bundle
 from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import DistContext, all_gather_objects, init_distributed
 from mccl_core.training.ema import ModelEMA
+
+if TYPE_CHECKING:
+    from mccl_core.data.dataset import IntentDataset
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,8 @@ HISTORY_NAME = "history.json"
 class TrainInputs:
     """Everything the loop needs besides configs; built by :func:`mccl_core.training.run.prepare_inputs`."""
 
-    train_set: Dataset
-    val_set: Dataset | None
+    train_set: IntentDataset
+    val_set: IntentDataset | None
     class_names: list[str]
     class_descriptions: list[str] | None = None
     label_embeddings: np.ndarray | None = None
@@ -79,13 +83,20 @@ class EpochRecord:
             "train_images_per_second": self.images_per_second,
         }
         if self.val_map is not None:
+            macro_f1, threshold = self.split_tuned_val()
             out["val_map"] = self.val_map
-            out["val_macro_f1_split_tuned"] = float(self.val_macro_f1_split_tuned)
-            out["val_threshold_split_tuned"] = float(self.val_threshold_split_tuned)
+            out["val_macro_f1_split_tuned"] = float(macro_f1)
+            out["val_threshold_split_tuned"] = float(threshold)
         out.update({f"mcc_{k}": float(v) for k, v in self.prototype_health.items()})
         if self.replica_prototype_max_diff is not None:
             out["replica_prototype_max_diff"] = self.replica_prototype_max_diff
         return out
+
+    def split_tuned_val(self) -> tuple[float, float]:
+        """``(val macro-F1, threshold)`` of the split-tuned protocol, set together with ``val_map``."""
+        if self.val_macro_f1_split_tuned is None or self.val_threshold_split_tuned is None:
+            raise ValueError(f"epoch {self.epoch}: val_map is set without the split-tuned val macro-F1 and threshold")
+        return self.val_macro_f1_split_tuned, self.val_threshold_split_tuned
 
 
 @dataclass
@@ -117,8 +128,9 @@ def _autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def _unwrap(model: nn.Module) -> MCCLModel | BaselineModel:
+    # The training loop only wraps (in DDP) what build_model returned.
+    return cast("MCCLModel | BaselineModel", model.module if isinstance(model, DistributedDataParallel) else model)
 
 
 def _per_rank_batch(cfg: TrainConfig, ctx: DistContext) -> int:
@@ -129,10 +141,10 @@ def _per_rank_batch(cfg: TrainConfig, ctx: DistContext) -> int:
     return cfg.batch_size // ctx.world_size
 
 
-def _train_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext, epoch: int) -> DataLoader:
+def _train_loader(dataset: IntentDataset, cfg: TrainConfig, ctx: DistContext, epoch: int) -> DataLoader:
     # DistributedSampler also for one process: its permutation depends only on (seed, epoch), so
     # the union of the ranks' batches at step i equals the single-process batch i.
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
     sampler.set_epoch(epoch)
@@ -150,7 +162,7 @@ def _train_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext, epoch: i
     )
 
 
-def _steps_per_epoch(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> int:
+def _steps_per_epoch(dataset: IntentDataset, cfg: TrainConfig, ctx: DistContext) -> int:
     per_rank_samples = math.floor(len(dataset) / ctx.world_size)
     steps = per_rank_samples // _per_rank_batch(cfg, ctx)
     if steps == 0:
@@ -165,7 +177,7 @@ def _steps_per_epoch(dataset: Dataset, cfg: TrainConfig, ctx: DistContext) -> in
 @torch.no_grad()
 def predict_scores(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: IntentDataset,
     ctx: DistContext,
     batch_size: int,
     precision: str = "auto",
@@ -175,7 +187,7 @@ def predict_scores(
 ) -> np.ndarray:
     """Sigmoid scores [N, C] for ``dataset`` in dataset order; each rank scores its shard, all gather."""
     model.eval()
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     indices: list[np.ndarray] = []
     scores: list[np.ndarray] = []
@@ -198,8 +210,8 @@ def predict_scores(
     return out
 
 
-def _label_matrix(dataset: Dataset) -> np.ndarray:
-    return dataset.label_matrix()  # type: ignore[attr-defined]
+def _label_matrix(dataset: IntentDataset) -> np.ndarray:
+    return dataset.label_matrix()
 
 
 def train(
@@ -275,7 +287,7 @@ def train(
         evaluate_now = inputs.val_set is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         )
-        if evaluate_now:
+        if evaluate_now and inputs.val_set is not None:  # evaluate_now implies a val set
             eval_model = ema.module if ema is not None else model
             scores = predict_scores(
                 eval_model, inputs.val_set, ctx, _per_rank_batch(cfg, ctx), cfg.precision,
@@ -324,7 +336,7 @@ def train(
     return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+def _param_groups(model: MCCLModel | BaselineModel, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Backbone parameters at ``lr * backbone_lr_scale``, the rest (MCC has none; PKI, decoder,
     head) at ``lr``: pretrained weights are usually fine-tuned more gently than new layers."""
     backbone = {id(p) for p in model.backbone.parameters()}
@@ -415,7 +427,7 @@ def _format_epoch(record: EpochRecord, epochs: int) -> str:
              f"{record.images_per_second:.1f} img/s"]
     if record.val_map is not None:
         parts += [f"val mAP {100 * record.val_map:.2f}",
-                  f"val macro-F1 (split-tuned) {100 * record.val_macro_f1_split_tuned:.2f}"]
+                  f"val macro-F1 (split-tuned) {100 * record.split_tuned_val()[0]:.2f}"]
     for key, value in record.prototype_health.items():
         parts.append(f"{key} {value:.3g}")
     return " | ".join(parts)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_split
+from mccl_core.models import Backbone, ModelConfig, PrototypeBank, compute_label_embeddings, label_texts
 from mccl_core.models.cpi.shards import ExtractConfig, run_cpi
-from mccl_core.models import ModelConfig, PrototypeBank, Backbone, compute_label_embeddings, label_texts
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.loop import TrainInputs
 

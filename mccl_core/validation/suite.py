@@ -22,7 +22,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -217,7 +217,8 @@ def _run_suite(
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
     by_key: dict[str, Any] = {}
     for expectation_result in result.results:
-        key = (expectation_result.expectation_config.meta or {}).get("check")
+        # Every expectation carries the meta set above, so the key is its check's key (a str).
+        key = cast(str, (expectation_result.expectation_config.meta or {}).get("check"))
         info = expectation_result.exception_info or {}
         if info.get("raised_exception"):
             raise RuntimeError(

@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..config import CPIConfig
-
 from .allocation import AllocationRow, PrototypeBankError, allocate_prototypes, format_allocation_table
 
 logger = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class PrototypeBank:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "PrototypeBank":
+    def load(cls, path: str | Path) -> PrototypeBank:
         """Load and validate a bank written by :meth:`save`; clear errors for bad files."""
         path = Path(path)
         if not path.is_file():

@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from ..config import CPIConfig
 from ..kmeans import spherical_kmeans
-
 from .allocation import AllocationRow, PrototypeBankError, _class_names, allocate_prototypes, format_allocation_table
 from .bank import PrototypeBank
 

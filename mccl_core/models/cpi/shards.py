@@ -19,19 +19,23 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from mccl_core.models import CPIConfig, PrototypeBank, PrototypeBankBuilder
+from mccl_core.models import Backbone, CPIConfig, PrototypeBank, PrototypeBankBuilder
+
+if TYPE_CHECKING:
+    from mccl_core.data.dataset import IntentDataset
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +66,14 @@ def _subsample_tokens(feature_map: torch.Tensor, keep: int, generator: torch.Gen
     return tokens
 
 
-def _stage_names(backbone: nn.Module) -> list[str]:
-    return list(getattr(backbone, "stage_names"))
+def _stage_names(backbone: Backbone) -> list[str]:
+    return list(backbone.stage_names)
 
 
 @torch.no_grad()
 def iter_stage_tokens(
-    backbone: nn.Module,
-    dataset: Dataset,
+    backbone: Backbone,
+    dataset: IntentDataset,
     cfg: ExtractConfig,
     device: torch.device,
     start_image: int = 0,
@@ -96,17 +100,17 @@ def iter_stage_tokens(
 
 
 def run_cpi(
-    backbone: nn.Module,
-    dataset: Dataset,
+    backbone: Backbone,
+    dataset: IntentDataset,
     cpi_cfg: CPIConfig,
     extract_cfg: ExtractConfig,
     device: torch.device,
 ) -> PrototypeBank:
     """CPI straight from the backbone, without Parquet shards (small datasets, tests, notebooks)."""
     builder = PrototypeBankBuilder(
-        dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names  # type: ignore[attr-defined]
+        dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names
     )
-    labels = torch.from_numpy(dataset.label_matrix())  # type: ignore[attr-defined]
+    labels = torch.from_numpy(dataset.label_matrix())
     stop = len(dataset) if not extract_cfg.max_images else min(extract_cfg.max_images, len(dataset))
     for indices, stage_tokens in iter_stage_tokens(backbone, dataset, extract_cfg, device, 0, stop):
         builder.add([torch.from_numpy(t) for t in stage_tokens], labels[indices], torch.from_numpy(indices))
@@ -148,8 +152,8 @@ def _prepare_out_dir(out_dir: Path, fingerprint: dict) -> None:
 
 
 def write_token_shards(
-    backbone: nn.Module,
-    dataset: Dataset,
+    backbone: Backbone,
+    dataset: IntentDataset,
     out_dir: Path,
     cfg: ExtractConfig,
     device: torch.device,
@@ -165,8 +169,8 @@ def write_token_shards(
     n_images = len(dataset) if not cfg.max_images else min(cfg.max_images, len(dataset))
     n_shards = max(1, -(-n_images // cfg.shard_size))
     stages = _stage_names(backbone)
-    image_ids = [r.image_id for r in dataset.records]  # type: ignore[attr-defined]
-    labels = dataset.label_matrix()  # type: ignore[attr-defined]
+    image_ids = [r.image_id for r in dataset.records]
+    labels = dataset.label_matrix()
     ids_digest = hashlib.sha256("\n".join(image_ids[:n_images]).encode()).hexdigest()
     _prepare_out_dir(
         out_dir,
@@ -198,8 +202,8 @@ def write_token_shards(
         "num_images": n_images,
         "num_shards": n_shards,
         "stages": stages,
-        "stage_channels": list(getattr(backbone, "stage_channels")),
-        "class_names": list(dataset.class_names),  # type: ignore[attr-defined]
+        "stage_channels": list(backbone.stage_channels),
+        "class_names": list(dataset.class_names),
         "config": asdict(cfg),
         "shards_reused": skipped,
         "inputs": inputs_fingerprint,
