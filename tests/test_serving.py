@@ -27,17 +27,17 @@ import pytest
 import requests
 import torch
 import yaml
+from conftest import TINY_MODEL
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 from PIL import Image
-from sklearn.datasets import load_sample_image
 from services import HOST, MlflowServer, ServiceProcess, free_ports, venv_executable
+from sklearn.datasets import load_sample_image
 
-from conftest import TINY_MODEL
-from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_rgb_image, load_split
 from mccl_core.models import ModelConfig, load_label_embeddings
+from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.serving import (
     BUNDLE_ARTIFACT,
     INTENTS_COLUMN,

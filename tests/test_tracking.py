@@ -295,7 +295,7 @@ def test_is_unreachable_error_classification() -> None:
         try:
             raise requests.exceptions.ConnectionError("Connection refused")
         except requests.exceptions.ConnectionError as inner:
-            raise MlflowException(f"API request failed with exception {inner}")  # no "from", like mlflow
+            raise MlflowException(f"API request failed with exception {inner}")  # noqa: B904 (no "from", like mlflow)
     except MlflowException as wrapped:
         assert is_unreachable_error(wrapped)
     assert not is_unreachable_error(MlflowException("INVALID_PARAMETER_VALUE: param changed"))

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_train_params
-from mccl_core.models.bundle import load_bundle, read_meta
+
 from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
+from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.training.checkpoint import load_checkpoint
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import DistContext
@@ -209,9 +209,9 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     (EfficientNet-Lite0 with its packaged ImageNet weights) and the paper's pure clue rebuild
     (``mcc.residual: 0``). Measured here (5 epochs, 800 images, 125 steps): test macro-F1 0.334 vs
     0.243 for the label prior, mAP 0.375 vs 0.169; the full demo needs its 450 steps to reach 0.8."""
-    from mccl_core.metrics.baselines import LabelPriorPredictor
     from mccl_core.data import DemoConfig, generate_demo, load_split
     from mccl_core.metrics import official_protocol
+    from mccl_core.metrics.baselines import LabelPriorPredictor
 
     root = generate_demo(tmp_path / "demo", DemoConfig(seed=0, n_train=800, n_val=300, n_test=300, image_size=64),
                          show_progress=False)

@@ -12,14 +12,15 @@ from PIL import Image
 
 from mccl_core.config import ConfigError, from_dict
 from mccl_core.data.dataset import SPLITS, IntentDataset
-from mccl_core.data.demo import STAMP_FILE
 from mccl_core.data.images import DEFAULT_MAX_PIXELS
-from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, load_intentonomy_records
-from mccl_core.data.manifest import load_manifest_records, manifest_path_for_split, read_class_list
-from mccl_core.data.mdid import MDID_NUM_SPLITS, load_mdid_records
+from mccl_core.data.intentonomy import ANNOTATION_FILENAMES
+from mccl_core.data.mdid import MDID_NUM_SPLITS
+from mccl_core.data.sources import SOURCES as SOURCE_REGISTRY
+from mccl_core.data.sources import data_source
 
 Source = Literal["demo", "intentonomy", "mdid", "manifest"]
-SOURCES: tuple[str, ...] = ("demo", "intentonomy", "mdid", "manifest")
+#: The registered sources (:mod:`mccl_core.data.sources`); ``Source`` spells them for type checkers.
+SOURCES: tuple[str, ...] = tuple(SOURCE_REGISTRY)
 
 
 @dataclass
@@ -104,24 +105,7 @@ def load_split(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    name: str = cfg.source
-    if cfg.source in ("demo", "intentonomy"):
-        annotation_file = cfg.annotation_file(split)
-        if cfg.source == "demo" and not annotation_file.is_file() and not (cfg.root / STAMP_FILE).is_file():
-            raise FileNotFoundError(
-                f"demo dataset not found under {str(cfg.root)!r} (no {annotation_file.name}); generate it with "
-                f"`python -m mccl_core.data.cli demo --out {cfg.root}` or mccl_core.data.generate_demo"
-            )
-        records, names, descriptions = load_intentonomy_records(annotation_file, cfg.root, split)
-    elif cfg.source == "mdid":
-        records, names, descriptions = load_mdid_records(cfg.root, cfg.mdid_split_index, split, cfg.mdid_splits_file)
-        name = f"mdid[{cfg.mdid_split_index}]"
-    else:
-        assert cfg.manifest is not None and cfg.class_list is not None
-        names, descriptions = read_class_list(cfg.class_list)
-        manifest = manifest_path_for_split(cfg.manifest, split)
-        records = load_manifest_records(manifest, names, split)
-        name = f"manifest {manifest.name}"
+    records, names, descriptions, name = data_source(cfg).load(cfg, split)
     return IntentDataset(
         records, names, descriptions, transform, name=name, split=split, max_pixels=cfg.max_image_pixels
     )

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from mccl_core.data import DataConfig
+from mccl_core.data.sources import data_source
 from mccl_core.steps.errors import StepError
 
 log = logging.getLogger(__name__)
@@ -109,17 +110,7 @@ def dvc_data_hash(data_root: Path, project_dir: Path) -> str | None:
 
 def annotation_files(data_cfg: DataConfig, splits: Iterable[str]) -> list[Path]:
     """The files that define the labels of ``data_cfg`` (what the data hash covers)."""
-    files: list[Path] = []
-    if data_cfg.source in ("demo", "intentonomy"):
-        files = [data_cfg.annotation_file(s) for s in splits]
-    elif data_cfg.source == "manifest":
-        from mccl_core.data.manifest import manifest_path_for_split
-
-        files = sorted({manifest_path_for_split(data_cfg.manifest, s) for s in splits})  # type: ignore[arg-type]
-        files.append(data_cfg.class_list)  # type: ignore[arg-type]
-    elif data_cfg.mdid_splits_file is not None:
-        files = [data_cfg.mdid_splits_file]
-    return [f for f in files if f is not None and Path(f).is_file()]
+    return [f for f in data_source(data_cfg).label_files(data_cfg, list(splits)) if Path(f).is_file()]
 
 
 @dataclass

@@ -38,6 +38,7 @@ from mccl_core.config import from_dict, section
 from mccl_core.data import AnnotationError, DataConfig, load_split
 from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, resolve_class_descriptions
 from mccl_core.data.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
+from mccl_core.data.sources import data_source
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
@@ -109,7 +110,7 @@ class ValidateResult:
 
 def splits_of(data_cfg: DataConfig) -> list[str]:
     """Splits the source provides (MDID has train/val per split index only)."""
-    return ["train", "val"] if data_cfg.source == "mdid" else ["train", "val", "test"]
+    return list(data_source(data_cfg).splits)
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -173,7 +174,7 @@ def _loaded_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
 
 def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
     """The manifest DataFrame of ``splits`` (see the module docstring for the two paths)."""
-    if data_cfg.source in ("demo", "intentonomy"):
+    if data_source(data_cfg).intentonomy_schema:
         return _intentonomy_rows(data_cfg, splits)
     return _loaded_rows(data_cfg, splits)
 
