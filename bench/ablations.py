@@ -157,7 +157,9 @@ def label_prior_row(params: dict[str, Any]) -> dict[str, Any]:
     data_cfg = DataConfig.from_dict(section(params, "data"))
     truth = {s: load_split(data_cfg, s).label_matrix() for s in ("train", "val", "test")}
     prior = LabelPriorPredictor().fit(truth["train"])
-    official = official_protocol(truth["val"], prior.predict(len(truth["val"])), truth["test"], prior.predict(len(truth["test"])))
+    official = official_protocol(
+        truth["val"], prior.predict(len(truth["val"])), truth["test"], prior.predict(len(truth["test"]))
+    )
     return {"variant": LABEL_PRIOR, "loss": "-", "val_macro_f1": official.selection.tuning_macro_f1,
             "threshold": official.threshold, "test_macro_f1": official.report.macro_f1,
             "test_micro_f1": official.report.micro_f1, "test_map": official.average_precision.map}  # fmt: skip
@@ -174,7 +176,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head += [f"{s} assign. entropy / usage entropy / owner hit" for s in stages]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["variant"], row["loss"], cell(row, "val_macro_f1"), cell(row, "test_macro_f1"), cell(row, "test_map")]
+        cells = [
+            row["variant"],
+            row["loss"],
+            cell(row, "val_macro_f1"),
+            cell(row, "test_macro_f1"),
+            cell(row, "test_map"),
+        ]
         for stage in stages:
             keys = (f"{stage}/assignment_entropy", f"{stage}/usage_entropy", f"{stage}/owner_hit")
             cells.append(" / ".join(cell(row, k) for k in keys) if keys[0] in row else "-")

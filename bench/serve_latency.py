@@ -158,7 +158,9 @@ def build_default_bundle(out_dir: Path, arch: str, image_size: int) -> Path:
     texts = label_texts(INTENTONOMY_CLASSES, descriptions)
     embeddings = compute_label_embeddings(texts, out_dir / "label_embeddings.npz")
     stages = list(ARCHS[arch].stage_names[-2:])
-    model_cfg = ModelConfig.from_dict({"backbone": {"arch": arch, "stages": stages, "weights": "none"}, "mcc": {"residual": 0.5}})
+    model_cfg = ModelConfig.from_dict(
+        {"backbone": {"arch": arch, "stages": stages, "weights": "none"}, "mcc": {"residual": 0.5}}
+    )
     return build_untrained_bundle(
         out_dir / "bundle", model_cfg, list(INTENTONOMY_CLASSES), embeddings, intentonomy_train_cooccurrence(),
         image_size, class_descriptions=descriptions,

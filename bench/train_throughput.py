@@ -199,7 +199,9 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     cfg = ModelConfig.from_dict({"backbone": backbone, "use_cpi": False, "mcc": {"residual": 0.5}})
     embeddings = torch.nn.functional.normalize(torch.randn(num_classes, 384), dim=1).numpy()
     mccl = build_model(cfg, num_classes, embeddings, cooccurrence, None)
-    plain = build_model(ModelConfig.from_dict({"variant": "baseline", "backbone": backbone}), num_classes, None, None, None)
+    plain = build_model(
+        ModelConfig.from_dict({"variant": "baseline", "backbone": backbone}), num_classes, None, None, None
+    )
     bce = MultiLabelBCELoss()
     models: dict[str, nn.Module] = {"plain": plain, "mccl": mccl}
     for model in models.values():
@@ -238,8 +240,7 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
             rates[name].append(settings.steps * settings.batch_size / seconds)
 
     splits = [
-        _mccl_split_step(mccl, optimizers["mccl"], images, labels, autocast, clock)
-        for _ in range(settings.split_steps)
+        _mccl_split_step(mccl, optimizers["mccl"], images, labels, autocast, clock) for _ in range(settings.split_steps)
     ]
     split_ms = {k: statistics.median(s[k] for s in splits) for k in (*SPLIT_KEYS, "total")}
 
@@ -249,7 +250,9 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     return {
         "benchmark": "train_throughput",
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "plain_images_per_s": plain_rate,
         "mccl_images_per_s": mccl_rate,
@@ -293,8 +296,11 @@ def format_report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = BenchSettings()
-    parser.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
-                        help=f"comma-separated backbone archs, each timed against its plain model (of {sorted(ARCHS)})")
+    parser.add_argument(
+        "--archs",
+        default=",".join(DEFAULT_ARCHS),
+        help=f"comma-separated backbone archs, each timed against its plain model (of {sorted(ARCHS)})",
+    )
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision)

@@ -160,4 +160,5 @@ def register(
                            {"validate": validate, "train": train, "evaluate": evaluate}, out.path,
                            mlflow_tracking_uri, parent_run_id=parent_run_id, markdown_path=decision.path)  # fmt: skip
     return namedtuple("RegisterOutputs", ["version", "promoted"])(
-        str(int(outcome.metrics["version"])), bool(outcome.metrics["promoted"]))
+        str(int(outcome.metrics["version"])), bool(outcome.metrics["promoted"])
+    )

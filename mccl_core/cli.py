@@ -16,7 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mccl_core.data.cli", "generate the demo dataset, download Intentonomy images, check images"),
     "score": ("mccl_core.metrics.score", "score a predictions file the official Intentonomy way"),
     "train": ("mccl_core.training.cli", "train MCCL (use torchrun for several processes)"),
-    "step": ("mccl_core.steps.cli", "run one pipeline step (demo, validate, extract, cluster, train, evaluate, register)"),
+    "step": (
+        "mccl_core.steps.cli",
+        "run one pipeline step (demo, validate, extract, cluster, train, evaluate, register)",
+    ),
 }
 PLUGIN_GROUP = "mccl.commands"
 

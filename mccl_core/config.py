@@ -131,7 +131,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(annotation)
         item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-        return tuple(_coerce(v, item, f"{key}[{i}]") if item is not None else _plain_number(v) for i, v in enumerate(value))
+        return tuple(
+            _coerce(v, item, f"{key}[{i}]") if item is not None else _plain_number(v) for i, v in enumerate(value)
+        )
     if origin is list:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -22,6 +22,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+
 class SubmitError(RuntimeError):
     """The pipeline could not be submitted (unreachable endpoint, bad parameter)."""
 
@@ -77,7 +78,9 @@ def submit(host: str, package: Path, arguments: dict[str, Any], run_name: str | 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mccl pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mccl pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     comp = commands.add_parser("compile", help="write the pipeline spec YAML")
     comp.add_argument("--out", type=Path, default=None, help="default: pipeline/mccl_pipeline.yaml")
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             package = compile_pipeline(Path(tempfile.mkdtemp()) / "mccl_pipeline.yaml")
-        run_id = submit(args.host, package, arguments, args.run_name, args.experiment, args.namespace, args.existing_token)
+        run_id = submit(
+            args.host, package, arguments, args.run_name, args.experiment, args.namespace, args.existing_token
+        )
         print(f"submitted run {run_id} to {args.host}")
         return 0
     except SubmitError as error:

@@ -41,7 +41,9 @@ def _defaults() -> dict[str, dict]:
 _D = _defaults()
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="MCCL image intent recognition: validate, extract, CPI, train, evaluate, register")
+@dsl.pipeline(
+    name=PIPELINE_NAME, description="MCCL image intent recognition: validate, extract, CPI, train, evaluate, register"
+)
 def mccl_pipeline(
     demo_params: dict = _D["demo"],
     data: dict = _D["data"],

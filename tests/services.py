@@ -206,9 +206,7 @@ class SeaweedS3:
         "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
     )  # fmt: skip
 
-    def __init__(
-        self, workdir: Path, access_key: str, secret_key: str, buckets: Sequence[str] = ("mccl",)
-    ) -> None:
+    def __init__(self, workdir: Path, access_key: str, secret_key: str, buckets: Sequence[str] = ("mccl",)) -> None:
         self.workdir = Path(workdir)
         self.access_key = access_key
         self.secret_key = secret_key

@@ -308,7 +308,9 @@ def test_lenient_returns_every_record_with_its_problem(val_document: dict, mutat
     unannotated = [i["id"] for i in val_document["images"] if i["id"] not in annotated]
     popped = [a["image_id"] for a in original_annotations if a["image_id"] in unannotated]
 
-    lenient = parse_intentonomy_document(val_document, "ann.json", mode="lenient", image_root=Path("/root"), split="val")
+    lenient = parse_intentonomy_document(
+        val_document, "ann.json", mode="lenient", image_root=Path("/root"), split="val"
+    )
     assert len(lenient.records) == len(val_document["annotations"]) + len(unannotated)  # nothing dropped
     bad = {(r.position if r.position is not None else "popped"): r for r in lenient.bad_records()}
     assert set(bad) == set(expected)

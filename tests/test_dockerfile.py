@@ -48,16 +48,18 @@ def test_torch_pins_match_pyproject_and_the_rest_comes_from_pyproject():
     # Every other dependency is installed from pyproject.toml itself, so the pins cannot drift.
     assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in run
     assert "pip install -r /tmp/requirements.txt" in run and "pip install --no-deps ." in run
-    assert re.search(r'torch==\$\{TORCH_VERSION\}', run) and re.search(r'torchvision==\$\{TORCHVISION_VERSION\}', run)
+    assert re.search(r"torch==\$\{TORCH_VERSION\}", run) and re.search(r"torchvision==\$\{TORCHVISION_VERSION\}", run)
 
 
 def test_base_pinned_variants_non_root_no_secrets():
     instructions = _instructions()
-    base = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and a.startswith("PYTHON_IMAGE="))["PYTHON_IMAGE"]
+    base = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and a.startswith("PYTHON_IMAGE="))[
+        "PYTHON_IMAGE"
+    ]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
     requires = PYPROJECT["project"]["requires-python"]
     assert ">=3.11" in requires
-    assert 'cpu)' in DOCKERFILE and 'cuda)' in DOCKERFILE and "ARG VARIANT=cuda" in DOCKERFILE
+    assert "cpu)" in DOCKERFILE and "cuda)" in DOCKERFILE and "ARG VARIANT=cuda" in DOCKERFILE
     users = [a for w, a in instructions if w == "USER"]
     assert users and users[-1] not in ("root", "0")
     last_user = max(i for i, (w, _) in enumerate(instructions) if w == "USER")
@@ -83,7 +85,13 @@ def image_layout(tmp_path_factory) -> Path:
         *sources, target = shlex.split(args)
         for source in sources:
             src = REPO / source
-            dest = root / (source if target.endswith("/") and src.is_dir() else Path(target) / Path(source).name if target.endswith("/") else target)
+            dest = root / (
+                source
+                if target.endswith("/") and src.is_dir()
+                else Path(target) / Path(source).name
+                if target.endswith("/")
+                else target
+            )
             if src.is_dir():
                 shutil.copytree(src, root / target if target != "./" else root / source,
                                 ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
@@ -124,7 +132,9 @@ def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
     spec = yaml.safe_load((REPO / "pipeline" / "mccl_pipeline.yaml").read_text())
     modules = set()
     for executor in spec["deploymentSpec"]["executors"].values():
-        modules |= set(re.findall(r"from (components\.runner) import run_kfp_step", "\n".join(executor["container"]["command"])))
+        modules |= set(
+            re.findall(r"from (components\.runner) import run_kfp_step", "\n".join(executor["container"]["command"]))
+        )
     assert modules == {"components.runner"}
     assert _python(["-c", "import components.runner, pipeline.pipeline"], image_layout).returncode == 0
     proc = _python(["-m", "mccl_core.launch.pytorchjob", "--help"], image_layout)

@@ -19,10 +19,19 @@ from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-PROJECT_FILES = ["mccl_core", "components", "pipeline", "dvc.yaml", "params.yaml", "data.dvc", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "mccl_core",
+    "components",
+    "pipeline",
+    "dvc.yaml",
+    "params.yaml",
+    "data.dvc",
+    ".dvcignore",
+    ".gitignore",
+]
 STAGES = ["demo", "validate", "extract", "cluster", "train", "evaluate", "register"]
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def _tiny_params() -> dict:
@@ -48,7 +57,9 @@ def _env() -> dict[str, str]:
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -82,7 +93,9 @@ def project(tmp_path_factory) -> dict:
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, f"repro ended before it could be killed:\n{(root / 'killed_repro.log').read_text()[-4000:]}"
+    assert proc.poll() is None, (
+        f"repro ended before it could be killed:\n{(root / 'killed_repro.log').read_text()[-4000:]}"
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_lock = yaml.safe_load((root / "dvc.lock").read_text())
@@ -137,14 +150,19 @@ def test_mlflow_parent_run_with_a_nested_run_per_step(project):
     commit = _run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     train = next(r for r in children if r.info.run_name == "train" and r.info.status == "FINISHED")
     assert train.data.tags["mlflow.source.git.commit"] == commit
-    assert train.data.tags["mccl.dvc.data_hash"].startswith("dvc:") and train.data.tags["mccl.dvc.data_hash"].endswith(".dir")
+    assert train.data.tags["mccl.dvc.data_hash"].startswith("dvc:") and train.data.tags["mccl.dvc.data_hash"].endswith(
+        ".dir"
+    )
     # Both epochs are in the finished train run: epoch 0 back-filled, epoch 1 logged live.
     assert sorted(m.step for m in client.get_metric_history(train.info.run_id, "train_loss")) == [0, 1]
     assert {a.path for a in client.list_artifacts(train.info.run_id, "config")} == {"config/resolved_params.yaml"}
     evaluate = next(r for r in children if r.info.run_name == "evaluate")
     assert "official/test/macro_f1" in evaluate.data.metrics
     assert {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluation")} >= {
-        "evaluation/metrics.json", "evaluation/per_class_f1.png", "evaluation/pr_curves.png"}
+        "evaluation/metrics.json",
+        "evaluation/per_class_f1.png",
+        "evaluation/pr_curves.png",
+    }
     cluster = next(r for r in children if r.info.run_name == "cluster")
     assert "cpi/allocation.md" in {a.path for a in client.list_artifacts(cluster.info.run_id, "cpi")}
 
@@ -221,7 +239,9 @@ def test_kubeflow_dag_gives_what_dvc_repro_gave(project, tmp_path, monkeypatch):
     assert set(dvc_tags) == set(kfp_tags)
     for key in ("val_macro_f1", "test_macro_f1"):
         assert float(kfp_tags[key]) == pytest.approx(float(dvc_tags[key]), abs=1e-6)
-    kfp_runs = {r.info.run_name: r for r in kfp_client.search_runs([kfp_client.get_experiment_by_name("mccl").experiment_id])}
+    kfp_runs = {
+        r.info.run_name: r for r in kfp_client.search_runs([kfp_client.get_experiment_by_name("mccl").experiment_id])
+    }
     assert kfp_runs["register"].data.tags["mccl.dvc.data_hash"]  # KFP register keeps the data hash
 
 

@@ -82,9 +82,7 @@ def test_intentonomy_subsets_partition_and_complement() -> None:
     assert INTENTONOMY_SUBSETS["easy"] == (0, 7, 19)
     assert INTENTONOMY_SUBSETS["context"] == (7, 8)
     assert INTENTONOMY_SUBSETS["object"] == (0, 3, 10, 11, 12, 16, 23)
-    difficulty = (
-        INTENTONOMY_SUBSETS["easy"] + INTENTONOMY_SUBSETS["medium"] + INTENTONOMY_SUBSETS["hard"]
-    )
+    difficulty = INTENTONOMY_SUBSETS["easy"] + INTENTONOMY_SUBSETS["medium"] + INTENTONOMY_SUBSETS["hard"]
     assert sorted(difficulty) == list(range(NUM_CLASSES))  # partition: each class exactly once
     object_or_context = set(INTENTONOMY_SUBSETS["object"]) | set(INTENTONOMY_SUBSETS["context"])
     assert set(INTENTONOMY_SUBSETS["other"]) == set(range(NUM_CLASSES)) - object_or_context
@@ -119,8 +117,12 @@ def test_f1_report_equals_sklearn_on_real_labels(test_labels: np.ndarray, kind: 
     threshold = 0.45
     report = f1_report(test_labels, scores, threshold, INTENTONOMY_SUBSETS)
     predicted = (scores > threshold).astype(int)
-    assert report.macro_f1 == pytest.approx(f1_score(test_labels, predicted, average="macro", zero_division=0), abs=1e-12)
-    assert report.micro_f1 == pytest.approx(f1_score(test_labels, predicted, average="micro", zero_division=0), abs=1e-12)
+    assert report.macro_f1 == pytest.approx(
+        f1_score(test_labels, predicted, average="macro", zero_division=0), abs=1e-12
+    )
+    assert report.micro_f1 == pytest.approx(
+        f1_score(test_labels, predicted, average="micro", zero_division=0), abs=1e-12
+    )
     assert report.samples_f1 == pytest.approx(
         f1_score(test_labels, predicted, average="samples", zero_division=0), abs=1e-12
     )
@@ -198,8 +200,12 @@ def test_official_protocol_tunes_on_val_and_reports_test(val_labels: np.ndarray,
     assert result.selection.tuned_on == "val" and result.evaluated_on == "test"
     assert result.selection.tuning_macro_f1 == pytest.approx(val_f1, abs=1e-12)
     predicted = (test_scores > val_threshold).astype(int)
-    assert result.report.macro_f1 == pytest.approx(f1_score(test_labels, predicted, average="macro", zero_division=0), abs=1e-12)
-    assert result.report.micro_f1 == pytest.approx(f1_score(test_labels, predicted, average="micro", zero_division=0), abs=1e-12)
+    assert result.report.macro_f1 == pytest.approx(
+        f1_score(test_labels, predicted, average="macro", zero_division=0), abs=1e-12
+    )
+    assert result.report.micro_f1 == pytest.approx(
+        f1_score(test_labels, predicted, average="micro", zero_division=0), abs=1e-12
+    )
     assert result.report.samples_f1 == pytest.approx(
         f1_score(test_labels, predicted, average="samples", zero_division=0), abs=1e-12
     )
@@ -226,8 +232,12 @@ def test_official_protocol_tunes_on_val_and_reports_test(val_labels: np.ndarray,
 def test_results_are_json_serialisable(val_labels: np.ndarray, test_labels: np.ndarray) -> None:
     names = [f"class_{i}" for i in range(NUM_CLASSES)]
     result = official_protocol(
-        val_labels, informative_scores(val_labels, 5), test_labels, informative_scores(test_labels, 6),
-        INTENTONOMY_SUBSETS, class_names=names,
+        val_labels,
+        informative_scores(val_labels, 5),
+        test_labels,
+        informative_scores(test_labels, 6),
+        INTENTONOMY_SUBSETS,
+        class_names=names,
     )
     document = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert document["f1"]["macro_f1"] == result.report.macro_f1
@@ -299,8 +309,16 @@ def test_torch_tensors_are_accepted(test_labels: np.ndarray) -> None:
 @pytest.mark.parametrize(
     ("labels", "scores", "message"),
     [
-        (np.ones((4, 3)), np.full((4, 2), 0.5), r"shape mismatch: y_true has shape \(4, 3\) but scores has shape \(4, 2\)"),
-        (np.ones((4, 3)), np.array([[0.5, np.nan, 0.5]] * 4), r"scores contains 4 NaN value\(s\), first at \(row, class\) \(0, 1\)"),
+        (
+            np.ones((4, 3)),
+            np.full((4, 2), 0.5),
+            r"shape mismatch: y_true has shape \(4, 3\) but scores has shape \(4, 2\)",
+        ),
+        (
+            np.ones((4, 3)),
+            np.array([[0.5, np.nan, 0.5]] * 4),
+            r"scores contains 4 NaN value\(s\), first at \(row, class\) \(0, 1\)",
+        ),
         (np.ones((4, 3)), np.array([[0.5, np.inf, 0.5]] * 4), r"scores contains 4 infinite"),
         (np.array([[1, 0, 2]] * 4), np.full((4, 3), 0.5), r"y_true must be binary .* non-binary values \[2\]"),
         (np.array([[1, 0, 0.5]] * 4), np.full((4, 3), 0.5), r"y_true must be binary .* \[0.5\]"),
@@ -339,8 +357,12 @@ def test_other_validation_errors(val_labels: np.ndarray, test_labels: np.ndarray
 def test_format_table_shows_protocol_names_and_numbers(val_labels: np.ndarray, test_labels: np.ndarray) -> None:
     names = [f"Intent{i}" for i in range(NUM_CLASSES)]
     official = official_protocol(
-        val_labels, informative_scores(val_labels, 12), test_labels, informative_scores(test_labels, 13),
-        INTENTONOMY_SUBSETS, class_names=names,
+        val_labels,
+        informative_scores(val_labels, 12),
+        test_labels,
+        informative_scores(test_labels, 13),
+        INTENTONOMY_SUBSETS,
+        class_names=names,
     )
     text = format_table(official)
     assert text.startswith("OFFICIAL protocol")

@@ -53,7 +53,9 @@ def test_hand_checked_values_and_argmax_ties() -> None:
 def test_torch_inputs() -> None:
     labels, scores = make_split(3, 50, 0.4)
     from_torch = mdid_accuracy([(torch.from_numpy(labels), torch.from_numpy(scores).bfloat16())])
-    assert from_torch.per_split[0] == pytest.approx(accuracy_score(labels, torch.from_numpy(scores).bfloat16().float().argmax(1).numpy()))
+    assert from_torch.per_split[0] == pytest.approx(
+        accuracy_score(labels, torch.from_numpy(scores).bfloat16().float().argmax(1).numpy())
+    )
 
 
 @pytest.mark.parametrize(

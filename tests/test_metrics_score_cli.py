@@ -73,8 +73,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
 
 def library_official(splits: dict) -> dict:
     return official_protocol(
-        splits["val"]["labels"], splits["val"]["scores"], splits["test"]["labels"], splits["test"]["scores"],
-        INTENTONOMY_SUBSETS, class_names=splits["class_names"],
+        splits["val"]["labels"],
+        splits["val"]["scores"],
+        splits["test"]["labels"],
+        splits["test"]["scores"],
+        INTENTONOMY_SUBSETS,
+        class_names=splits["class_names"],
     ).to_dict()
 
 
@@ -92,8 +96,17 @@ def test_csv_with_class_name_columns_equals_library_call(splits: dict, tmp_path:
     predictions = write_csv(tmp_path / "preds.csv", _rows(splits), splits["class_names"], order)
     json_out = tmp_path / "out" / "scores.json"
     code, out, err = run_cli(
-        ["--predictions", predictions, "--val-annotations", VAL_JSON, "--test-annotations", TEST_JSON,
-         "--json-out", json_out], capsys,
+        [
+            "--predictions",
+            predictions,
+            "--val-annotations",
+            VAL_JSON,
+            "--test-annotations",
+            TEST_JSON,
+            "--json-out",
+            json_out,
+        ],
+        capsys,
     )
     assert code == 0, err
     written = json.loads(json_out.read_text())
@@ -116,15 +129,28 @@ def test_json_and_s_columns_give_the_same_result(splits: dict, tmp_path: Path, c
     for predictions in (json_preds, csv_preds):
         out_file = tmp_path / f"{predictions.stem}.out.json"
         code, _, err = run_cli(
-            ["--predictions", predictions, "--val-annotations", VAL_JSON, "--test-annotations", TEST_JSON,
-             "--json-out", out_file, "--split-tuned"], capsys,
+            [
+                "--predictions",
+                predictions,
+                "--val-annotations",
+                VAL_JSON,
+                "--test-annotations",
+                TEST_JSON,
+                "--json-out",
+                out_file,
+                "--split-tuned",
+            ],
+            capsys,
         )
         assert code == 0, err
         results.append(json.loads(out_file.read_text()))
     assert results[0]["official"] == results[1]["official"] == library_official(splits)
     expected_tuned = split_tuned_protocol(
-        splits["test"]["labels"], splits["test"]["scores"], INTENTONOMY_SUBSETS,
-        class_names=splits["class_names"], split="test",
+        splits["test"]["labels"],
+        splits["test"]["scores"],
+        INTENTONOMY_SUBSETS,
+        class_names=splits["class_names"],
+        split="test",
     ).to_dict()
     assert results[0]["split_tuned"] == results[1]["split_tuned"] == expected_tuned
 
@@ -151,8 +177,11 @@ def test_single_annotation_file_reports_split_tuned_only(splits: dict, tmp_path:
     written = json.loads(json_out.read_text())
     assert written["official"] is None
     expected = split_tuned_protocol(
-        splits["test"]["labels"], splits["test"]["scores"], INTENTONOMY_SUBSETS,
-        class_names=splits["class_names"], split="test",
+        splits["test"]["labels"],
+        splits["test"]["scores"],
+        INTENTONOMY_SUBSETS,
+        class_names=splits["class_names"],
+        split="test",
     ).to_dict()
     assert written["split_tuned"] == expected
     assert any("official protocol needs both val and test" in note for note in written["notes"])
@@ -169,9 +198,12 @@ def test_logits_need_the_flag(splits: dict, tmp_path: Path, capsys) -> None:
     assert code == 0, err
     by_id = dict(rows)
     expected = official_protocol(
-        splits["val"]["labels"], expit(np.stack([by_id[i] for i in splits["val"]["ids"]])),
-        splits["test"]["labels"], expit(np.stack([by_id[i] for i in splits["test"]["ids"]])),
-        INTENTONOMY_SUBSETS, class_names=splits["class_names"],
+        splits["val"]["labels"],
+        expit(np.stack([by_id[i] for i in splits["val"]["ids"]])),
+        splits["test"]["labels"],
+        expit(np.stack([by_id[i] for i in splits["test"]["ids"]])),
+        INTENTONOMY_SUBSETS,
+        class_names=splits["class_names"],
     ).to_dict()
     assert json.loads(json_out.read_text())["official"] == expected
 
@@ -226,16 +258,24 @@ def test_wrong_score_counts_are_named(splits: dict, tmp_path: Path, capsys) -> N
     ("mutate", "message"),
     [
         (lambda lines: lines[:3] + [lines[2]] + lines[3:], "more than one row for 1 id(s)"),
-        (lambda lines: [lines[0].replace("Attractive", "Atractive")] + lines[1:], "1 unrecognised column(s): ['Atractive']"),
+        (
+            lambda lines: [lines[0].replace("Attractive", "Atractive")] + lines[1:],
+            "1 unrecognised column(s): ['Atractive']",
+        ),
         (lambda lines: [lines[0].replace("image_id", "id")] + lines[1:], "no 'image_id' column"),
-        (lambda lines: lines[:1] + [lines[1].replace(lines[1].split(",")[1], "nan", 1)] + lines[2:], "non-numeric, NaN or infinite"),
+        (
+            lambda lines: lines[:1] + [lines[1].replace(lines[1].split(",")[1], "nan", 1)] + lines[2:],
+            "non-numeric, NaN or infinite",
+        ),
         (lambda lines: lines[:1] + [lines[1].replace(lines[1].split(",")[1], "abc", 1)] + lines[2:], "non-numeric"),
     ],
 )
 def test_malformed_csv(splits: dict, tmp_path: Path, capsys, mutate, message: str) -> None:
     csv_path = write_csv(tmp_path / "p.csv", _rows(splits), splits["class_names"], list(range(28)))
     csv_path.write_text("\n".join(mutate(csv_path.read_text().splitlines())) + "\n")
-    err = _cli_error(["--predictions", csv_path, "--val-annotations", VAL_JSON, "--test-annotations", TEST_JSON], capsys)
+    err = _cli_error(
+        ["--predictions", csv_path, "--val-annotations", VAL_JSON, "--test-annotations", TEST_JSON], capsys
+    )
     assert message in err and str(csv_path) in err
 
 
@@ -254,7 +294,9 @@ def test_bad_files(splits: dict, tmp_path: Path, capsys) -> None:
     err = _cli_error(["--predictions", predictions], capsys)
     assert "--val-annotations and/or --test-annotations" in err
     # the same annotation file given as val and test: leakage is refused
-    err = _cli_error(["--predictions", predictions, "--val-annotations", TEST_JSON, "--test-annotations", TEST_JSON], capsys)
+    err = _cli_error(
+        ["--predictions", predictions, "--val-annotations", TEST_JSON, "--test-annotations", TEST_JSON], capsys
+    )
     assert "share images" in err
 
 
@@ -280,7 +322,9 @@ def test_annotation_parser_rejects_schema_problems(tmp_path: Path) -> None:
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
     bad["annotations"][1]["image_id"] = bad["annotations"][0]["image_id"]
-    with pytest.raises(AnnotationFileError, match=r"annotations\[1\] .*more than one annotation \(first: annotations\[0\]\)"):
+    with pytest.raises(
+        AnnotationFileError, match=r"annotations\[1\] .*more than one annotation \(first: annotations\[0\]\)"
+    ):
         load_split_annotations(write(bad))
     bad = json.loads(json.dumps(document))
     bad["categories"][3]["id"] = 40
@@ -307,9 +351,21 @@ def test_prediction_errors_are_value_errors_in_the_library(splits: dict, tmp_pat
 def test_runs_as_module(splits: dict, tmp_path: Path) -> None:
     predictions = write_json(tmp_path / "p.json", _rows(splits))
     completed = subprocess.run(
-        [sys.executable, "-m", "mccl_core.metrics.score", "--predictions", str(predictions),
-         "--val-annotations", str(VAL_JSON), "--test-annotations", str(TEST_JSON)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mccl_core.metrics.score",
+            "--predictions",
+            str(predictions),
+            "--val-annotations",
+            str(VAL_JSON),
+            "--test-annotations",
+            str(TEST_JSON),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     assert "OFFICIAL protocol" in completed.stdout and "WorkILike" in completed.stdout
@@ -345,7 +401,16 @@ def test_subsets_auto_goes_by_class_names_not_count(splits: dict, tmp_path: Path
     assert set(json.loads(json_out.read_text())["official"]["f1"]["subsets"]) == set(INTENTONOMY_SUBSETS)
     # Asking for the Intentonomy subsets on other classes is an error, not a silent mislabel.
     code, _, err = run_cli(
-        ["--predictions", predictions, "--val-annotations", val, "--test-annotations", test, "--subsets", "intentonomy"],
+        [
+            "--predictions",
+            predictions,
+            "--val-annotations",
+            val,
+            "--test-annotations",
+            test,
+            "--subsets",
+            "intentonomy",
+        ],
         capsys,
     )
     assert code == 2 and "Intentonomy subsets need the 28 Intentonomy classes" in err

@@ -16,7 +16,13 @@ def test_defaults_are_the_spec_values():
     assert (cfg.cpi.prototypes_per_class, cfg.cpi.exponent, cfg.cpi.k_min, cfg.cpi.k_max) == (8.0, 1.0, 2, 32)
     assert (cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum) == (0.1, 0.0, 0.999)
     assert (cfg.pki.tau, cfg.pki.p, cfg.pki.gcn_layers) == (0.1, 0.2, 2)
-    assert (cfg.pki.dim, cfg.pki.decoder_layers, cfg.pki.heads, cfg.pki.ff_dim, cfg.pki.dropout) == (512, 2, 8, 2048, 0.1)
+    assert (cfg.pki.dim, cfg.pki.decoder_layers, cfg.pki.heads, cfg.pki.ff_dim, cfg.pki.dropout) == (
+        512,
+        2,
+        8,
+        2048,
+        0.1,
+    )
     assert (cfg.loss.gamma_neg, cfg.loss.gamma_pos, cfg.loss.clip, cfg.loss.reduction) == (2.0, 0.0, 0.05, "mean")
     assert cfg.loss_kind == "asl" and ModelConfig(variant="baseline").loss_kind == "bce"
 
@@ -69,7 +75,9 @@ def test_invalid_config_raises_with_dotted_key(data, message):
 def test_normalisation_follows_the_weights():
     lite = {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"]}
     assert ModelConfig.from_dict({"backbone": {**lite, "weights": "package"}}).backbone.normalization() == (
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+    )
     resnet = ModelConfig.from_dict({"backbone": {"arch": "resnet101", "weights": "imagenet"}}).backbone
     assert resnet.normalization() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -187,4 +187,6 @@ def test_invalid_bank_is_rejected():
     with pytest.raises(PrototypeBankError, match="unit norm"):
         PrototypeBank(bank.stages, {"layer4": bank.prototypes["layer4"] * 2}, bank.owners, bank.allocation, 2)
     with pytest.raises(PrototypeBankError, match="own no prototype"):
-        PrototypeBank(bank.stages, bank.prototypes, {"layer4": torch.zeros_like(bank.owners["layer4"])}, bank.allocation, 2)
+        PrototypeBank(
+            bank.stages, bank.prototypes, {"layer4": torch.zeros_like(bank.owners["layer4"])}, bank.allocation, 2
+        )

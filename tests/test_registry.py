@@ -31,19 +31,6 @@ def client(request, tmp_path_factory) -> MlflowClient:
         server.stop()
 
 
-#: ``promote_if_better`` reports ``champion_version`` as the store returns it: a str from the REST
-#: store, an int from the embedded SQLite store (``mccl_core/serving/registry.py`` does not ``str()``
-#: it). Strict: once it is fixed these tests pass on SQLite too and the mark must go.
-CHAMPION_VERSION_INT_ON_SQLITE = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="PromotionDecision.champion_version is an int on the SQLite store"
-)
-
-
-def _xfail_on_sqlite(request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params.get("client") == "sqlite":
-        request.applymarker(CHAMPION_VERSION_INT_ON_SQLITE)
-
-
 def _new_version(client: MlflowClient, name: str) -> str:
     """Register a new version of ``name`` whose source is a real artifact folder of a real run."""
     experiment = client.get_experiment_by_name("registry-test") or client.get_experiment(
@@ -69,7 +56,6 @@ def _tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
 
 
 def test_first_model_becomes_champion_worse_stays_candidate_better_takes_alias(client, request):
-    _xfail_on_sqlite(request)
     name = "mccl-promotion"
     v1 = _new_version(client, name)
     first = promote_if_better(client, name, v1, 0.40)
@@ -122,7 +108,6 @@ def test_candidate_later_promoted_loses_candidate_tag_and_aliases_are_independen
 
 
 def test_champion_without_score_is_not_replaced_silently(client, request):
-    _xfail_on_sqlite(request)
     name = "mccl-manual-alias"
     v1, v2 = _new_version(client, name), _new_version(client, name)
     client.set_registered_model_alias(name, "champion", v1)  # set by hand, no score tag

@@ -367,7 +367,9 @@ def test_many_bad_rows_are_all_counted_and_the_first_ten_listed(bundle, images):
     model.config.max_images_per_request = 4
     with pytest.raises(MlflowException, match="the request has 5 images, more than the limit of 4 per request"):
         model.predict(None, five)
-    np.testing.assert_allclose(batched[model.class_names].to_numpy(), unbatched[model.class_names].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        batched[model.class_names].to_numpy(), unbatched[model.class_names].to_numpy(), atol=1e-5
+    )
 
 
 def test_config_signature_and_run_errors(bundle):

@@ -15,14 +15,14 @@ import torch
 from conftest import TINY_MODEL
 
 from mccl_core.data import DataConfig, load_split
-from mccl_core.models.cpi.shards import iter_token_shards
 from mccl_core.models import ModelConfig, PrototypeBank
+from mccl_core.models.cpi.shards import iter_token_shards
 from mccl_core.steps import StepError
 from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
 from mccl_core.steps.common import ValidatedData
 from mccl_core.steps.extract import ExtractStepConfig, run_extract
-from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.steps.validate import ValidateConfig, run_validate
+from mccl_core.tracking.steps import TrackingOptions, tracked_step
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TRACKING = TrackingOptions(enabled=False)
@@ -58,7 +58,9 @@ def test_validate_passes_and_writes_clean_handle(tiny_demo, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["success"] and report["counts"]["clean"] == 192
     assert "PASSED" in (out / "summary.md").read_text()
-    assert (out / "quarantine.csv").read_text().splitlines() == ["image_id,image_path,split,label_ids,row_number,checks,reason"]
+    assert (out / "quarantine.csv").read_text().splitlines() == [
+        "image_id,image_path,split,label_ids,row_number,checks,reason"
+    ]
     handle = ValidatedData.load(out)
     assert handle.splits == ["train", "val", "test"] and handle.data_hash.startswith("sha256:")
     assert [len(load_split(handle.data, s)) for s in handle.splits] == [96, 48, 48]
@@ -68,7 +70,9 @@ def test_validate_fail_policy_names_the_bad_records(demo_copy, tmp_path):
     corrupt_id, bad_label_id = _break_records(demo_copy)
     out = tmp_path / "validate"
     with pytest.raises(StepError) as caught:
-        run_validate(ValidateConfig(policy="fail", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING)
+        run_validate(
+            ValidateConfig(policy="fail", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING
+        )
     message = str(caught.value)
     assert corrupt_id in message and bad_label_id in message
     assert "label ids out of range [0, 10): [42]" in message
@@ -82,7 +86,9 @@ def test_validate_fail_policy_names_the_bad_records(demo_copy, tmp_path):
 def test_quarantine_sets_records_aside_and_later_steps_skip_them(demo_copy, tmp_path):
     corrupt_id, bad_label_id = _break_records(demo_copy)
     out = tmp_path / "validate"
-    result = run_validate(ValidateConfig(policy="quarantine", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING)
+    result = run_validate(
+        ValidateConfig(policy="quarantine", workers=2), DataConfig(source="demo", root=demo_copy), out, NO_TRACKING
+    )
     assert result.n_records == 192 and result.n_quarantined == 2
     with (out / "quarantine.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -99,16 +105,26 @@ def test_quarantine_sets_records_aside_and_later_steps_skip_them(demo_copy, tmp_
     assert corrupt_id not in train_ids and bad_label_id not in val_ids and len(train_ids) == 95
 
     # The extract step (a consumer) reads through the handle: the quarantined image never reaches it.
-    extracted = run_extract(ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=64, device="cpu"),
-                            handle, ModelConfig.from_dict(TINY_MODEL), 32, 0, tmp_path / "extract", NO_TRACKING)
+    extracted = run_extract(
+        ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=64, device="cpu"),
+        handle,
+        ModelConfig.from_dict(TINY_MODEL),
+        32,
+        0,
+        tmp_path / "extract",
+        NO_TRACKING,
+    )
     shard_ids = set()
     for path in sorted(extracted.features_dir.glob("tokens-*-layer3.parquet")):
         shard_ids |= set(pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist())
     assert shard_ids == train_ids
 
 
+@pytest.mark.slow
 def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
-    handle = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING).validated
+    handle = run_validate(
+        ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING
+    ).validated
     model_cfg = ModelConfig.from_dict(TINY_MODEL)
     cfg = ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=40, device="cpu")
     out = tmp_path / "extract"
@@ -141,13 +157,22 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
     second = run_extract(cfg, handle, model_cfg, 32, 0, out, NO_TRACKING)
     assert second.summary["shards_reused"] == 2 and kept.stat().st_mtime_ns == mtime
     # Other inputs (token count) -> old shards are not mixed in.
-    third = run_extract(ExtractStepConfig(batch_size=32, tokens_per_image=2, shard_size=40, device="cpu"),
-                        handle, model_cfg, 32, 0, out, NO_TRACKING)
+    third = run_extract(
+        ExtractStepConfig(batch_size=32, tokens_per_image=2, shard_size=40, device="cpu"),
+        handle,
+        model_cfg,
+        32,
+        0,
+        out,
+        NO_TRACKING,
+    )
     assert third.summary["shards_reused"] == 0
     assert pq.read_table(kept).column("num_tokens")[0].as_py() == 1  # layer4 at 32 px: 1 x 1
 
     # CPI over the shards: one bank, allocation table as CSV + Markdown, label embeddings.
-    result = run_cluster(ClusterStepConfig(device="cpu"), handle, model_cfg, out / "features", tmp_path / "cluster", NO_TRACKING)
+    result = run_cluster(
+        ClusterStepConfig(device="cpu"), handle, model_cfg, out / "features", tmp_path / "cluster", NO_TRACKING
+    )
     bank = PrototypeBank.load(result.prototypes)
     with result.allocation_csv.open() as handle_csv:
         rows = list(csv.DictReader(handle_csv))
@@ -160,7 +185,9 @@ def test_tracked_step_nests_runs_under_one_parent_and_reuses_an_open_parent(tmp_
     from mlflow import MlflowClient
 
     options = TrackingOptions(project_dir=tmp_path, run_ref=tmp_path / "outputs" / "mlflow_run.json")
-    with tracked_step("validate", options, {"validate": {"policy": "fail"}}, {"validate": {"policy": "fail"}}, "sha256:x") as first:
+    with tracked_step(
+        "validate", options, {"validate": {"policy": "fail"}}, {"validate": {"policy": "fail"}}, "sha256:x"
+    ) as first:
         first.log_metrics({"records": 3})
     with tracked_step("extract", options, {"extract": {"batch_size": 8}}) as second:
         pass
@@ -183,12 +210,29 @@ def test_tracked_step_nests_runs_under_one_parent_and_reuses_an_open_parent(tmp_
     assert next_pipeline.parent_run_id not in (None, first.parent_run_id)
 
 
+@pytest.mark.slow
 def test_step_cli_fails_with_the_records_and_exit_code_1(demo_copy, tmp_path):
     corrupt_id, bad_label_id = _break_records(demo_copy)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"data": {"source": "demo", "root": str(demo_copy)}, "validate": {"workers": 2}}))
-    proc = subprocess.run([sys.executable, "-m", "mccl_core.cli", "step", "validate", "--params", str(params), "--no-tracking",
-                           "--out", str(tmp_path / "v")], check=False, cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mccl_core.cli",
+            "step",
+            "validate",
+            "--params",
+            str(params),
+            "--no-tracking",
+            "--out",
+            str(tmp_path / "v"),
+        ],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "ERROR: data validation failed" in proc.stderr and corrupt_id in proc.stderr and bad_label_id in proc.stderr
 
@@ -225,9 +269,17 @@ def test_run_step_checks_inputs_and_params_by_name(tmp_path):
     with pytest.raises(StepError, match="does not exist"):
         run_step("evaluate", {}, {"validate": tmp_path / "nope", "train": tmp_path}, tmp_path, NO_TRACKING)
     with pytest.raises(ConfigError, match="evaluate.batch_sise"):
-        run_step("evaluate", {"evaluate": {"batch_sise": 3}}, {"validate": tmp_path, "train": tmp_path}, tmp_path, NO_TRACKING)
+        run_step(
+            "evaluate",
+            {"evaluate": {"batch_sise": 3}},
+            {"validate": tmp_path, "train": tmp_path},
+            tmp_path,
+            NO_TRACKING,
+        )
     assert apply_overrides({"train": {"lr": 1}}, ["train.lr=3e-4", "model.mcc.temperature=0.1"]) == {
-        "train": {"lr": 3e-4}, "model": {"mcc": {"temperature": 0.1}}}
+        "train": {"lr": 3e-4},
+        "model": {"mcc": {"temperature": 0.1}},
+    }
     with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
         apply_overrides({}, ["lr=3"])
 
@@ -237,8 +289,11 @@ def test_one_config_loader_coerces_kfp_floats_and_names_bad_keys():
     from mccl_core.steps.train import LaunchConfig, TrainParams
 
     # Kubeflow hands dict parameters over as protobuf Structs: every number is a float.
-    params = {"model": {"backbone": {"arch": "resnet18", "weights": "none", "stages": ["layer4"]}, "cpi": {"k_min": 2.0}},
-              "train": {"epochs": 3.0, "lr": 1, "image_size": 64.0}, "launch": {"nproc_per_node": 2.0}}
+    params = {
+        "model": {"backbone": {"arch": "resnet18", "weights": "none", "stages": ["layer4"]}, "cpi": {"k_min": 2.0}},
+        "train": {"epochs": 3.0, "lr": 1, "image_size": 64.0},
+        "launch": {"nproc_per_node": 2.0},
+    }
     cfg = TrainParams.from_params(params)
     assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int and cfg.train.lr == 1.0
     assert cfg.model.cpi.k_min == 2 and type(cfg.model.cpi.k_min) is int and cfg.launch.nproc_per_node == 2
@@ -304,7 +359,9 @@ def test_cpi_tokens_equal_the_tokens_of_the_first_training_forward(tiny_demo, ti
     from mccl_core.training.loop import set_train_mode
     from mccl_core.training.run import TrainArtifacts, eval_transform, prepare_inputs
 
-    handle = run_validate(ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING).validated
+    handle = run_validate(
+        ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING
+    ).validated
     model_cfg = ModelConfig.from_dict({
         **TINY_MODEL, "mcc": {"enabled": False},
         "backbone": {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"},
@@ -320,7 +377,9 @@ def test_cpi_tokens_equal_the_tokens_of_the_first_training_forward(tiny_demo, ti
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence, None)
     model.backbone.load_state_dict(inputs.backbone_state)  # what train() does before step 0
-    images = torch.stack([load_split(handle.data, "train", eval_transform(model_cfg, 64))[i]["image"] for i in range(16)])
+    images = torch.stack(
+        [load_split(handle.data, "train", eval_transform(model_cfg, 64))[i]["image"] for i in range(16)]
+    )
 
     def tokens(freeze: bool) -> list[torch.Tensor]:
         set_train_mode(model, freeze)
@@ -333,3 +392,9 @@ def test_cpi_tokens_equal_the_tokens_of_the_first_training_forward(tiny_demo, ti
     batch_stat_tokens = tokens(freeze=False)[0]  # the old mode: batch statistics
     cosine = (batch_stat_tokens * shard_tokens["stage3"][:16]).sum(-1).mean()
     assert cosine < 0.99
+
+
+def test_validation_limits_are_never_laxer_than_the_loader():
+    assert ValidateConfig(max_pixels=1000).limits(500).max_pixels == 500
+    assert ValidateConfig(max_pixels=1000).limits(5000).max_pixels == 1000
+    assert ValidateConfig(max_pixels=1000).limits(None).max_pixels == 1000

@@ -46,7 +46,16 @@ def _env() -> dict[str, str]:
 
 
 def _train_cmd(params: Path, embeddings: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mccl_core.training.cli", "--params", str(params), "--label-embeddings", str(embeddings), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mccl_core.training.cli",
+        "--params",
+        str(params),
+        "--label-embeddings",
+        str(embeddings),
+        *extra,
+    ]
 
 
 def _bundle_state(out: Path) -> dict[str, torch.Tensor]:
@@ -60,12 +69,19 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tiny_demo, tiny_dem
     ref_params = _write_params(tmp_path / "ref.yaml", _params(tiny_demo, ref_out, epochs=epochs))
     killed_params = _write_params(tmp_path / "killed.yaml", _params(tiny_demo, killed_out, epochs=epochs))
 
-    subprocess.run(_train_cmd(ref_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True)
+    subprocess.run(
+        _train_cmd(ref_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True
+    )
 
     # Kill the second run (SIGKILL: no clean-up) as soon as its first epoch checkpoint exists.
     ckpt = killed_out / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(_train_cmd(killed_params, tiny_demo_label_embeddings), env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(killed_params, tiny_demo_label_embeddings),
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -75,8 +91,14 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tiny_demo, tiny_dem
     assert killed_after < epochs - 1, "the run finished before it could be killed"
     assert not (killed_out / "model" / "model.pt").exists()
 
-    resumed = subprocess.run(_train_cmd(killed_params, tiny_demo_label_embeddings), check=True, env=_env(),
-                             cwd=REPO, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _train_cmd(killed_params, tiny_demo_label_embeddings),
+        check=True,
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert f"resumed from {ckpt} after epoch {killed_after}" in resumed.stderr
 
     ref_state, resumed_state = _bundle_state(ref_out), _bundle_state(killed_out)
@@ -107,11 +129,27 @@ def test_ddp_two_cpu_processes_identical_prototypes_and_agree_with_single_proces
     single_params = _write_params(tmp_path / "single.yaml", _params(tiny_demo, single_out, **common))
     ddp_params = _write_params(tmp_path / "ddp.yaml", _params(tiny_demo, ddp_out, **common))
 
-    subprocess.run(_train_cmd(single_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    ddp = subprocess.run(torchrun + _train_cmd(ddp_params, tiny_demo_label_embeddings)[1:], env=_env(), cwd=REPO,
-                         capture_output=True, text=True)
+    subprocess.run(
+        _train_cmd(single_params, tiny_demo_label_embeddings), check=True, env=_env(), cwd=REPO, capture_output=True
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+    ]
+    ddp = subprocess.run(
+        torchrun + _train_cmd(ddp_params, tiny_demo_label_embeddings)[1:],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
 
     history = json.loads((ddp_out / "history.json").read_text())
@@ -152,8 +190,9 @@ def test_bundle_reloads_to_identical_predictions(tiny_trained_bundle):
     assert ckpt["epoch"] == 0 and ckpt["ema"] is not None
     from mccl_core.models import build_model
 
-    ema_model = build_model(model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence,
-                            inputs.prototype_bank)
+    ema_model = build_model(
+        model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence, inputs.prototype_bank
+    )
     ema_model.load_state_dict(ckpt["ema"]["module"])
     direct = predict_scores(ema_model, inputs.val_set, ctx, batch_size=16, progress=False)
     np.testing.assert_allclose(reloaded, direct, atol=1e-6)
@@ -181,8 +220,12 @@ def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, 
             model_section[key] = value
     model_cfg = ModelConfig.from_dict(model_section)
     train_cfg = TrainConfig.from_dict(params["train"])
-    inputs = prepare_inputs(DataConfig.from_dict(params["data"]), model_cfg, train_cfg,
-                            TrainArtifacts(label_embeddings=tiny_demo_label_embeddings))
+    inputs = prepare_inputs(
+        DataConfig.from_dict(params["data"]),
+        model_cfg,
+        train_cfg,
+        TrainArtifacts(label_embeddings=tiny_demo_label_embeddings),
+    )
     result = train(model_cfg, train_cfg, inputs)
     record = result.history[0]
     assert np.isfinite(record.train_loss) and record.val_map is not None
@@ -213,12 +256,17 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     from mccl_core.metrics import official_protocol
     from mccl_core.metrics.baselines import LabelPriorPredictor
 
-    root = generate_demo(tmp_path / "demo", DemoConfig(seed=0, n_train=800, n_val=300, n_test=300, image_size=64),
-                         show_progress=False)
+    root = generate_demo(
+        tmp_path / "demo", DemoConfig(seed=0, n_train=800, n_val=300, n_test=300, image_size=64), show_progress=False
+    )
     # The shipped default model and training settings (params.yaml), on a smaller demo.
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     model_cfg = ModelConfig.from_dict(params["model"])
-    assert model_cfg.mcc.residual == 0.0 and model_cfg.backbone.pretrained and model_cfg.backbone.arch == "efficientnet_lite0"
+    assert (
+        model_cfg.mcc.residual == 0.0
+        and model_cfg.backbone.pretrained
+        and model_cfg.backbone.arch == "efficientnet_lite0"
+    )
     train_values = {**params["train"], "epochs": 5, "output_dir": str(tmp_path / "out"), "device": "cpu"}
     train_cfg = TrainConfig.from_dict(train_values)
     data_cfg = DataConfig(source="demo", root=root)
@@ -230,12 +278,18 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     test_set = load_split(data_cfg, "test", meta.eval_transform())
     val_true, test_true = inputs.val_set.label_matrix(), test_set.label_matrix()
-    mccl = official_protocol(val_true, predict_scores(model, inputs.val_set, ctx, 64, progress=False),
-                             test_true, predict_scores(model, test_set, ctx, 64, progress=False))
+    mccl = official_protocol(
+        val_true,
+        predict_scores(model, inputs.val_set, ctx, 64, progress=False),
+        test_true,
+        predict_scores(model, test_set, ctx, 64, progress=False),
+    )
     prior = LabelPriorPredictor().fit(inputs.train_set.label_matrix())
     floor = official_protocol(val_true, prior.predict(len(val_true)), test_true, prior.predict(len(test_true)))
-    print(f"test macro-F1 {mccl.report.macro_f1:.3f} vs prior {floor.report.macro_f1:.3f}; "
-          f"mAP {mccl.average_precision.map:.3f} vs {floor.average_precision.map:.3f}")
+    print(
+        f"test macro-F1 {mccl.report.macro_f1:.3f} vs prior {floor.report.macro_f1:.3f}; "
+        f"mAP {mccl.average_precision.map:.3f} vs {floor.average_precision.map:.3f}"
+    )
     assert mccl.report.macro_f1 >= floor.report.macro_f1 + 0.05
     assert mccl.average_precision.map >= floor.average_precision.map + 0.15
     assert result.history[-1].train_loss < result.history[0].train_loss

@@ -200,6 +200,7 @@ def test_decompression_bomb_guard_does_not_decode(images: Path) -> None:
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header announces width x height pixels but holds no pixel data (a bomb's shape)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -71,7 +71,15 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
         limits[cfg.accelerator_type] = str(cfg.accelerators_per_node)
     env = [{"name": "MLFLOW_TRACKING_URI", "value": cfg.mlflow_tracking_uri}] if cfg.mlflow_tracking_uri else []
     env += [{"name": k, "value": v} for k, v in sorted(cfg.extra_env.items())]
-    command = ["python", "-m", "mccl_core.launch.pytorchjob", "--staging-uri", cfg.staging_uri, "--workspace", WORKSPACE]
+    command = [
+        "python",
+        "-m",
+        "mccl_core.launch.pytorchjob",
+        "--staging-uri",
+        cfg.staging_uri,
+        "--workspace",
+        WORKSPACE,
+    ]
     return {
         "replicas": replicas,
         "restartPolicy": "OnFailure",
@@ -85,12 +93,13 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
                         "env": env,
                         "envFrom": [{"secretRef": {"name": cfg.credentials_secret, "optional": True}}],
                         "resources": {"requests": resources, "limits": limits},
-                        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE},
-                                         {"name": "dshm", "mountPath": "/dev/shm"}],
+                        "volumeMounts": [
+                            {"name": "workspace", "mountPath": WORKSPACE},
+                            {"name": "dshm", "mountPath": "/dev/shm"},
+                        ],
                     }
                 ],
-                "volumes": [{"name": "workspace", "emptyDir": {}},
-                            {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+                "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
             }
         },
     }
@@ -101,7 +110,11 @@ def build_pytorchjob(cfg: PyTorchJobConfig) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": {"app.kubernetes.io/part-of": "mccl-pipeline"}},
+        "metadata": {
+            "name": cfg.name,
+            "namespace": cfg.namespace,
+            "labels": {"app.kubernetes.io/part-of": "mccl-pipeline"},
+        },
         "spec": {
             "nprocPerNode": str(cfg.nproc_per_node),
             "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": cfg.backoff_limit},
@@ -159,7 +172,9 @@ def launch_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
         "node_rank": int(env.get("PET_NODE_RANK", env.get("RANK", "0"))),
     }
     if nnodes > 1:
-        values["rdzv_endpoint"] = f"{env.get('PET_MASTER_ADDR', env.get('MASTER_ADDR', ''))}:{env.get('PET_MASTER_PORT', env.get('MASTER_PORT', '23456'))}"
+        values["rdzv_endpoint"] = (
+            f"{env.get('PET_MASTER_ADDR', env.get('MASTER_ADDR', ''))}:{env.get('PET_MASTER_PORT', env.get('MASTER_PORT', '23456'))}"
+        )
     return values
 
 
@@ -184,7 +199,9 @@ def node_main(argv: list[str] | None = None) -> int:
     download_prefix(f"{staging}/outputs/checkpoints", out_dir / "checkpoints")
     params = yaml.safe_load((inputs_dir / PARAMS_FILE).read_text())
     params["launch"] = {**launch_from_env(), "env": (params.get("launch") or {}).get("env")}
-    inputs = {name: inputs_dir / name for name in ("validate", "extract", "cluster", "demo") if (inputs_dir / name).is_dir()}
+    inputs = {
+        name: inputs_dir / name for name in ("validate", "extract", "cluster", "demo") if (inputs_dir / name).is_dir()
+    }
     try:
         # MLflow: the launcher owns the train run and back-fills the epochs from history.json.
         run_step("train", params, inputs, out_dir, TrackingOptions(enabled=False, project_dir=workspace))

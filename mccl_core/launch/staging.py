@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def _location(uri: str) -> tuple[str, str]:
     if uri.startswith("minio://"):
-        uri = "s3://" + uri[len("minio://"):]
+        uri = "s3://" + uri[len("minio://") :]
     location = parse_s3_uri(uri)
     return location.bucket, location.key.rstrip("/")
 
@@ -43,7 +43,7 @@ def download_prefix(uri: str, local_dir: Path, client: Any | None = None) -> int
     bucket, prefix = _location(uri)
     count = 0
     for key in list_keys(client, bucket, prefix + "/" if prefix else ""):
-        target = Path(local_dir) / key[len(prefix) + 1 if prefix else 0:]
+        target = Path(local_dir) / key[len(prefix) + 1 if prefix else 0 :]
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
         count += 1

@@ -28,9 +28,7 @@ def to_numpy(values: Any, name: str) -> np.ndarray:
         array = np.asarray(values)
     except (TypeError, ValueError) as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
-    ):
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)):
         raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
     return array
 
@@ -74,8 +72,7 @@ def as_score_matrix(scores: Any, name: str = "scores") -> np.ndarray:
     nan_mask = np.isnan(array)
     if nan_mask.any():
         raise ValueError(
-            f"{name} contains {int(nan_mask.sum())} NaN value(s), first at (row, class) "
-            f"{_first_positions(nan_mask)}"
+            f"{name} contains {int(nan_mask.sum())} NaN value(s), first at (row, class) {_first_positions(nan_mask)}"
         )
     inf_mask = np.isinf(array)
     if inf_mask.any():
@@ -104,9 +101,7 @@ def check_probabilities(scores: np.ndarray, name: str = "scores") -> None:
         )
 
 
-def check_subsets(
-    subsets: Mapping[str, Sequence[int]] | None, num_classes: int
-) -> dict[str, tuple[int, ...]]:
+def check_subsets(subsets: Mapping[str, Sequence[int]] | None, num_classes: int) -> dict[str, tuple[int, ...]]:
     """Validate class-index subsets against the number of classes."""
     if subsets is None:
         return {}
@@ -119,9 +114,7 @@ def check_subsets(
             raise ValueError(f"subset {subset_name!r} lists a class index more than once: {index_tuple}")
         out_of_range = [i for i in index_tuple if not 0 <= i < num_classes]
         if out_of_range:
-            raise ValueError(
-                f"subset {subset_name!r} has class indices {out_of_range} outside 0..{num_classes - 1}"
-            )
+            raise ValueError(f"subset {subset_name!r} has class indices {out_of_range} outside 0..{num_classes - 1}")
         checked[str(subset_name)] = index_tuple
     return checked
 

@@ -55,9 +55,7 @@ class MAPResult:
         }
 
 
-def mean_average_precision(
-    y_true: Any, scores: Any, class_names: Sequence[str] | None = None
-) -> MAPResult:
+def mean_average_precision(y_true: Any, scores: Any, class_names: Sequence[str] | None = None) -> MAPResult:
     """Mean of per-class average precision, excluding (and reporting) classes with no positives.
 
     Raises:
@@ -79,9 +77,7 @@ def mean_average_precision(
         per_class.append(float(average_precision_score(column, values[:, class_index])))
     included = [v for v in per_class if v is not None]
     if not included:
-        raise ValueError(
-            f"mAP is undefined: none of the {labels.shape[1]} classes has a positive label in y_true"
-        )
+        raise ValueError(f"mAP is undefined: none of the {labels.shape[1]} classes has a positive label in y_true")
     if excluded:
         logger.warning(
             "mAP: excluded %d class(es) without positives in this split: %s",

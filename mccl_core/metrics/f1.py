@@ -132,9 +132,7 @@ def f1_report(
 
     per_class = f1_score(labels, predictions, average=None, zero_division=0)
     subset_f1 = {
-        name: float(
-            f1_score(labels[:, list(idx)], predictions[:, list(idx)], average="macro", zero_division=0)
-        )
+        name: float(f1_score(labels[:, list(idx)], predictions[:, list(idx)], average="macro", zero_division=0))
         for name, idx in checked_subsets.items()
     }
     positives = labels.sum(axis=0)
@@ -161,21 +159,16 @@ def f1_report(
     )
 
 
-def threshold_curve(
-    y_true: Any, scores: Any, thresholds: Sequence[float] = THRESHOLDS
-) -> tuple[float, ...]:
+def threshold_curve(y_true: Any, scores: Any, thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, ...]:
     """Macro-F1 (sklearn, zero_division=0, ``scores > t``) for every candidate threshold ``t``."""
     labels, probabilities = _validated_pair(y_true, scores)
     candidates = _check_thresholds(thresholds)
     return tuple(
-        float(f1_score(labels, _binarise(probabilities, t), average="macro", zero_division=0))
-        for t in candidates
+        float(f1_score(labels, _binarise(probabilities, t), average="macro", zero_division=0)) for t in candidates
     )
 
 
-def select_threshold(
-    y_true: Any, scores: Any, thresholds: Sequence[float] = THRESHOLDS
-) -> tuple[float, float]:
+def select_threshold(y_true: Any, scores: Any, thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, float]:
     """Return ``(threshold, macro_f1)`` maximising macro-F1; ties go to the lowest threshold."""
     candidates = _check_thresholds(thresholds)
     return pick_threshold(candidates, threshold_curve(y_true, scores, candidates))

@@ -30,9 +30,7 @@ _HARD: tuple[int, ...] = (2, 5, 8, 17, 20, 21, 23, 24, 25, 27)
 _OBJECT: tuple[int, ...] = (0, 3, 10, 11, 12, 16, 23)
 _CONTEXT: tuple[int, ...] = (7, 8)
 # "other" is defined by the paper as every class that is neither object- nor context-dependent.
-_OTHER: tuple[int, ...] = tuple(
-    c for c in range(INTENTONOMY_NUM_CLASSES) if c not in set(_OBJECT) | set(_CONTEXT)
-)
+_OTHER: tuple[int, ...] = tuple(c for c in range(INTENTONOMY_NUM_CLASSES) if c not in set(_OBJECT) | set(_CONTEXT))
 
 INTENTONOMY_SUBSETS: dict[str, tuple[int, ...]] = {
     "easy": _EASY,

@@ -84,9 +84,7 @@ def mdid_accuracy(splits: Sequence[tuple[Any, Any]]) -> MDIDAccuracyResult:
         scores = as_score_matrix(pair[1], f"split {split_index} scores")
         labels = _as_class_indices(pair[0], f"split {split_index} y_true", scores.shape[1])
         if labels.shape[0] != scores.shape[0]:
-            raise ValueError(
-                f"split {split_index}: {labels.shape[0]} labels but {scores.shape[0]} score rows"
-            )
+            raise ValueError(f"split {split_index}: {labels.shape[0]} labels but {scores.shape[0]} score rows")
         accuracies.append(float(accuracy_score(labels, np.argmax(scores, axis=1))))
     values = np.asarray(accuracies)
     return MDIDAccuracyResult(

@@ -74,8 +74,7 @@ def _column_classes(path: Path, score_columns: list[str], class_names: Sequence[
             if missing:
                 raise _fail(
                     path,
-                    f"CSV score columns (by {scheme_name}) lack {len(missing)} of {num_classes} classes: "
-                    f"{missing[:5]}",
+                    f"CSV score columns (by {scheme_name}) lack {len(missing)} of {num_classes} classes: {missing[:5]}",
                 )
             return [mapping[c] for c in score_columns]
     if len(score_columns) != len(set(score_columns)):
@@ -162,9 +161,7 @@ def _read_json(path: Path, num_classes: int) -> tuple[list[str], list[list[float
         if len(values) != num_classes:
             wrong_count.append(f"{image_id} ({len(values)} scores)")
             continue
-        if not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        ):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             not_numeric.append(image_id)
             continue
         image_ids.append(image_id)
@@ -210,9 +207,6 @@ def load_predictions(paths: Sequence[Path | str], class_names: Sequence[str]) ->
     duplicated = sorted(i for i, n in Counter(all_ids).items() if n > 1)
     if duplicated:
         raise PredictionsFileError(
-            f"predictions ({', '.join(map(str, sources))}) give more than one row for "
-            f"{format_id_list(duplicated)}"
+            f"predictions ({', '.join(map(str, sources))}) give more than one row for {format_id_list(duplicated)}"
         )
-    return Predictions(
-        image_ids=tuple(all_ids), scores=np.asarray(all_rows, dtype=np.float64), sources=tuple(sources)
-    )
+    return Predictions(image_ids=tuple(all_ids), scores=np.asarray(all_rows, dtype=np.float64), sources=tuple(sources))

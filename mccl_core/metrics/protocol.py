@@ -138,8 +138,7 @@ def official_protocol(
     ):
         if labels.shape != probabilities.shape:
             raise ValueError(
-                f"shape mismatch: {true_name} has shape {labels.shape} but {score_name} has shape "
-                f"{probabilities.shape}"
+                f"shape mismatch: {true_name} has shape {labels.shape} but {score_name} has shape {probabilities.shape}"
             )
     selection = _select(val_labels, val_probabilities, "val", thresholds)
     return OfficialProtocolResult(
@@ -162,9 +161,7 @@ def split_tuned_protocol(
     labels = as_label_matrix(y_true, "y_true")
     probabilities = as_score_matrix(scores, "scores")
     if labels.shape != probabilities.shape:
-        raise ValueError(
-            f"shape mismatch: y_true has shape {labels.shape} but scores has shape {probabilities.shape}"
-        )
+        raise ValueError(f"shape mismatch: y_true has shape {labels.shape} but scores has shape {probabilities.shape}")
     selection = _select(labels, probabilities, split, thresholds)
     return SplitTunedProtocolResult(
         selection=selection,

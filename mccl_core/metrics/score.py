@@ -35,13 +35,18 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--predictions", type=Path, nargs="+", required=True,
+        "--predictions",
+        type=Path,
+        nargs="+",
+        required=True,
         help="one or more .csv/.json score files (merged; every image id at most once)",
     )
     parser.add_argument("--val-annotations", type=Path, help="Intentonomy-format val JSON (tunes the threshold)")
     parser.add_argument("--test-annotations", type=Path, help="Intentonomy-format test JSON (reported split)")
     parser.add_argument(
-        "--subsets", choices=SUBSET_CHOICES, default="auto",
+        "--subsets",
+        choices=SUBSET_CHOICES,
+        default="auto",
         help=(
             "class subsets for subset macro-F1 (auto: the official Intentonomy subsets when the categories are "
             "the 28 Intentonomy classes by name; intentonomy: the same, an error otherwise; none: no subsets)"
@@ -49,11 +54,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scores-are-logits", action="store_true", help="apply a sigmoid to the scores first")
     parser.add_argument(
-        "--split-tuned", action="store_true",
+        "--split-tuned",
+        action="store_true",
         help="with val+test, also report the split-tuned protocol on test (separately labelled)",
     )
     parser.add_argument(
-        "--ignore-extra-ids", action="store_true",
+        "--ignore-extra-ids",
+        action="store_true",
         help="ignore predicted images that are in no annotation file instead of failing",
     )
     parser.add_argument("--json-out", type=Path, help="also write the full results as JSON here")

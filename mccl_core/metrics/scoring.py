@@ -90,7 +90,8 @@ class ScoringResult:
 def _check_compatible(val: SplitAnnotations, test: SplitAnnotations) -> None:
     if val.class_names != test.class_names:
         differing = [
-            i for i in range(max(len(val.class_names), len(test.class_names)))
+            i
+            for i in range(max(len(val.class_names), len(test.class_names)))
             if val.class_names[i : i + 1] != test.class_names[i : i + 1]
         ]
         raise ValueError(
@@ -175,9 +176,7 @@ def score_prediction_files(config: ScoringConfig) -> ScoringResult:
             split=name,
             thresholds=config.thresholds,
         )
-    annotation_files = {
-        name: str(split.path) for name, split in (("val", val), ("test", test)) if split is not None
-    }
+    annotation_files = {name: str(split.path) for name, split in (("val", val), ("test", test)) if split is not None}
     return ScoringResult(
         official=official,
         split_tuned=split_tuned,

@@ -151,7 +151,8 @@ def resolve_weights(spec: ArchSpec, weights: str) -> tuple[dict[str, Tensor], st
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{k}: {tuple(state[k].shape)} vs {shape}" for k, shape in expected.items()
+        f"{k}: {tuple(state[k].shape)} vs {shape}"
+        for k, shape in expected.items()
         if k in state and tuple(state[k].shape) != shape
     ]
     if missing or unexpected or mismatched:
@@ -248,9 +249,7 @@ def _torch_load(path: Path) -> object:
 @lru_cache(maxsize=8)
 def _full_model_keys(timm_name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     model = timm.create_model(timm_name, pretrained=False)
-    return tuple(
-        (k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
-    )
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
 
 
 def _map_in_order(spec: ArchSpec, loaded: object, path: Path) -> dict[str, Tensor]:

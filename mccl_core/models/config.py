@@ -21,9 +21,6 @@ from .archs import ARCHS, WEIGHT_KEYWORDS
 logger = logging.getLogger(__name__)
 
 
-
-
-
 @dataclass
 class BackboneConfig:
     """Multi-stage backbone (timm ``features_only``).
@@ -224,7 +221,8 @@ class ModelConfig:
                 logger.warning(
                     "mcc.residual=%s with pretrained backbone weights (%s): the paper passes on the pure "
                     "clue rebuild (residual 0); residual > 0 is meant for random-init backbones",
-                    self.mcc.residual, self.backbone.weights,
+                    self.mcc.residual,
+                    self.backbone.weights,
                 )
             elif not self.backbone.pretrained and self.mcc.residual == 0:
                 logger.warning(

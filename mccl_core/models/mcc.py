@@ -275,7 +275,9 @@ class CompositionalClues(nn.Module):
 
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{s}: {self.num_prototypes(s)}x{c}" for s, c in zip(self.stages, self.stage_channels))
-        return f"prototypes=({sizes}), temperature={self.temperature}, residual={self.residual}, momentum={self.momentum}"
+        return (
+            f"prototypes=({sizes}), temperature={self.temperature}, residual={self.residual}, momentum={self.momentum}"
+        )
 
 
 def _invalidate_health_after_load(module: nn.Module, incompatible_keys: object) -> None:

@@ -75,9 +75,7 @@ class MCCLModel(nn.Module):
         grid_sizes = [(int(m.shape[2]), int(m.shape[3])) for m in feature_maps]
         return [m.flatten(2).transpose(1, 2) for m in feature_maps], grid_sizes
 
-    def forward_clues(
-        self, feature_maps: list[Tensor]
-    ) -> tuple[list[Tensor], list[tuple[int, int]], ClueState | None]:
+    def forward_clues(self, feature_maps: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]], ClueState | None]:
         """Maps -> tokens ``[B, H*W, C_s]`` (rebuilt by MCC when enabled), grid sizes, update state."""
         tokens, grid_sizes = self.maps_to_tokens(feature_maps)
         if self.clues is None:
@@ -169,7 +167,9 @@ def build_model(
         raise ModelBuildError(f"num_classes must be >= 1, got {num_classes}")
     if cfg.variant == "baseline":
         backbone = Backbone(dataclasses.replace(cfg.backbone, stages=(cfg.backbone.stages[-1],)))
-        logger.info("built baseline: %s %s + pool + linear, loss %s", cfg.backbone.arch, cfg.backbone.stages[-1], cfg.loss_kind)
+        logger.info(
+            "built baseline: %s %s + pool + linear, loss %s", cfg.backbone.arch, cfg.backbone.stages[-1], cfg.loss_kind
+        )
         return BaselineModel(backbone, num_classes, build_loss(cfg))
 
     if label_embeddings is None:
@@ -179,9 +179,7 @@ def build_model(
         )
     label_embeddings = np.asarray(label_embeddings, dtype=np.float32)
     if label_embeddings.ndim != 2 or label_embeddings.shape[0] != num_classes:
-        raise ModelBuildError(
-            f"label embeddings have shape {label_embeddings.shape}, expected [{num_classes}, D]"
-        )
+        raise ModelBuildError(f"label embeddings have shape {label_embeddings.shape}, expected [{num_classes}, D]")
     if not np.isfinite(label_embeddings).all():
         raise ModelBuildError("label embeddings contain non-finite values")
     if cooccurrence is not None:
@@ -320,9 +318,7 @@ def _resolve_bank(
                 "use_cpi=false (random prototypes) needs the class counts for the frequency-aware "
                 "allocation: pass the co-occurrence counts (their diagonal is used)"
             )
-        return random_prototype_bank(
-            dict(zip(stages, backbone.stage_channels)), np.diag(cooccurrence), cfg.cpi
-        )
+        return random_prototype_bank(dict(zip(stages, backbone.stage_channels)), np.diag(cooccurrence), cfg.cpi)
     if prototype_bank is None:
         raise ModelBuildError(
             "MCCL with MCC needs a CPI prototype bank: run the CPI step (build_prototype_bank / "
@@ -339,7 +335,5 @@ def _resolve_bank(
             f"stage channels {backbone.stage_channels}: the bank was built with another backbone"
         )
     if prototype_bank.num_classes != num_classes:
-        raise ModelBuildError(
-            f"prototype bank has {prototype_bank.num_classes} classes, the model {num_classes}"
-        )
+        raise ModelBuildError(f"prototype bank has {prototype_bank.num_classes} classes, the model {num_classes}")
     return prototype_bank

@@ -166,11 +166,14 @@ def build_label_graph(cooccurrence: np.ndarray, tau: float = 0.1, p: float = 0.2
     adjacency[has_edges] = p * edges[has_edges] / out_degree[has_edges, None]
     np.fill_diagonal(adjacency, np.where(has_edges, 1.0 - p, 1.0))
     degree = adjacency.sum(axis=1)
-    d_inv_sqrt = np.where(degree > 0, degree ** -0.5, 0.0)
+    d_inv_sqrt = np.where(degree > 0, degree**-0.5, 0.0)
     adjacency = d_inv_sqrt[:, None] * adjacency * d_inv_sqrt[None, :]
     logger.info(
         "label graph: %d directed edges at tau=%.3f (max P(j|i)=%.3f), %d nodes without edges",
-        num_edges, tau, max_conditional, len(isolated),
+        num_edges,
+        tau,
+        max_conditional,
+        len(isolated),
     )
     return LabelGraph(adjacency.astype(np.float32), num_edges, isolated, max_conditional)
 
@@ -217,7 +220,9 @@ class LabelQueries(nn.Module):
     """Class queries ``[C, d]`` from the (buffered) label embeddings: GCN, or a linear map
     for the "no GCN" ablation."""
 
-    def __init__(self, label_embeddings: Tensor | np.ndarray, dim: int, graph: LabelGraph | None, gcn_layers: int = 2) -> None:
+    def __init__(
+        self, label_embeddings: Tensor | np.ndarray, dim: int, graph: LabelGraph | None, gcn_layers: int = 2
+    ) -> None:
         super().__init__()
         emb = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32).clone()
         self.register_buffer("label_embeddings", emb)

@@ -104,7 +104,8 @@ def promote_if_better(
         client.set_model_version_tag(model_name, version, REPORTED_TAG, repr(float(test_macro_f1)))
 
     champion = _current_alias_holder(client, model_name, alias)
-    champion_version = champion.version if champion is not None else None
+    # str(): the REST store returns versions as strings, the embedded SQLite store as ints.
+    champion_version = str(champion.version) if champion is not None else None
     champion_score = _tag_score(champion) if champion is not None else None
 
     if champion is None:
@@ -142,4 +143,3 @@ def promote_if_better(
         client.set_model_version_tag(model_name, version, CANDIDATE_TAG, reason)
         (logger.warning if champion_score is None else logger.info)("%s: %s", model_name, reason)
     return PromotionDecision(promoted, version, new_score, champion_version, champion_score, reason)
-

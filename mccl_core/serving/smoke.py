@@ -51,7 +51,11 @@ def build_untrained_bundle(
         bank = random_prototype_bank(channels, np.diag(np.asarray(cooccurrence)), model_cfg.cpi, list(class_names))
     model = build_model(model_cfg, num_classes, label_embeddings, cooccurrence, bank)
     meta = BundleMeta.for_model(
-        model, model_cfg, list(class_names), list(class_descriptions or [""] * num_classes), image_size,
+        model,
+        model_cfg,
+        list(class_names),
+        list(class_descriptions or [""] * num_classes),
+        image_size,
         extra={"untrained": True, "seed": seed},
     )
     logger.info("writing an UNTRAINED (random weights) bundle to %s", out_dir)

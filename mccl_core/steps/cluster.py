@@ -89,7 +89,12 @@ def run_cluster(
             writer.writerow(["class_id", "class_name", "train_images", "prototypes"])
             for row in rows:
                 writer.writerow([row.class_id, row.class_name, row.count, row.prototypes])
-        md_lines = ["# CPI prototype allocation", "", "| id | class | train images (n_c) | prototypes (K_c) |", "|---:|---|---:|---:|"]
+        md_lines = [
+            "# CPI prototype allocation",
+            "",
+            "| id | class | train images (n_c) | prototypes (K_c) |",
+            "|---:|---|---:|---:|",
+        ]
         md_lines += [f"| {r.class_id} | {r.class_name} | {r.count} | {r.prototypes} |" for r in rows]
         md_lines += ["", f"Total prototypes per stage: {sum(r.prototypes for r in rows)}; stages: "
                      + ", ".join(f"{s} ({bank.num_prototypes(s)} x {bank.prototypes[s].shape[1]})" for s in bank.stages)]  # fmt: skip
@@ -144,8 +149,10 @@ SPEC = StepSpec(
     name="cluster",
     description="CPI prototypes (allocation table) and the PKI label-embedding cache",
     sections=("cluster", "model"),
-    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-            StepInput("extract", reads=(FEATURES_DIR,))),
+    inputs=(
+        StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+        StepInput("extract", reads=(FEATURES_DIR,)),
+    ),
     output_kind="Model",
     load_config=ClusterParams.from_params,
     run=run,

@@ -26,7 +26,6 @@ VALIDATED_DATA_FILE = "validated_data.json"
 VALIDATED_ANNOTATIONS_DIR = "annotations"
 
 
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -136,9 +136,14 @@ def run_evaluate(
         curve_result: ProtocolResult
         if "test" in splits:
             official = official_protocol(truth["val"], scores["val"], truth["test"], scores["test"], subsets, names)
-            prior_official = official_protocol(truth["val"], prior_scores["val"], truth["test"], prior_scores["test"], subsets, names)
+            prior_official = official_protocol(
+                truth["val"], prior_scores["val"], truth["test"], prior_scores["test"], subsets, names
+            )
             tuned = {s: split_tuned_protocol(truth[s], scores[s], subsets, names, split=s) for s in splits}
-            report["model"] = {"official": official.to_dict(), "split_tuned": {s: r.to_dict() for s, r in tuned.items()}}
+            report["model"] = {
+                "official": official.to_dict(),
+                "split_tuned": {s: r.to_dict() for s, r in tuned.items()},
+            }
             report["label_prior"] = {"official": prior_official.to_dict()}
             metrics = {
                 "protocol": "official",
@@ -170,7 +175,10 @@ def run_evaluate(
             accuracy = mdid_accuracy([(single, scores["val"])])
             prior_accuracy = mdid_accuracy([(single, prior_scores["val"])])
             report["model"] = {"split_tuned": {"val": tuned_val.to_dict()}, "mdid_accuracy": accuracy.to_dict()}
-            report["label_prior"] = {"split_tuned": {"val": prior_val.to_dict()}, "mdid_accuracy": prior_accuracy.to_dict()}
+            report["label_prior"] = {
+                "split_tuned": {"val": prior_val.to_dict()},
+                "mdid_accuracy": prior_accuracy.to_dict(),
+            }
             metrics = {
                 "protocol": "mdid",
                 "threshold": tuned_val.threshold,
@@ -202,7 +210,14 @@ def run_evaluate(
                  {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})  # fmt: skip
         run.log_metrics({k.replace(" ", "_"): float(v) for k, v in mlflow_metrics.items()})
         run.log_metrics({f"summary/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        for path in [metrics_path, report_path, html_path, out_dir / THRESHOLD_CURVE_FILE, out_dir / PER_CLASS_FILE, *plot_paths]:
+        for path in [
+            metrics_path,
+            report_path,
+            html_path,
+            out_dir / THRESHOLD_CURVE_FILE,
+            out_dir / PER_CLASS_FILE,
+            *plot_paths,
+        ]:
             run.log_artifact(path, "evaluation")
         return EvaluateResult(metrics, metrics_path, report_path, plot_paths, run.run_id)
 
@@ -315,9 +330,11 @@ SPEC = StepSpec(
     name="evaluate",
     description="official-protocol metrics (val-tuned threshold, test F1/mAP) vs the label prior, plots",
     sections=("evaluate",),
-    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-            StepInput("train", reads=("model",)),
-            StepInput("demo", reads=(".",), optional=True)),
+    inputs=(
+        StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+        StepInput("train", reads=("model",)),
+        StepInput("demo", reads=(".",), optional=True),
+    ),
     output_kind="Artifact",
     load_config=_load_config,
     run=run,

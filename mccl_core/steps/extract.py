@@ -88,7 +88,12 @@ def run_extract(
         dataset = load_split(validated.data, "train", transform=eval_transform(model_cfg, image_size))
         device = resolve_device(cfg.device)
         fingerprint = sha256_of(
-            {"backbone": asdict(model_cfg.backbone), "seed": seed, "image_size": image_size, "data": validated.data_hash}
+            {
+                "backbone": asdict(model_cfg.backbone),
+                "seed": seed,
+                "image_size": image_size,
+                "data": validated.data_hash,
+            }
         )
         manifest = write_token_shards(
             backbone, dataset, out_dir / FEATURES_DIR, cfg.extract_config(), device, inputs_fingerprint=fingerprint
@@ -149,8 +154,10 @@ SPEC = StepSpec(
     name="extract",
     description="patch tokens of the initial backbone -> Parquet shards (resumable) + backbone_init.pt",
     sections=("extract", "model", "train"),
-    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-            StepInput("demo", reads=(".",), optional=True)),
+    inputs=(
+        StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+        StepInput("demo", reads=(".",), optional=True),
+    ),
     output_kind="Dataset",
     load_config=ExtractParams.from_params,
     run=run,

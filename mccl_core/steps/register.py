@@ -58,7 +58,11 @@ class RegisterResult:
 
 @contextmanager
 def _short_http_timeouts() -> Iterator[None]:
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    names = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
     saved = {n: os.environ.get(n) for n in names}
     for name, value in names.items():
         os.environ.setdefault(name, value)
@@ -124,14 +128,20 @@ def run_register(
             version = str(info.registered_model_version)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             decision = promote_if_better(
-                client, cfg.model_name, version, score, alias=cfg.alias,
+                client,
+                cfg.model_name,
+                version,
+                score,
+                alias=cfg.alias,
                 test_macro_f1=None if test_score is None else float(test_score),
             )
         except StepError:
             raise
         except Exception as error:
             if is_unreachable_error(error):
-                raise StepError(f"the MLflow registry at {uri} became unreachable while registering: {error}") from error
+                raise StepError(
+                    f"the MLflow registry at {uri} became unreachable while registering: {error}"
+                ) from error
             raise
         finally:
             mlflow.set_tracking_uri(previous_uri)
@@ -157,7 +167,9 @@ def run_register(
         status = f"promoted to @{cfg.alias}" if decision.promoted else f"kept as a candidate (not @{cfg.alias})"
         log.info("%s version %s %s: %s", cfg.model_name, version, status, decision.reason)
         finish_parent_run(run)
-        return RegisterResult(cfg.model_name, version, bool(decision.promoted), decision.reason, payload, decision_path, run.run_id)
+        return RegisterResult(
+            cfg.model_name, version, bool(decision.promoted), decision.reason, payload, decision_path, run.run_id
+        )
 
 
 # ------------------------------------------------------------------------------- step contract
@@ -187,9 +199,11 @@ SPEC = StepSpec(
     name="register",
     description="register in the MLflow model registry; move the alias only when the validation macro-F1 is better",
     sections=("register",),
-    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE,)),
-            StepInput("train", reads=("model",)),
-            StepInput("evaluate", reads=("metrics.json",))),
+    inputs=(
+        StepInput("validate", reads=(VALIDATED_DATA_FILE,)),
+        StepInput("train", reads=("model",)),
+        StepInput("evaluate", reads=("metrics.json",)),
+    ),
     output_kind="Artifact",
     load_config=_load_config,
     run=run,

@@ -95,7 +95,9 @@ class LaunchConfig:
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1:
-            raise ConfigError(f"launch.nproc_per_node and launch.nnodes must be >= 1, got {self.nproc_per_node}, {self.nnodes}")
+            raise ConfigError(
+                f"launch.nproc_per_node and launch.nnodes must be >= 1, got {self.nproc_per_node}, {self.nnodes}"
+            )
         if self.backend == "torchrun" and self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("launch.nnodes > 1 with the torchrun backend needs launch.rdzv_endpoint (host:port of node 0); "
                               "on Kubernetes use launch.backend: pytorchjob")  # fmt: skip
@@ -146,7 +148,13 @@ def torchrun_command(launch: LaunchConfig, train_args: list[str]) -> list[str]:
     return command + ["-m", "mccl_core.training.cli", *train_args]
 
 
-def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, validated: ValidatedData, inputs: TrainInputsPaths, launch: LaunchConfig) -> dict[str, Any]:
+def _fingerprint(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    validated: ValidatedData,
+    inputs: TrainInputsPaths,
+    launch: LaunchConfig,
+) -> dict[str, Any]:
     train = {k: v for k, v in train_cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
     files = {name: sha256_files([path]) for name, path in asdict(inputs).items() if path is not None}
     # World size matters: per-rank batches and data order change with it.
@@ -207,7 +215,9 @@ def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
 def _run_streaming(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
     """Run ``command``, echoing its output live; returns (exit code, last 400 lines)."""
     tail: deque[str] = deque(maxlen=400)
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -241,7 +251,14 @@ def run_train(
 
     with tracked_step("train", tracking, params, all_params, validated.data_hash) as run:
         run.log_artifact(params_path, "config")
-        train_args = ["--params", str(params_path), "--output-dir", str(out_dir), "--summary-json", str(out_dir / SUMMARY_FILE)]
+        train_args = [
+            "--params",
+            str(params_path),
+            "--output-dir",
+            str(out_dir),
+            "--summary-json",
+            str(out_dir / SUMMARY_FILE),
+        ]
         for flag, path in (("--prototypes", inputs.prototypes), ("--backbone-init", inputs.backbone_init),
                            ("--label-embeddings", inputs.label_embeddings)):  # fmt: skip
             if path is not None:
@@ -261,7 +278,9 @@ def run_train(
         return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)
 
 
-def _launch_torchrun(launch: LaunchConfig, train_args: list[str], run: StepTracking, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+def _launch_torchrun(
+    launch: LaunchConfig, train_args: list[str], run: StepTracking, out_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """The training processes on this machine (``torchrun``, or one plain process)."""
     env = dict(os.environ)
     env.update(launch.env or {})
@@ -319,7 +338,11 @@ def _launch_pytorchjob(
             (handle_dir / "annotations").mkdir(parents=True, exist_ok=True)
             shutil.copy(path, moved.data.annotations[split])
         moved.save(handle_dir / VALIDATED_DATA_FILE, folders)
-        for folder, upstream in (("extract", inputs.backbone_init), ("cluster", inputs.prototypes), ("cluster", inputs.label_embeddings)):
+        for folder, upstream in (
+            ("extract", inputs.backbone_init),
+            ("cluster", inputs.prototypes),
+            ("cluster", inputs.label_embeddings),
+        ):
             if upstream is not None:
                 (staged / folder).mkdir(exist_ok=True)
                 shutil.copy(upstream, staged / folder / Path(upstream).name)
@@ -380,10 +403,12 @@ SPEC = StepSpec(
     name="train",
     description="train under torchrun (or a PyTorchJob); resumes from its checkpoint when the inputs match",
     sections=("model", "train", "launch"),
-    inputs=(StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-            StepInput("extract", reads=("backbone_init.pt",)),
-            StepInput("cluster", reads=("prototypes.safetensors", "label_embeddings.npz")),
-            StepInput("demo", reads=(".",), optional=True)),
+    inputs=(
+        StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
+        StepInput("extract", reads=("backbone_init.pt",)),
+        StepInput("cluster", reads=("prototypes.safetensors", "label_embeddings.npz")),
+        StepInput("demo", reads=(".",), optional=True),
+    ),
     output_kind="Model",
     load_config=TrainParams.from_params,
     run=run,

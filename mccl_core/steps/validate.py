@@ -138,13 +138,17 @@ def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
         path = data_cfg.annotation_file(split)
         try:
             document = read_intentonomy_json(path)
-            parsed = parse_intentonomy_document(document, str(path), mode="lenient", image_root=data_cfg.root, split=split)
+            parsed = parse_intentonomy_document(
+                document, str(path), mode="lenient", image_root=data_cfg.root, split=split
+            )
         except AnnotationFileError as error:  # unreadable file / unusable categories: no record to validate
             raise AnnotationError(error.source, error.problems) from error
         if names is None:
             names, descriptions = list(parsed.class_names), parsed.class_descriptions
         elif list(parsed.class_names) != names:
-            raise AnnotationError(str(path), [f"categories {list(parsed.class_names)} differ from the train split's {names}"])
+            raise AnnotationError(
+                str(path), [f"categories {list(parsed.class_names)} differ from the train split's {names}"]
+            )
         documents[split] = document
         rows += [
             {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path), "split": split,
@@ -153,7 +157,10 @@ def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
         ]  # fmt: skip
     names = names or []
     return _SourceRows(
-        pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), names, resolve_class_descriptions(names, descriptions), documents
+        pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)),
+        names,
+        resolve_class_descriptions(names, descriptions),
+        documents,
     )
 
 
@@ -182,22 +189,29 @@ def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
 # ------------------------------------------------------------------------------------ outputs
 
 
-def _clean_documents(source: _SourceRows, report: ValidationReport, data_cfg: DataConfig, splits: list[str]) -> dict[str, dict[str, Any]]:
+def _clean_documents(
+    source: _SourceRows, report: ValidationReport, data_cfg: DataConfig, splits: list[str]
+) -> dict[str, dict[str, Any]]:
     """Intentonomy-schema documents without the quarantined records."""
     dropped = {str(record.image_id) for record in report.offending}
     if source.documents:
         clean: dict[str, dict[str, Any]] = {}
         for split, document in source.documents.items():
             copy = dict(document)
-            copy["images"] = [i for i in document.get("images") or [] if not (isinstance(i, dict) and str(i.get("id")) in dropped)]
+            copy["images"] = [
+                i for i in document.get("images") or [] if not (isinstance(i, dict) and str(i.get("id")) in dropped)
+            ]
             copy["annotations"] = [
-                a for a in document.get("annotations") or [] if not (isinstance(a, dict) and str(a.get("image_id")) in dropped)
+                a
+                for a in document.get("annotations") or []
+                if not (isinstance(a, dict) and str(a.get("image_id")) in dropped)
             ]
             clean[split] = copy
         return clean
     # Other sources: write the loaded records in the Intentonomy schema (hard labels).
     categories = [
-        {"id": i, "name": n, "description": d} for i, (n, d) in enumerate(zip(source.class_names, source.class_descriptions))
+        {"id": i, "name": n, "description": d}
+        for i, (n, d) in enumerate(zip(source.class_names, source.class_descriptions))
     ]
     clean = {}
     frame = report.clean_manifest
@@ -212,7 +226,9 @@ def _clean_documents(source: _SourceRows, report: ValidationReport, data_cfg: Da
     return clean
 
 
-def _failure_report(out_dir: Path, data_cfg: DataConfig, policy: str, message: str, problems: list[str]) -> dict[str, Any]:
+def _failure_report(
+    out_dir: Path, data_cfg: DataConfig, policy: str, message: str, problems: list[str]
+) -> dict[str, Any]:
     payload = {
         "success": False,
         "usable": False,
@@ -224,7 +240,14 @@ def _failure_report(out_dir: Path, data_cfg: DataConfig, policy: str, message: s
         "counts": {"records": 0, "clean": 0, "offending": len(problems), "quarantined": 0},
     }
     write_json(out_dir / REPORT_FILE, payload)
-    lines = ["# Data validation: FAILED (annotation files)", "", f"- source: `{data_cfg.source}`", "", "## Problems", ""]
+    lines = [
+        "# Data validation: FAILED (annotation files)",
+        "",
+        f"- source: `{data_cfg.source}`",
+        "",
+        "## Problems",
+        "",
+    ]
     lines += [f"- {p}" for p in problems[:50]]
     if len(problems) > 50:
         lines.append(f"- ... and {len(problems) - 50} more (see report.json)")
@@ -319,12 +342,15 @@ def run_validate(
             _failure_report(out_dir, data_cfg, cfg.policy, "annotation problems", problems)
             _log_outputs(tracking_run, out_dir)
             raise StepError(
-                "data validation failed: annotation problems:\n" + "\n".join(f"  - {p}" for p in problems[:20])
+                "data validation failed: annotation problems:\n"
+                + "\n".join(f"  - {p}" for p in problems[:20])
                 + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
             )
 
         counts = {**report.counts, "per_split": {s: int((report.clean_manifest["split"] == s).sum()) for s in splits}}
-        validated = ValidatedData(data=clean_cfg, source=data_cfg.source, splits=splits, data_hash=data_hash, counts=counts)
+        validated = ValidatedData(
+            data=clean_cfg, source=data_cfg.source, splits=splits, data_hash=data_hash, counts=counts
+        )
         validated.save(out_dir / VALIDATED_DATA_FILE, input_folders)
         _write_report(out_dir, report, data_cfg, splits, data_hash)
         tracking_run.log_metrics(_metric_counts(report))
@@ -349,7 +375,9 @@ def _metric_counts(report: ValidationReport) -> dict[str, float]:
     return {f"validation_{k}": float(v) for k, v in report.counts.items()}
 
 
-def _write_report(out_dir: Path, report: ValidationReport, data_cfg: DataConfig, splits: list[str], data_hash: str) -> None:
+def _write_report(
+    out_dir: Path, report: ValidationReport, data_cfg: DataConfig, splits: list[str], data_hash: str
+) -> None:
     payload = {**report.to_dict(), "source": data_cfg.source, "splits": splits, "data_hash": data_hash}
     write_json(out_dir / REPORT_FILE, payload)
     write_text(out_dir / SUMMARY_FILE, report.to_markdown())
@@ -372,7 +400,9 @@ class ValidateStepConfig:
                    DataConfig.from_dict(section(params, "data")))  # fmt: skip
 
 
-def run(inputs: Mapping[str, Path], out_dir: Path, config: ValidateStepConfig, tracking: TrackingOptions) -> StepOutcome:
+def run(
+    inputs: Mapping[str, Path], out_dir: Path, config: ValidateStepConfig, tracking: TrackingOptions
+) -> StepOutcome:
     """Validate ``data`` (the demo source reads the ``demo`` input folder when one is given:
     under Kubeflow the generated dataset arrives as the demo step's artifact)."""
     data_cfg = config.data

@@ -167,7 +167,9 @@ def _resolve_parent(
             return tracker.resume_parent_run(ref_file=Path(ref))
     if not options.start_parent and (ref is None or not options.create_parent):
         return None
-    parent = tracker.start_parent_run(options.run_name, tags={"mccl.pipeline": "kubeflow" if options.start_parent else "dvc"})
+    parent = tracker.start_parent_run(
+        options.run_name, tags={"mccl.pipeline": "kubeflow" if options.start_parent else "dvc"}
+    )
     if params:
         tracker.log_params(dict(flatten(dict(params))), run=parent)
     if ref is not None:

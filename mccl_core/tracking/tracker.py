@@ -332,9 +332,7 @@ class ResilientTracker:
         self.project_dir = Path(self.config.project_dir).resolve()
         self.tracking_uri = resolve_tracking_uri(self.project_dir, self.config.tracking_uri)
         self.is_server = is_server_uri(self.tracking_uri)
-        self.journal_path = Path(
-            self.config.journal_path or self.project_dir / "outputs" / "mlflow_not_logged.jsonl"
-        )
+        self.journal_path = Path(self.config.journal_path or self.project_dir / "outputs" / "mlflow_not_logged.jsonl")
         self._http_env = _HttpRetryEnv(
             {
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.config.http_max_retries),
@@ -521,9 +519,7 @@ class ResilientTracker:
         elif run_id is None:
             run_id = os.environ.get(PARENT_RUN_ENV) or None
             if run_id is None:
-                raise ValueError(
-                    f"no parent run id: pass run_id, a ref_file, or set ${PARENT_RUN_ENV}"
-                )
+                raise ValueError(f"no parent run id: pass run_id, a ref_file, or set ${PARENT_RUN_ENV}")
         if run_id is not None and self.experiment_id is None:
             run = self._guarded(
                 "resume", 0, {"run_id": run_id}, lambda: self.client.get_run(run_id), None, journal=False
@@ -628,9 +624,7 @@ class ResilientTracker:
 
             self._guarded("params", len(chunk), {"params": chunk}, send_params, run)
 
-    def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, run: RunHandle | None = None
-    ) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, run: RunHandle | None = None) -> None:
         """Log numeric metrics (NaN/inf allowed) at ``step`` (default 0)."""
         from mlflow.entities import Metric
 

@@ -29,8 +29,12 @@ from mccl_core.training.run import TrainArtifacts, prepare_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mccl train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections data, model, train)")
+    parser = argparse.ArgumentParser(
+        prog="mccl train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file (sections data, model, train)"
+    )
     parser.add_argument("--output-dir", type=Path, help="override train.output_dir")
     parser.add_argument("--prototypes", type=Path, help="CPI prototype bank (.safetensors) from the cluster step")
     parser.add_argument("--backbone-init", type=Path, help="backbone state dict the prototypes were computed with")

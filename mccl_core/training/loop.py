@@ -166,9 +166,7 @@ def _steps_per_epoch(dataset: IntentDataset, cfg: TrainConfig, ctx: DistContext)
     per_rank_samples = math.floor(len(dataset) / ctx.world_size)
     steps = per_rank_samples // _per_rank_batch(cfg, ctx)
     if steps == 0:
-        raise ValueError(
-            f"training set of {len(dataset)} images is smaller than one global batch of {cfg.batch_size}"
-        )
+        raise ValueError(f"training set of {len(dataset)} images is smaller than one global batch of {cfg.batch_size}")
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     return steps
@@ -187,7 +185,9 @@ def predict_scores(
 ) -> np.ndarray:
     """Sigmoid scores [N, C] for ``dataset`` in dataset order; each rank scores its shard, all gather."""
     model.eval()
-    sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False
+    )
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     indices: list[np.ndarray] = []
     scores: list[np.ndarray] = []
@@ -284,13 +284,15 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_one_epoch(train_model, ema, optimizer, scheduler, inputs, cfg, ctx, epoch, steps_per_epoch)
-        evaluate_now = inputs.val_set is not None and (
-            (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-        )
+        evaluate_now = inputs.val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         if evaluate_now and inputs.val_set is not None:  # evaluate_now implies a val set
             eval_model = ema.module if ema is not None else model
             scores = predict_scores(
-                eval_model, inputs.val_set, ctx, _per_rank_batch(cfg, ctx), cfg.precision,
+                eval_model,
+                inputs.val_set,
+                ctx,
+                _per_rank_batch(cfg, ctx),
+                cfg.precision,
                 channels_last=use_channels_last,
             )
             val_true = _label_matrix(inputs.val_set)
@@ -328,12 +330,18 @@ def train(
         if isinstance(final_model, nn.Module) and ctx.enabled and cfg.sync_batchnorm:
             final_model = _revert_sync_batchnorm(copy.deepcopy(final_model))
         meta = BundleMeta.for_model(
-            model, model_cfg, list(inputs.class_names), inputs.class_descriptions, cfg.image_size,
+            model,
+            model_cfg,
+            list(inputs.class_names),
+            inputs.class_descriptions,
+            cfg.image_size,
             extra={"epochs": cfg.epochs, "ema": ema is not None},
         )
         save_bundle(final_path, final_model, meta, inputs.label_embeddings, inputs.cooccurrence, inputs.prototype_bank)
         (out_dir / HISTORY_NAME).write_text(json.dumps([asdict(r) for r in history], indent=2))
-    return TrainResult(history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from)
+    return TrainResult(
+        history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from
+    )
 
 
 def _param_groups(model: MCCLModel | BaselineModel, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -423,11 +431,17 @@ def _train_one_epoch(
 
 
 def _format_epoch(record: EpochRecord, epochs: int) -> str:
-    parts = [f"epoch {record.epoch + 1}/{epochs}", f"loss {record.train_loss:.4f}", f"lr {record.lr:.2e}",
-             f"{record.images_per_second:.1f} img/s"]
+    parts = [
+        f"epoch {record.epoch + 1}/{epochs}",
+        f"loss {record.train_loss:.4f}",
+        f"lr {record.lr:.2e}",
+        f"{record.images_per_second:.1f} img/s",
+    ]
     if record.val_map is not None:
-        parts += [f"val mAP {100 * record.val_map:.2f}",
-                  f"val macro-F1 (split-tuned) {100 * record.split_tuned_val()[0]:.2f}"]
+        parts += [
+            f"val mAP {100 * record.val_map:.2f}",
+            f"val macro-F1 (split-tuned) {100 * record.split_tuned_val()[0]:.2f}",
+        ]
     for key, value in record.prototype_health.items():
         parts.append(f"{key} {value:.3g}")
     return " | ".join(parts)
@@ -437,7 +451,9 @@ def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """SyncBatchNorm -> BatchNorm2d so single-process evaluation and serving can run the bundle."""
     out = module
     if isinstance(module, nn.SyncBatchNorm):
-        out = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = nn.BatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var
@@ -453,7 +469,11 @@ REPLICA_TOLERANCE = 1e-5
 
 def _replica_prototype_diff(model: nn.Module, ctx: DistContext) -> float:
     """Max |p_rank - p_rank0| over all prototype buffers; raises if replicas diverged."""
-    protos = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if ".prototypes_" in k or k.startswith("prototypes_")}
+    protos = {
+        k: v.detach().float().cpu()
+        for k, v in model.state_dict().items()
+        if ".prototypes_" in k or k.startswith("prototypes_")
+    }
     gathered = all_gather_objects(protos, ctx)
     reference = gathered[0]
     diff = 0.0

@@ -94,9 +94,7 @@ class ValidationReport:
             "policy": self.policy,
             "counts": self.counts,
             "expectations": [asdict(e) for e in self.expectations],
-            "offending_records": [
-                {**asdict(record), "problem": record.problem} for record in self.offending
-            ],
+            "offending_records": [{**asdict(record), "problem": record.problem} for record in self.offending],
             "table_problems": list(self.table_problems),
             "missing_classes": list(self.missing_classes),
             "quarantine_path": str(self.quarantine_path) if self.quarantine_path else None,

@@ -221,9 +221,7 @@ def _run_suite(
         key = cast(str, (expectation_result.expectation_config.meta or {}).get("check"))
         info = expectation_result.exception_info or {}
         if info.get("raised_exception"):
-            raise RuntimeError(
-                f"Great Expectations could not evaluate check {key!r}: {info.get('exception_message')}"
-            )
+            raise RuntimeError(f"Great Expectations could not evaluate check {key!r}: {info.get('exception_message')}")
         by_key[key] = expectation_result
     return by_key
 
@@ -431,6 +429,9 @@ def validate_manifest(
         raise DataValidationError(_error_message(report), report)
     logger.info(
         "manifest validation %s: %d records, %d clean, %d quarantined",
-        "passed" if success else "passed after quarantine", len(manifest), len(clean), report.n_quarantined,
+        "passed" if success else "passed after quarantine",
+        len(manifest),
+        len(clean),
+        report.n_quarantined,
     )
     return report

@@ -1,6 +1,6 @@
 """CPI's frequency-aware allocation: how many prototypes each class owns (K_c).
 
-    K_c = clip(round(K_total * n_c^-a / sum_j n_j^-a), k_min, k_max),  K_total = 8 * num_classes.
+K_c = clip(round(K_total * n_c^-a / sum_j n_j^-a), k_min, k_max),  K_total = 8 * num_classes.
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ def allocate_prototypes(
         raise PrototypeBankError("allocate_prototypes: no classes")
     zero = [f"{i} ({names[i]})" for i in np.flatnonzero(counts <= 0)]
     if zero:
-        raise PrototypeBankError(
-            f"classes without training images cannot get prototypes: {', '.join(zero)}"
-        )
+        raise PrototypeBankError(f"classes without training images cannot get prototypes: {', '.join(zero)}")
     weights = counts ** (-cfg.exponent)
     k_total = cfg.prototypes_per_class * num_classes
     raw = k_total * weights / weights.sum()
@@ -66,8 +64,6 @@ def format_allocation_table(rows: Sequence[AllocationRow]) -> str:
     return "\n".join(lines)
 
 
-
-
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
     if class_names is None:
         return [f"class_{i}" for i in range(num_classes)]
@@ -75,5 +71,3 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     if len(names) != num_classes:
         raise PrototypeBankError(f"{len(names)} class names for {num_classes} classes")
     return names
-
-

@@ -26,7 +26,6 @@ BANK_FORMAT_VERSION = 1
 _METADATA_KEY = "mccl_prototype_bank"
 
 
-
 @dataclass
 class PrototypeBank:
     """Per-stage class-owned prototypes: the CPI artifact that training loads.
@@ -83,9 +82,7 @@ class PrototypeBank:
             if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
                 raise PrototypeBankError(f"{source}: stage {stage!r} prototypes are not unit norm")
             if owners.numel() and (owners.min() < 0 or owners.max() >= self.num_classes):
-                raise PrototypeBankError(
-                    f"{source}: stage {stage!r} owner ids outside [0, {self.num_classes})"
-                )
+                raise PrototypeBankError(f"{source}: stage {stage!r} owner ids outside [0, {self.num_classes})")
             orphans = sorted(set(range(self.num_classes)) - set(owners.tolist()))
             if orphans:
                 raise PrototypeBankError(f"{source}: stage {stage!r} classes {orphans} own no prototype")
@@ -137,9 +134,7 @@ class PrototypeBank:
             raise PrototypeBankError(
                 f"prototype bank file {path}: format version {version}, expected {BANK_FORMAT_VERSION}"
             )
-        missing = [
-            key for s in stages for key in (f"prototypes.{s}", f"owners.{s}") if key not in tensors
-        ]
+        missing = [key for s in stages for key in (f"prototypes.{s}", f"owners.{s}") if key not in tensors]
         if missing:
             raise PrototypeBankError(f"prototype bank file {path}: missing tensors {missing}")
         try:
@@ -155,15 +150,13 @@ class PrototypeBank:
             raise PrototypeBankError(f"prototype bank file {path}: {exc}") from exc
 
 
-
-
 def random_prototype_bank(
     stage_channels: Mapping[str, int],
     class_counts: Sequence[int] | np.ndarray,
     cfg: CPIConfig,
     class_names: Sequence[str] | None = None,
 ) -> PrototypeBank:
-    """"No CPI" ablation: the same frequency-aware allocation, random unit prototypes (seeded)."""
+    """ "No CPI" ablation: the same frequency-aware allocation, random unit prototypes (seeded)."""
     rows = allocate_prototypes(class_counts, cfg, class_names)
     logger.info("random prototype allocation (no CPI):\n%s", format_allocation_table(rows))
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -180,5 +173,3 @@ def random_prototype_bank(
         len(rows),
         {"source": "random", "cpi_config": asdict(cfg)},
     )
-
-

@@ -97,9 +97,7 @@ class PrototypeBankBuilder:
         for stage_idx, (stage, feats) in enumerate(zip(self.stage_names, features)):
             tokens = _to_tokens(feats, stage)
             if tokens.shape[0] != batch:
-                raise PrototypeBankError(
-                    f"CPI stage {stage!r}: {tokens.shape[0]} feature rows for {batch} labels"
-                )
+                raise PrototypeBankError(f"CPI stage {stage!r}: {tokens.shape[0]} feature rows for {batch} labels")
             num_patches = tokens.shape[1]
             self._add_stage_tokens(
                 stage_idx,
@@ -146,16 +144,12 @@ class PrototypeBankBuilder:
             first = np.searchsorted(sorted_index, sorted_index, side="left")
             patch_ids = np.empty_like(index)
             patch_ids[order] = np.arange(index.shape[0]) - first  # position of the token within its image
-            self._add_stage_tokens(
-                stage_idx, tokens_t, index, patch_ids, carries_all[torch.from_numpy(index)]
-            )
+            self._add_stage_tokens(stage_idx, tokens_t, index, patch_ids, carries_all[torch.from_numpy(index)])
 
     def _check_labels(self, labels: Tensor | np.ndarray) -> Tensor:
         labels_t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).cpu()
         if labels_t.ndim != 2 or labels_t.shape[1] != self.num_classes:
-            raise PrototypeBankError(
-                f"CPI labels must be [B, {self.num_classes}], got {tuple(labels_t.shape)}"
-            )
+            raise PrototypeBankError(f"CPI labels must be [B, {self.num_classes}], got {tuple(labels_t.shape)}")
         return labels_t
 
     def _register_images(self, labels: Tensor, indices: np.ndarray) -> Tensor:
@@ -185,9 +179,7 @@ class PrototypeBankBuilder:
         stage = self.stage_names[stage_idx]
         channels = self._channels.setdefault(stage, int(tokens.shape[1]))
         if tokens.shape[1] != channels:
-            raise PrototypeBankError(
-                f"CPI stage {stage!r}: channel count changed from {channels} to {tokens.shape[1]}"
-            )
+            raise PrototypeBankError(f"CPI stage {stage!r}: channel count changed from {channels} to {tokens.shape[1]}")
         tokens = F.normalize(tokens.detach().float(), dim=-1).to("cpu", torch.float16)
         keys = _patch_keys(self.cfg.seed, stage_idx, image_ids, patch_ids)
         token_carries = token_carries.cpu()
@@ -242,7 +234,12 @@ class PrototypeBankBuilder:
             if n < k:
                 logger.warning(
                     "CPI stage %s class %d (%s): only %d patches for K_c=%d; using K=%d",
-                    stage, row.class_id, row.class_name, n, k, n,
+                    stage,
+                    row.class_id,
+                    row.class_name,
+                    n,
+                    k,
+                    n,
                 )
                 reduced.append({"stage": stage, "class_id": row.class_id, "allocated": k, "used": int(n)})
                 k = int(n)
@@ -278,9 +275,7 @@ class PrototypeBankBuilder:
             return [stage_features[s] for s in self.stage_names]
         features = list(stage_features)
         if len(features) != len(self.stage_names):
-            raise PrototypeBankError(
-                f"CPI: {len(features)} feature tensors for stages {list(self.stage_names)}"
-            )
+            raise PrototypeBankError(f"CPI: {len(features)} feature tensors for stages {list(self.stage_names)}")
         return features
 
 
@@ -314,8 +309,6 @@ def build_prototype_bank(
     else:
         builder.add(stage_tokens, labels, image_indices)  # type: ignore[arg-type]
     return builder.build(device=device)
-
-
 
 
 def _to_tokens(features: Tensor, stage: str) -> Tensor:

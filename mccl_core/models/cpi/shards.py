@@ -90,7 +90,9 @@ def iter_stage_tokens(
     subset = Subset(dataset, range(start_image, stop_image))
     loader = DataLoader(subset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     bar = tqdm(loader, desc=f"extract [{start_image}:{stop_image}]", leave=False, disable=not progress)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     for batch in bar:
         indices = batch["index"].numpy()
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + int(indices[0]))
@@ -107,9 +109,7 @@ def run_cpi(
     device: torch.device,
 ) -> PrototypeBank:
     """CPI straight from the backbone, without Parquet shards (small datasets, tests, notebooks)."""
-    builder = PrototypeBankBuilder(
-        dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names
-    )
+    builder = PrototypeBankBuilder(dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names)
     labels = torch.from_numpy(dataset.label_matrix())
     stop = len(dataset) if not extract_cfg.max_images else min(extract_cfg.max_images, len(dataset))
     for indices, stage_tokens in iter_stage_tokens(backbone, dataset, extract_cfg, device, 0, stop):
@@ -281,6 +281,8 @@ def cluster_token_shards(features_dir: Path, cpi_cfg: CPIConfig, device: torch.d
     """CPI over the extract step's shards (streamed; the builder keeps a bounded patch sample)."""
     manifest = read_features_manifest(features_dir)
     builder = PrototypeBankBuilder(len(manifest["class_names"]), manifest["stages"], cpi_cfg, manifest["class_names"])
-    for positions, stage_tokens, labels in tqdm(iter_token_shards(features_dir), total=manifest["num_shards"], desc="CPI shards"):
+    for positions, stage_tokens, labels in tqdm(
+        iter_token_shards(features_dir), total=manifest["num_shards"], desc="CPI shards"
+    ):
         builder.add(stage_tokens, labels, torch.from_numpy(positions))
     return builder.build(device=device)
