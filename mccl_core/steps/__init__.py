@@ -1,15 +1,15 @@
-"""Library functions of the pipeline steps, one module per step.
+"""The pipeline steps, one module per step, each declaring its contract (``SPEC``).
 
-The same functions run under three drivers, so a step behaves identically everywhere:
+Every driver runs a step through :func:`mccl_core.steps.contract.run_step`, so a step behaves
+identically everywhere:
 
-* ``components/`` - one thin CLI per step (``mccl step <name>``), what ``dvc.yaml`` calls;
-* ``pipeline/`` - the Kubeflow pipeline's lightweight Python components;
-* tests, calling them directly.
+* ``mccl step <name>`` (:mod:`mccl_core.steps.cli`) - what ``dvc.yaml`` calls;
+* ``components/`` - the Kubeflow components (argument plumbing only);
+* the PyTorchJob pods (:mod:`mccl_core.launch.pytorchjob`) - the train step itself;
+* tests, calling the typed ``run_<step>`` functions or ``run_step`` directly.
 
-Steps (in DAG order): ``demo`` (generates the embedded demo dataset), ``validate``, ``extract``,
-``cluster`` (CPI prototypes + label embeddings), ``train``, ``evaluate``, ``register``. Each takes
-its own config dataclass (built from its section of ``params.yaml``), explicit input/output paths
-and :class:`~mccl_core.tracking.steps.TrackingOptions`, and returns a result dataclass.
+Steps (in DAG order): ``demo``, ``validate``, ``extract``, ``cluster`` (CPI prototypes + label
+embeddings), ``train``, ``evaluate``, ``register``. See docs/step-contract.md.
 """
 
 from mccl_core.steps.errors import StepError

@@ -36,11 +36,6 @@ class DemoStepConfig:
         return cls(DemoConfig.from_dict(values), int(workers or default_workers()))
 
 
-def demo_config(values: Mapping[str, Any]) -> DemoConfig:
-    """``DemoConfig`` from a ``demo`` params section (``workers`` is a run setting, not data)."""
-    return DemoStepConfig.from_params({"demo": dict(values)}).demo
-
-
 def run_demo(values: Mapping[str, Any], out_dir: Path) -> Path:
     """Generate (or keep, if already complete for the same config) the demo dataset in ``out_dir``."""
     cfg = DemoStepConfig.from_params({"demo": dict(values)})
