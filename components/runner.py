@@ -41,7 +41,7 @@ def run_kfp_step(
     folders = {step: getattr(artifact, "path", artifact) for step, artifact in inputs.items() if artifact is not None}
     outcome = run_step(name, params, folders, out_dir, tracking)
     if metrics is not None:
-        for key, value in outcome.metrics.items():
+        for key, value in {**outcome.metrics, **outcome.run_metrics}.items():
             metrics.log_metric(key, float(value))
     for path, text in ((markdown_path, outcome.markdown), (html_path, outcome.html)):
         if path:

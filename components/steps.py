@@ -17,11 +17,17 @@ IMAGE = pipeline_image()
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def demo(demo_params: dict, out: Output[Dataset]):
-    """Generate the synthetic demo dataset (the default data)."""
+def demo(
+    demo_params: dict, data: dict, tracking: dict, mlflow_tracking_uri: str, out: Output[Dataset]
+) -> NamedTuple("DemoOutputs", [("mlflow_run_id", str)]):
+    """Generate the synthetic demo dataset (the default data; nothing when data.source is another)."""
+    from collections import namedtuple
+
     from components.runner import run_kfp_step
 
-    run_kfp_step("demo", {"demo": demo_params}, {}, out.path, "")
+    outcome = run_kfp_step("demo", {"demo": demo_params, "data": data, "tracking": tracking}, {}, out.path,
+                           mlflow_tracking_uri)  # fmt: skip
+    return namedtuple("DemoOutputs", ["mlflow_run_id"])(outcome.mlflow_run_id)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -96,6 +102,7 @@ def train(
     launch: dict,
     tracking: dict,
     mlflow_tracking_uri: str,
+    demo_run_id: str,
     validate_run_id: str,
     extract_run_id: str,
     cluster_run_id: str,
@@ -114,7 +121,7 @@ def train(
     outcome = run_kfp_step("train", {"model": model, "train": train_params, "launch": launch, "tracking": tracking},
                            {"validate": validate, "extract": extract, "cluster": cluster, "demo": demo}, out.path,
                            mlflow_tracking_uri, start_parent=True,
-                           adopt_run_ids=(validate_run_id, extract_run_id, cluster_run_id), metrics=training_metrics)  # fmt: skip
+                           adopt_run_ids=(demo_run_id, validate_run_id, extract_run_id, cluster_run_id), metrics=training_metrics)  # fmt: skip
     return namedtuple("TrainOutputs", ["parent_run_id"])(outcome.parent_run_id)
 
 

@@ -5,16 +5,18 @@ compile time, so DVC and Kubeflow start from the same values), plus the run sett
 server and the train pod's GPUs (``accelerator_type``, ``accelerators_per_node``; 0 for a pod
 that only launches a PyTorchJob, ``launch.backend: pytorchjob``).
 
-Data: the demo step always runs (cached, seconds); with ``data.source: demo`` the later steps
-read its dataset artifact, otherwise ``data.root`` must be a path every step's pod sees (a
-mounted volume).
+Data: the demo step always runs (cached); with ``data.source: demo`` the later steps read its
+dataset artifact, otherwise it renders nothing and ``data.root`` must be a path every step's pod
+sees (a mounted volume).
 
 Caching: demo, validate, extract and cluster are deterministic functions of their inputs and are
 cached; train (a fresh model is the point of a new run), evaluate and register (registry side
 effects) always run.
 """
 
+import ast
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler, dsl
 
@@ -60,7 +62,8 @@ def mccl_pipeline(
     accelerator_type: str = "nvidia.com/gpu",
     accelerators_per_node: int = 1,
 ):
-    demo = c.demo(demo_params=demo_params).set_caching_options(True)
+    demo = c.demo(demo_params=demo_params, data=data, tracking=tracking,
+                  mlflow_tracking_uri=mlflow_tracking_uri).set_caching_options(True)  # fmt: skip
     demo.set_display_name("demo dataset")
     validated = c.validate(data=data, validate_params=validate_params, tracking=tracking,
                            mlflow_tracking_uri=mlflow_tracking_uri, demo=demo.outputs["out"]).set_caching_options(True)  # fmt: skip
@@ -75,7 +78,7 @@ def mccl_pipeline(
     prototypes.set_display_name("CPI prototypes")
     trained = c.train(
         model=model, train_params=train_params, launch=launch, tracking=tracking, mlflow_tracking_uri=mlflow_tracking_uri,
-        validate_run_id=validated.outputs["mlflow_run_id"], extract_run_id=features.outputs["mlflow_run_id"],
+        demo_run_id=demo.outputs["mlflow_run_id"], validate_run_id=validated.outputs["mlflow_run_id"], extract_run_id=features.outputs["mlflow_run_id"],
         cluster_run_id=prototypes.outputs["mlflow_run_id"], validate=validated.outputs["out"],
         extract=features.outputs["out"], cluster=prototypes.outputs["out"], demo=demo.outputs["out"],
     ).set_caching_options(False)  # fmt: skip
@@ -91,9 +94,36 @@ def mccl_pipeline(
     registered.set_display_name("register (MLflow)")
 
 
+def _sorted_literal(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_literal(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_literal(v) for v in value]
+    return value
+
+
+def stable_header(text: str) -> str:
+    """KFP's header comment prints dict defaults in protobuf-map order, which changes from one
+    process to the next; print them with sorted keys so that the same pipeline compiles to the
+    same bytes (the committed YAML stays clean)."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        head, sep, rest = line.partition("[Default: ")
+        if line.startswith("#") and sep and rest.rstrip().endswith("]"):
+            try:
+                value = ast.literal_eval(rest.rstrip()[:-1])
+            except (ValueError, SyntaxError):
+                lines.append(line)
+                continue
+            line = f"{head}{sep}{_sorted_literal(value)!r}]\n"
+        lines.append(line)
+    return "".join(lines)
+
+
 def compile_pipeline(path: Path = COMPILED) -> Path:
-    """Write the pipeline spec YAML (what ``kfp.Client`` submits)."""
+    """Write the pipeline spec YAML (what ``kfp.Client`` submits), byte-stable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_func=mccl_pipeline, package_path=str(path))
+    path.write_text(stable_header(path.read_text(encoding="utf-8")), encoding="utf-8")
     return path

@@ -1,11 +1,14 @@
 """`dvc repro` of the real dvc.yaml on a fresh clone-like copy (tiny demo): the whole pipeline,
-a kill mid-training that the next repro resumes, cached re-runs, a bad record that stops the
-pipeline at validate, and a `dvc exp run -S` sweep."""
+a kill mid-training that the next repro resumes, cached re-runs, a clean git tree after a clone
+and a repro, a bad record that stops the pipeline at validate, and the experiment loop: `dvc exp
+run -S` sweeps compared with `dvc exp show` / `dvc metrics diff`, offline `dvc plots show`, and
+the same runs compared in MLflow (no run left RUNNING)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -81,7 +84,8 @@ def project(tmp_path_factory) -> dict:
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     _run(["git", "init", "-q"], root)
     _dvc("init", "-q", cwd=root)
-    _dvc("config", "core.analytics", "false", cwd=root)
+    for name in ("config", "offline_plots.html"):  # the project's DVC config: offline plots template
+        shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
     _run(["git", "add", "-A"], root)
     _run(["git", "commit", "-q", "-m", "project"], root)
 
@@ -127,8 +131,13 @@ def test_repro_ran_every_stage_with_metrics_plots_and_lock(project):
         assert (root / "outputs" / "evaluate" / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
     decision = json.loads((root / "outputs" / "register" / "register.json").read_text())
     assert decision["promoted"] is True and decision["version"] == "1"
-    shown = json.loads(_dvc("metrics", "show", "--json", cwd=root).stdout)
-    assert "outputs/evaluate/metrics.json" in json.dumps(shown)
+    shown = json.dumps(json.loads(_dvc("metrics", "show", "--json", cwd=root).stdout))
+    assert all(f"metrics/{stage}.json" in shown for stage in ("validate", "train", "evaluate"))
+    headline = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert headline["test_macro_f1"] == pytest.approx(metrics["test_macro_f1"], rel=1e-5)
+    assert set(headline) >= {"test_macro_f1", "test_micro_f1", "test_samples_f1", "test_map",
+                             "val_macro_f1_at_threshold", "label_prior_test_macro_f1"}  # fmt: skip
+    assert json.loads((root / "metrics" / "train.json").read_text())["epochs"] == 2
     # data.dvc tracks the (absent) real dataset; it did not stop the demo pipeline.
     assert not (root / "data" / "real").exists()
 
@@ -140,12 +149,23 @@ def test_mlflow_parent_run_with_a_nested_run_per_step(project):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mccl").experiment_id])
     parents = [r for r in runs if r.info.run_name == "pipeline"]
-    # The killed repro's parent stayed open, so the re-run continued it: one parent in total.
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent = parents[0]
+    # The killed repro's parent (and its train run) were marked KILLED when the re-run, another
+    # execution, started its own parent; nothing is left RUNNING.
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = next(r for r in parents if r.info.status == "KILLED")
+    killed_steps = {r.info.run_name: r.info.status for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == killed.info.run_id}  # fmt: skip
+    assert killed_steps == {"demo": "FINISHED", "validate": "FINISHED", "extract": "FINISHED", "cluster": "FINISHED",
+                            "train": "KILLED"}  # fmt: skip
+    parent = next(r for r in parents if r.info.status == "FINISHED")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     finished = {r.info.run_name for r in children if r.info.status == "FINISHED"}
-    assert finished == {"validate", "extract", "cluster", "train", "evaluate", "register"}
+    assert finished == {"train", "evaluate", "register"}  # the others were cached by DVC
+    # The parent carries what a comparison needs: params, headline metrics, per-epoch curves.
+    assert parent.data.metrics["test_macro_f1"] > 0 and "val_macro_f1_at_threshold" in parent.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "val_map")) == [0, 1]
+    assert parent.data.tags["mccl.git.dirty"] == "false"
     assert parent.data.params["train.epochs"] == "2" and parent.data.params["model.backbone.arch"] == "resnet18"
     commit = _run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     train = next(r for r in children if r.info.run_name == "train" and r.info.status == "FINISHED")
@@ -245,10 +265,35 @@ def test_kubeflow_dag_gives_what_dvc_repro_gave(project, tmp_path, monkeypatch):
     assert kfp_runs["register"].data.tags["mccl.dvc.data_hash"]  # KFP register keeps the data hash
 
 
+def _commit_all(root: Path, message: str) -> None:
+    _run(["git", "add", "-A"], root)
+    if _run(["git", "status", "--porcelain"], root).stdout.strip():
+        _run(["git", "commit", "-q", "-m", message], root)
+
+
+def test_clean_clone_plus_repro_leaves_git_status_clean(project, tmp_path):
+    """What is committed (dvc.lock, metrics/) is exactly what a repro on a clean clone writes:
+    declared outputs hold no timings, the compiled files are byte-stable, and DVC's own
+    rewrites (data.dvc, params.yaml) are no-ops. MLflow therefore tags the runs clean."""
+    from mlflow import MlflowClient
+
+    root = project["root"]
+    _commit_all(root, "pipeline results")
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    output = _dvc("repro", cwd=clone)
+    text = output.stdout + output.stderr
+    assert "Running stage 'train'" in text  # nothing was cached in the clone: every stage ran
+    assert _run(["git", "status", "--porcelain"], clone).stdout == ""
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mccl").experiment_id])
+    assert {r.data.tags.get("mccl.git.dirty") for r in runs} == {"false"}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
 def test_exp_run_sweep_changes_only_what_depends_on_it(project):
     root = project["root"]
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-q", "-m", "lock"], root)
+    _commit_all(root, "lock")
     output = _dvc("exp", "run", "-S", "model.mcc.momentum=0.9", cwd=root)
     text = output.stdout + output.stderr
     for stage in ("demo", "validate", "extract", "cluster"):
@@ -260,6 +305,102 @@ def test_exp_run_sweep_changes_only_what_depends_on_it(project):
     assert decision["version"] == "2"  # registered; champion moves only if it is better
     assert str(decision["champion_version"]) == "1"
     assert decision["promoted"] == (decision["selection_score"] > decision["champion_score"])
+    assert _run(["git", "diff", "--", "data.dvc"], root).stdout == ""  # DVC's rewrite of it is a no-op
+
+
+def test_exp_show_and_metrics_diff_compare_two_experiments_with_numbers(project):
+    root = project["root"]
+    for lr in ("0.003", "0.0003"):
+        _dvc("exp", "run", "-S", f"train.lr={lr}", cwd=root)
+    table = json.loads(_dvc("exp", "show", "--json", cwd=root).stdout)
+    scores: dict[str, float] = {}
+    for baseline in table:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
+                scores[str(lr)] = data["metrics"]["metrics/evaluate.json"]["data"]["test_macro_f1"]
+    assert {"0.003", "0.0003"} <= set(scores) and all(0.0 <= v <= 1.0 for v in scores.values())
+    text = _dvc("exp", "show", "--no-pager", "--md", cwd=root).stdout
+    assert "test_macro_f1" in text and " ! " not in text
+    diff = json.loads(_dvc("metrics", "diff", "HEAD", "--json", cwd=root).stdout)
+    assert isinstance(diff["metrics/evaluate.json"]["test_macro_f1"]["new"], float)
+
+
+def test_an_experiment_that_reruns_only_evaluate_leaves_no_running_run(project):
+    from mlflow import MlflowClient
+
+    root = project["root"]
+    output = _dvc("exp", "run", "-S", "evaluate.batch_size=24", cwd=root)
+    text = output.stdout + output.stderr
+    assert "Running stage 'evaluate'" in text and "Running stage 'train'" not in text
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mccl").experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    # Sweep runs are found by their headline metric through the MLflow API.
+    best = client.search_runs([runs[0].info.experiment_id], "attributes.run_name = 'pipeline' and metrics.test_macro_f1 >= 0",
+                              order_by=["metrics.test_macro_f1 DESC"])  # fmt: skip
+    assert len(best) >= 3 and best[0].data.metrics["test_macro_f1"] >= best[-1].data.metrics["test_macro_f1"]
+    assert {r.data.params["train.lr"] for r in best} >= {"0.003", "0.0003"}
+
+
+def test_terminal_shows_our_lines_and_the_log_files_keep_the_rest(project):
+    root = project["root"]
+    log_text = (root / "outputs" / "logs" / "validate.log").read_text()
+    output = _dvc("repro", "-f", "-s", "validate", cwd=root)
+    text = output.stdout + output.stderr
+    assert "great_expectations" not in text and "Skipping registering" not in text
+    assert "validate:" in text  # the step's one summary line
+    assert log_text  # the third-party lines went to the stage's log file
+    cluster_log = (root / "outputs" / "logs" / "cluster.log").read_text()
+    assert cluster_log.count("CPI allocation:") == 1
+
+
+def test_dvc_plots_render_offline(project, tmp_path):
+    """`dvc plots show` writes a page with Vega inlined (no URL to fetch), and the specs in it
+    render to SVG with those inlined libraries (node, when installed)."""
+    from html.parser import HTMLParser
+
+    root = project["root"]
+    out = tmp_path / "plots"
+    _dvc("plots", "show", "-o", str(out), cwd=root)
+    page = (out / "index.html").read_text()
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+    links = Links()
+    links.feed(page)
+    assert not [u for u in links.urls if "://" in u or u.startswith("//")], links.urls
+    assert "vega@5.20.2" in page and "cdn.jsdelivr" not in page
+    specs = re.findall(r"var spec = (\{.*?\});\s*vegaEmbed", page, flags=re.S)
+    assert len(specs) >= 3  # train curves, threshold curve, per-class F1 (+ the cross-stage plot)
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the specs were not rendered")
+    scripts = re.findall(r"<script>(/\* vega.*?)</script>", page, flags=re.S)
+    (tmp_path / "libs.js").write_text("\n".join(scripts[:2]))  # vega, vega-lite (embed needs a DOM)
+    (tmp_path / "specs.json").write_text("[" + ",".join(specs) + "]")
+    render = tmp_path / "render.js"
+    render.write_text(
+        "const vm = require('vm'); const fs = require('fs');\n"
+        f"vm.runInThisContext(fs.readFileSync({json.dumps(str(tmp_path / 'libs.js'))}, 'utf8'));\n"
+        f"const specs = JSON.parse(fs.readFileSync({json.dumps(str(tmp_path / 'specs.json'))}, 'utf8'));\n"
+        "(async () => { for (const s of specs) {\n"
+        "  const vg = s.$schema && s.$schema.includes('vega-lite') ? vegaLite.compile(s).spec : s;\n"
+        "  const svg = await new vega.View(vega.parse(vg), {renderer: 'none'}).toSVG();\n"
+        "  console.log(svg.length, (svg.match(/<path/g) || []).length); } })()"
+        ".catch(e => { console.error(e); process.exit(1); });\n"
+    )
+    proc = subprocess.run([node, str(render)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rendered = [tuple(map(int, line.split())) for line in proc.stdout.split("\n") if line.strip()]
+    assert len(rendered) == len(specs) and all(size > 1000 and paths > 0 for size, paths in rendered)
 
 
 def test_bad_record_stops_the_pipeline_at_validate(project):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,33 +182,95 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
     assert bank.stages == ("layer3", "layer4") and result.summary["label_embedding_dim"] == 384
 
 
-def test_tracked_step_nests_runs_under_one_parent_and_reuses_an_open_parent(tmp_path):
+def test_tracked_step_nests_runs_under_one_parent_and_ends_every_run(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    from mccl_core.tracking.steps import finish_parent_run
+
+    monkeypatch.delenv("MCCL_PIPELINE_EXECUTION", raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
     options = TrackingOptions(project_dir=tmp_path, run_ref=tmp_path / "outputs" / "mlflow_run.json")
     with tracked_step(
         "validate", options, {"validate": {"policy": "fail"}}, {"validate": {"policy": "fail"}}, "sha256:x"
     ) as first:
         first.log_metrics({"records": 3})
-    with tracked_step("extract", options, {"extract": {"batch_size": 8}}) as second:
-        pass
-    assert first.parent_run_id == second.parent_run_id is not None
+        first.log_headline({"clean": 3})
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # Every step ends its run and the parent: nothing stays RUNNING between steps.
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
+    with tracked_step("extract", options, {"extract": {"batch_size": 8}}) as second:
+        assert client.get_run(first.parent_run_id).info.status == "RUNNING"  # while a step works
+        second.log_metrics({"loss": 0.5}, step=0)
+        second.log_metrics({"loss": 0.25}, step=1)
+    assert first.parent_run_id == second.parent_run_id is not None
     parent = client.get_run(first.parent_run_id)
-    assert parent.info.status == "RUNNING" and parent.data.params == {"validate.policy": "fail"}
+    assert parent.info.status == "FINISHED" and parent.data.params == {"validate.policy": "fail"}
+    # Headline metrics and per-epoch series reach the parent (the runs' compare view); plain
+    # step metrics stay on the step run.
+    assert parent.data.metrics == {"clean": 3.0, "loss": 0.25}
+    assert [m.value for m in client.get_metric_history(parent.info.run_id, "loss")] == [0.5, 0.25]
     step = client.get_run(first.run_id)
     assert step.data.tags["mlflow.parentRunId"] == first.parent_run_id
     assert step.data.tags["mccl.dvc.data_hash"] == "sha256:x" and step.data.params == {"validate.policy": "fail"}
-    assert step.data.metrics == {"records": 3.0}
+    assert step.data.metrics == {"records": 3.0, "clean": 3.0}
 
-    from mccl_core.tracking.steps import finish_parent_run
-
+    with pytest.raises(RuntimeError), tracked_step("train", options):
+        raise RuntimeError("boom")
+    assert client.get_run(first.parent_run_id).info.status == "FAILED"  # follows its latest child
     with tracked_step("register", options) as last:
         finish_parent_run(last)
     assert client.get_run(first.parent_run_id).info.status == "FINISHED"
-    with tracked_step("validate", options) as next_pipeline:  # a finished parent is not reused
+    with tracked_step("validate", options) as next_pipeline:  # a complete pipeline is not reused
         pass
     assert next_pipeline.parent_run_id not in (None, first.parent_run_id)
+
+
+def test_each_pipeline_execution_gets_its_own_parent_and_closes_an_abandoned_one(tmp_path, monkeypatch):
+    """Under DVC the execution is the `dvc` process; here the orchestrator names it."""
+    from mlflow import MlflowClient
+
+    options = TrackingOptions(project_dir=tmp_path, run_ref=tmp_path / "outputs" / "mlflow_run.json")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MCCL_PIPELINE_EXECUTION", "repro-1")
+    with tracked_step("validate", options) as first:
+        pass
+    with tracked_step("extract", options) as second:
+        pass
+    assert first.parent_run_id == second.parent_run_id
+    # A killed execution leaves its parent and the step in flight RUNNING ...
+    with tracked_step("train", options) as killed:
+        client.update_run(killed.parent_run_id, status="RUNNING")
+        killed_run_id = killed.run_id
+    client.update_run(killed_run_id, status="RUNNING")
+    client.update_run(first.parent_run_id, status="RUNNING")
+    # ... and the next execution starts its own parent and marks those KILLED.
+    monkeypatch.setenv("MCCL_PIPELINE_EXECUTION", "repro-2")
+    with tracked_step("train", options) as rerun:
+        pass
+    assert rerun.parent_run_id != first.parent_run_id
+    assert client.get_run(first.parent_run_id).info.status == "KILLED"
+    assert client.get_run(killed_run_id).info.status == "KILLED"
+    runs = client.search_runs([client.get_run(first.run_id).info.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_pipeline_execution_is_the_dvc_process_above_the_step(tmp_path):
+    """Two commands started by one `dvc`-named process share the execution id; another such
+    process gives another id (a stand-in script called `dvc` runs them, as DVC runs stages)."""
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text(
+        "import subprocess, sys\n"
+        "probe = 'from mccl_core.tracking.steps import pipeline_execution_id as e; print(e())'\n"
+        "for _ in range(2):\n"
+        "    subprocess.run(['sh', '-c', f'{sys.executable} -c \"{probe}\"'], check=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MCCL_PIPELINE_EXECUTION"} | {"DVC_STAGE": "train"}
+    ids = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, str(fake_dvc)], env=env, capture_output=True, text=True, check=True)
+        ids.append(out.stdout.split())
+    assert ids[0][0] == ids[0][1] and ids[0][0].startswith("dvc:")
+    assert ids[1][0] == ids[1][1] and ids[1][0] != ids[0][0]
 
 
 @pytest.mark.slow

@@ -4,11 +4,17 @@ Options come from the step's :class:`~mccl_core.steps.contract.StepSpec`: one ``
 per upstream folder (default ``outputs/<step>``), ``--out`` (default: where ``dvc.yaml`` keeps
 the output), ``--params`` and ``--set section.key=value`` overrides. Nothing here computes
 anything: the arguments go to :func:`~mccl_core.steps.contract.run_step`.
+
+Two files belong to the DVC side: ``--metrics-file`` (the step's headline metrics, git-tracked
+under ``metrics/`` so that ``dvc exp show`` / ``dvc metrics diff`` read them from every
+experiment commit) and ``--log-file`` (everything logged, third-party libraries included; the
+terminal shows our own lines, progress bars and one summary line).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from mccl_core.config import ConfigError, load_params
+from mccl_core.steps.common import configure_logging
 from mccl_core.steps.contract import STEP_NAMES, StepSpec, run_step, spec
 from mccl_core.steps.errors import StepError
 from mccl_core.tracking.steps import DEFAULT_RUN_REF, TrackingOptions
@@ -39,6 +46,10 @@ def build_parser(step: StepSpec) -> argparse.ArgumentParser:
                    help="MLflow parent-run reference shared by the steps of one pipeline run")  # fmt: skip
     p.add_argument("--parent-run-id", help="explicit MLflow parent run id (overrides --run-ref)")
     p.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
+    p.add_argument("--metrics-file", type=Path, default=None, metavar="JSON",
+                   help="also write the step's headline metrics here (dvc.yaml: metrics/<step>.json)")  # fmt: skip
+    p.add_argument("--log-file", type=Path, default=Path("outputs") / "logs" / f"{step.name}.log",
+                   help="full log, third-party libraries included (default: outputs/logs/<step>.log)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -76,20 +87,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     step = spec(name)
     ns = build_parser(step).parse_args(rest)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    configure_logging(ns.verbose, ns.log_file)
     try:
         params = apply_overrides(load_params(ns.params), ns.overrides)
         run_ref = ns.run_ref if ns.run_ref.is_absolute() else ns.project_dir / ns.run_ref
         tracking = TrackingOptions.from_params(params, enabled=not ns.no_tracking, project_dir=ns.project_dir,
                                                parent_run_id=ns.parent_run_id, run_ref=run_ref)  # fmt: skip
         inputs = {item.step: getattr(ns, item.step) for item in step.inputs}
-        outcome = run_step(name, params, inputs, ns.out, tracking)
+        outcome = run_step(name, params, inputs, ns.out, tracking)  # logs the summary line
     except (StepError, ValueError, FileNotFoundError) as error:  # ConfigError and weight errors are ValueErrors
+        logging.getLogger(__name__).debug("step %s failed", name, exc_info=True)
         print(f"\nERROR: {error}", file=sys.stderr)
         return 1
-    print(outcome.summary)
+    if ns.metrics_file is not None:
+        write_metrics_file(ns.metrics_file, outcome.metrics)
     return 0
+
+
+def write_metrics_file(path: Path, metrics: dict[str, float]) -> Path:
+    """Headline metrics as sorted, rounded JSON: the same numbers give the same bytes (git-clean
+    re-runs), and 6 significant digits are more than any comparison of runs can use."""
+    rounded = {k: float(f"{v:.6g}") for k, v in sorted(metrics.items())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rounded, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

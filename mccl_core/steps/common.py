@@ -201,9 +201,44 @@ def _portable(value: str, bases: Mapping[str, Path]) -> str:
     return str(value)
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Log format of every step CLI (library code only uses ``logging``)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+#: Top-level loggers whose INFO lines the terminal shows; the rest (MLflow, Great Expectations,
+#: DVC, torch, ...) reach the terminal only from ERROR up when a log file keeps everything.
+OWN_LOGGERS = frozenset({"mccl_core", "components", "pipeline", "__main__"})
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _OwnOrSevere(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] in OWN_LOGGERS or record.levelno >= logging.ERROR
+
+
+def configure_logging(verbose: bool = False, log_file: Path | None = None) -> Path | None:
+    """Logging of every step CLI (library code only uses ``logging``).
+
+    With ``log_file``, everything (third-party INFO and warnings too, Python ``warnings``
+    included) goes to that file, and the terminal shows our own lines plus anyone's errors: our
+    progress bars and one summary line per step stay readable, and nothing is lost. Without it
+    (Kubeflow: the pod log is the only log), everything goes to the terminal.
+    """
+    # MLflow otherwise installs its own stderr handler on import and bypasses the root logger.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_mccl", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter(LOG_FORMAT))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        console.addFilter(_OwnOrSevere())
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+        handlers.append(to_file)
+    for handler in handlers:
+        handler._mccl = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    logging.captureWarnings(True)
+    return log_file

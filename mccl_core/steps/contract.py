@@ -76,8 +76,13 @@ class StepOutcome:
 
     #: One line for the terminal.
     summary: str
-    #: Numbers for the orchestrator's metrics view (KFP ``Metrics``).
+    #: Headline numbers: the orchestrator's metrics view (KFP ``Metrics``), the git-tracked
+    #: ``metrics/<step>.json`` that ``dvc exp show`` reads, and the MLflow parent run. Only what
+    #: the inputs and params determine (no timings), so a re-run on the same inputs rewrites them
+    #: byte for byte and leaves the git tree clean.
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Facts of this execution (timings, throughput, reused shards): KFP and MLflow only.
+    run_metrics: dict[str, float] = field(default_factory=dict)
     #: A human summary (KFP ``Markdown``) and a report page (KFP ``HTML``), when the step has them.
     markdown: str = ""
     html: str = ""

@@ -210,6 +210,7 @@ def run_evaluate(
                  {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})  # fmt: skip
         run.log_metrics({k.replace(" ", "_"): float(v) for k, v in mlflow_metrics.items()})
         run.log_metrics({f"summary/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        run.log_headline(headline_metrics(metrics))
         for path in [
             metrics_path,
             report_path,
@@ -299,6 +300,22 @@ def evaluation_html(metrics: Mapping[str, Any], plots: list[Path]) -> str:
     return f"<html><body><h2>MCCL evaluation</h2><table border='1'>{rows}</table>{images}</body></html>\n"
 
 
+#: The numbers a sweep is compared by (``dvc exp show``, the MLflow parent run), per protocol:
+#: the official test scores with the label prior beside them, and the validation score that
+#: selects models (test is reported, never chosen on).
+HEADLINE_KEYS = {
+    "official": ("test_macro_f1", "test_micro_f1", "test_samples_f1", "test_map", "val_macro_f1_at_threshold",
+                 "threshold", "label_prior_test_macro_f1", "label_prior_test_map"),
+    "mdid": ("val_accuracy", "split_tuned_val_macro_f1", "val_map", "threshold", "label_prior_val_accuracy",
+             "label_prior_val_macro_f1"),
+}  # fmt: skip
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The headline subset of the evaluation summary (``metrics.json``) for its protocol."""
+    return {k: float(metrics[k]) for k in HEADLINE_KEYS[str(metrics["protocol"])] if k in metrics}
+
+
 # ------------------------------------------------------------------------------- step contract
 
 
@@ -320,7 +337,7 @@ def run(inputs: Mapping[str, Path], out_dir: Path, config: EvaluateConfig, track
         summary = f"val accuracy {m['val_accuracy']:.4f} (label prior {m['label_prior_val_accuracy']:.4f})"
     return StepOutcome(
         summary=summary,
-        metrics={k: float(v) for k, v in m.items() if isinstance(v, (int, float))},
+        metrics=headline_metrics(m),
         html=(out_dir / HTML_REPORT_FILE).read_text(encoding="utf-8"),
         mlflow_run_id=result.mlflow_run_id or "",
     )

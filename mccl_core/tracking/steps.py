@@ -3,11 +3,23 @@
 How steps find the parent run (they are separate processes, possibly separate containers):
 
 * **Kubeflow**: the parent's id is passed along explicitly (``TrackingOptions.parent_run_id``).
-* **DVC / CLI**: a run-reference file (``outputs/mlflow_run.json``). The first step of a
-  ``dvc repro`` finds no *open* parent there, creates one and writes the file; later steps attach
-  to it; the register step (the last one) ends it. A repro that was killed leaves its parent
-  open, so the re-run continues logging into the same parent run.
+* **DVC / CLI**: a run-reference file (``outputs/mlflow_run.json``) that also names the
+  *execution* that wrote it: the ``dvc`` process running the stages (:func:`pipeline_execution_id`).
+  The first step of a ``dvc repro`` / ``dvc exp run`` finds no parent of its own execution
+  there, creates one and writes the file; later steps of the same execution attach to it. Steps
+  run by hand (no ``dvc`` above them) attach to the referenced parent until the register step
+  marks the pipeline complete.
 * ``$MCCL_MLFLOW_PARENT_RUN_ID`` overrides both (an outer orchestrator owns the parent).
+
+Run status: every step ends its own run *and* the parent when it exits, so no run is left
+RUNNING whichever stages an experiment re-runs; the parent's status follows its latest child
+(FINISHED, or FAILED when that step failed), and a step that attaches to it marks it RUNNING
+again while it works. A parent left RUNNING by a killed execution is marked KILLED (with its
+RUNNING step runs) when the next execution starts its own parent.
+
+Comparison: the parent run carries the whole params file (dotted names, the same for every
+run), the steps' headline metrics (:meth:`StepTracking.log_headline`) and the per-epoch curves
+(every metric logged with a ``step``), so the MLflow UI's compare view lines pipeline runs up.
 
 Where runs go: ``$MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in the project
 folder (see :mod:`mccl_core.tracking.tracker`). An unreachable server never fails a step (the tracker
@@ -39,6 +51,37 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RUN_REF = Path("outputs") / "mlflow_run.json"
 PIPELINE_RUN_NAME = "pipeline"
+#: Names the pipeline execution a step belongs to (set by an outer orchestrator; else derived).
+EXECUTION_ENV = "MCCL_PIPELINE_EXECUTION"
+
+
+def pipeline_execution_id() -> str | None:
+    """Identity of the pipeline execution running this step, or ``None`` (a step run by hand).
+
+    ``$MCCL_PIPELINE_EXECUTION`` when set; under DVC (``$DVC_STAGE`` is set for stage commands)
+    the ``dvc`` process above this one, as ``dvc:<pid>:<start time>`` from ``/proc`` (Linux):
+    every stage of one ``dvc repro`` / ``dvc exp run`` shares it, and a pid reused later has
+    another start time. ``None`` where neither applies.
+    """
+    explicit = os.environ.get(EXECUTION_ENV)
+    if explicit:
+        return explicit
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    pid = os.getppid()
+    for _ in range(16):  # dvc -> sh -c -> mccl step: a few levels at most
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if any(Path(arg.decode(errors="replace")).name == "dvc" for arg in argv[:3]):
+            return f"dvc:{pid}:{fields[19]}"  # field 22 of stat: start time in clock ticks
+        pid = int(fields[1])
+        if pid <= 1:
+            return None
+    return None
 
 
 @dataclass
@@ -107,6 +150,8 @@ class StepTracking:
     tracker: ResilientTracker | None
     run: RunHandle | None
     parent: RunHandle | None
+    #: Set by :func:`finish_parent_run`: the pipeline is complete, later steps start a new parent.
+    complete: bool = False
 
     @property
     def run_id(self) -> str | None:
@@ -117,8 +162,20 @@ class StepTracking:
         return self.parent.run_id if self.parent is not None else None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log to the step's run; a series (``step`` given: per-epoch curves) goes to the parent
+        too, so the compare view of pipeline runs shows the curves."""
         if self.tracker is not None and self.run is not None:
             self.tracker.log_metrics(metrics, step=step, run=self.run)
+            if step is not None and self.parent is not None and self.parent.run_id is not None:
+                self.tracker.log_metrics(metrics, step=step, run=self.parent)
+
+    def log_headline(self, metrics: Mapping[str, float]) -> None:
+        """The step's headline numbers: on its run and on the parent (same names in every
+        pipeline run, so runs of a sweep can be compared and searched by them)."""
+        if self.tracker is not None and self.run is not None:
+            self.tracker.log_metrics(metrics, run=self.run)
+            if self.parent is not None and self.parent.run_id is not None:
+                self.tracker.log_metrics(metrics, run=self.parent)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.tracker is not None and self.run is not None:
@@ -136,19 +193,45 @@ class StepTracking:
         return self.tracker.not_logged.to_dict() if self.tracker is not None else {"counts": {}, "total": 0}
 
 
-def _parent_is_open(tracker: ResilientTracker, run_id: str) -> bool:
-    """True when ``run_id`` is still RUNNING (an unreachable server counts as open: keep using it)."""
+def _run_status(tracker: ResilientTracker, run_id: str) -> str | None:
+    """The run's status; ``None`` when it no longer exists (deleted, other store).
+    An unreachable server counts as RUNNING (keep using the reference)."""
     try:
-        return tracker.client.get_run(run_id).info.status == "RUNNING"
+        return str(tracker.client.get_run(run_id).info.status)
     except Exception as error:
         if tracker.is_server and is_unreachable_error(error):
-            return True
+            return "RUNNING"
         from mlflow.exceptions import MlflowException
 
-        if isinstance(error, MlflowException):  # deleted run, other store: start a new parent
+        if isinstance(error, MlflowException):
             log.info("parent run %s is not usable (%s); starting a new one", run_id, error)
-            return False
+            return None
         raise
+
+
+def _close_abandoned(tracker: ResilientTracker, run_id: str) -> None:
+    """Mark a parent left RUNNING by a killed execution (and its RUNNING step runs) KILLED."""
+    try:
+        experiment_id = tracker.client.get_run(run_id).info.experiment_id
+        children = tracker.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{run_id}' and attributes.status = 'RUNNING'"
+        )
+        for run in [*children, tracker.client.get_run(run_id)]:
+            tracker.client.set_terminated(run.info.run_id, status="KILLED")
+        log.info("marked the abandoned pipeline run %s KILLED (%d step runs)", run_id, len(children))
+    except Exception as error:  # noqa: BLE001 - housekeeping must never fail a step
+        log.warning("could not close the abandoned pipeline run %s: %s", run_id, error)
+
+
+def _reopen(tracker: ResilientTracker, parent: RunHandle) -> RunHandle:
+    """Mark an attached parent RUNNING while this step works (its status follows its children)."""
+    if parent.run_id is not None:
+        run_id = parent.run_id
+        tracker._guarded(  # noqa: SLF001 - same journalled path as every other write
+            "run_status", 1, {"status": "RUNNING"},
+            lambda: tracker.client.update_run(run_id, status="RUNNING"), parent,
+        )  # fmt: skip
+    return parent
 
 
 def _resolve_parent(
@@ -156,15 +239,22 @@ def _resolve_parent(
 ) -> RunHandle | None:
     run_id = options.parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     if run_id:
-        return tracker.resume_parent_run(run_id=run_id)
+        return _reopen(tracker, tracker.resume_parent_run(run_id=run_id))
     ref = options.run_ref
+    execution = pipeline_execution_id()
     if ref is not None and Path(ref).is_file():
         import json
 
         reference = json.loads(Path(ref).read_text(encoding="utf-8"))
         same_store = reference.get("tracking_uri") == tracker.tracking_uri
-        if reference.get("run_id") and same_store and _parent_is_open(tracker, reference["run_id"]):
-            return tracker.resume_parent_run(ref_file=Path(ref))
+        referenced = reference.get("run_id")
+        if referenced and same_store:
+            status = _run_status(tracker, referenced)
+            same_execution = execution is None or reference.get("execution") == execution
+            if status is not None and same_execution and not reference.get("complete"):
+                return _reopen(tracker, tracker.resume_parent_run(ref_file=Path(ref)))
+            if status == "RUNNING":
+                _close_abandoned(tracker, referenced)
     if not options.start_parent and (ref is None or not options.create_parent):
         return None
     parent = tracker.start_parent_run(
@@ -172,12 +262,30 @@ def _resolve_parent(
     )
     if params:
         tracker.log_params(dict(flatten(dict(params))), run=parent)
+    tracker.set_provenance_tags(None, run=parent)  # git commit and dirty flag, comparable across runs
     if ref is not None:
-        tracker.write_run_ref(Path(ref), parent)
-    # The parent stays RUNNING when this step's tracker closes: the register step ends it.
+        tracker.write_run_ref(Path(ref), parent, execution=execution)
+    # The step that created the parent does not own it: tracked_step ends it like any step.
     parent.ended = True
     log.info("MLflow parent run %s started (reference: %s)", parent.run_id, ref)
     return parent
+
+
+def _end_parent(tracker: ResilientTracker, parent: RunHandle, status: str, options: TrackingOptions,
+                complete: bool) -> None:  # fmt: skip
+    """End the parent with this step's status; a complete pipeline is recorded in the reference."""
+    if parent.run_id is None:
+        return
+    parent.ended = False
+    tracker.end_run(parent, status=status)  # type: ignore[arg-type]
+    ref = options.run_ref
+    if complete and ref is not None and Path(ref).is_file():
+        import json
+
+        reference = json.loads(Path(ref).read_text(encoding="utf-8"))
+        if reference.get("run_id") == parent.run_id:
+            reference["complete"] = True
+            Path(ref).write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
 
 
 @contextmanager
@@ -203,22 +311,28 @@ def tracked_step(
             adopted = adopt_runs(StepTracking(tracker, None, parent), list(options.adopt_run_ids))
             if adopted:
                 log.info("nested earlier step runs %s under the parent run %s", adopted, parent.run_id)
-        with tracker.step_run(step, parent=parent) as run:
-            if params:
-                tracker.log_params(dict(flatten(dict(params))), run=run)
-            tracker.set_provenance_tags(data_hash, run=run)
-            yield StepTracking(tracker, run, parent)
+        status = "FAILED"
+        tracking: StepTracking | None = None
+        try:
+            with tracker.step_run(step, parent=parent) as run:
+                if params:
+                    tracker.log_params(dict(flatten(dict(params))), run=run)
+                tracker.set_provenance_tags(data_hash, run=run)
+                tracking = StepTracking(tracker, run, parent)
+                yield tracking
+            status = "FINISHED"
+        finally:
+            if parent is not None:
+                _end_parent(tracker, parent, status, options, complete=tracking is not None and tracking.complete)
         summary = tracker.not_logged
         if summary:
             log.warning("step %s: %s", step, summary.describe())
 
 
-def finish_parent_run(tracking: StepTracking, status: str = "FINISHED") -> None:
-    """End the pipeline's parent run (the last step does this)."""
-    if tracking.tracker is None or tracking.parent is None or tracking.parent.run_id is None:
-        return
-    tracking.parent.ended = False
-    tracking.tracker.end_run(tracking.parent, status=status)  # type: ignore[arg-type]
+def finish_parent_run(tracking: StepTracking) -> None:
+    """Mark the pipeline complete (the last step does this): the parent ends with this step, as
+    after every step, and the next step run by hand starts a new parent instead of attaching."""
+    tracking.complete = True
 
 
 def adopt_runs(tracking: StepTracking, run_ids: list[str]) -> list[str]:

@@ -128,14 +128,25 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+#: Paths the dirty check ignores: files DVC rewrites (lock, ``.dvc`` files, the stages' git-tracked
+#: metrics) and ``params.yaml``, whose values every run logs as params (``dvc exp run -S`` edits
+#: it). A clean clone plus ``dvc repro`` / ``dvc exp run`` therefore tags ``git.dirty=false``.
+DVC_MANAGED_PATHSPECS = (":(exclude)dvc.lock", ":(exclude,glob)**/*.dvc", ":(exclude)params.yaml",
+                         ":(exclude)metrics", ":(exclude).dvc")  # fmt: skip
+
+
 def git_commit(cwd: Path | None = None) -> tuple[str, bool] | None:
-    """``(HEAD commit, working tree dirty)`` or ``None`` outside a git checkout / without git."""
+    """``(HEAD commit, working tree dirty)`` or ``None`` outside a git checkout / without git.
+
+    Dirty means a tracked file other than the DVC-managed ones (:data:`DVC_MANAGED_PATHSPECS`)
+    differs from HEAD: code or config that no logged param records.
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *DVC_MANAGED_PATHSPECS],
             cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -532,8 +543,9 @@ class ResilientTracker:
         self._default_parent = handle
         return handle
 
-    def write_run_ref(self, path: Path, run: RunHandle | None = None) -> Path:
-        """Write ``{"run_id", "run_name", "experiment_id", "tracking_uri"}`` for later steps."""
+    def write_run_ref(self, path: Path, run: RunHandle | None = None, execution: str | None = None) -> Path:
+        """Write ``{"run_id", "run_name", "experiment_id", "tracking_uri", "execution"}`` for later
+        steps (``execution``: the pipeline execution that owns the run, see tracking.steps)."""
         run = run or self._current()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -542,6 +554,7 @@ class ResilientTracker:
             "run_name": run.name,
             "experiment_id": self.experiment_id,
             "tracking_uri": self.tracking_uri,
+            "execution": execution,
         }
         path.write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
         return path

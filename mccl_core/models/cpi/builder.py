@@ -213,7 +213,7 @@ class PrototypeBankBuilder:
         if self.images_seen == 0:
             raise PrototypeBankError("CPI: no images were added")
         rows = self.allocation()
-        logger.info("CPI prototype allocation:\n%s", format_allocation_table(rows))
+        logger.debug("CPI prototype allocation:\n%s", format_allocation_table(rows))  # the step logs it once
         device = torch.device(device) if device is not None else torch.device("cpu")
         prototypes: dict[str, Tensor] = {}
         owners: dict[str, Tensor] = {}
