@@ -336,19 +336,36 @@ def test_lenient_returns_every_record_with_its_problem(val_document: dict, mutat
     assert str(loader_error.value).startswith(f"ann.json: {len(lenient.problems)} annotation problem(s)")
 
 
-def test_lenient_keeps_softprob_labels_as_written_and_reports_file_level_problems(tmp_path: Path) -> None:
+def test_lenient_keeps_softprob_labels_as_written_and_attaches_image_problems_to_records(tmp_path: Path) -> None:
+    """An image listed twice is a problem of that image's record (quarantinable), not of the file."""
     document = json.loads((FIXTURES / "intentonomy_train_mini.json").read_text())
     document["annotations"][0]["category_ids_softprob"] = [0.0] * 27 + [0.5, 0.5]  # 29 values
-    document["images"].append(copy.deepcopy(document["images"][1]))  # an image listed twice: no record of its own
+    twice = document["images"][1]["id"]
+    document["images"].append(copy.deepcopy(document["images"][1]))  # an image listed twice
+    document["images"].append({"filename": "low/anonymous.jpg"})  # an entry without id
     lenient = parse_intentonomy_document(document, "train.json", mode="lenient", image_root=tmp_path, split="train")
-    assert len(lenient.records) == 6
-    (bad,) = lenient.bad_records()
-    assert bad.position == 0 and bad.label_ids == (27, 28) and bad.soft_labels is None
-    assert "'category_ids_softprob' must be a list of 28 numbers, got 29" in bad.problems[0]
-    assert len(lenient.problems) == 2 and "duplicate image id (first listed as images[1])" in lenient.problems[0]
+    assert len(lenient.records) == 7  # 6 annotations + the unusable images entry
+    softprob, listed_twice, no_id = lenient.bad_records()
+    assert softprob.position == 0 and softprob.label_ids == (27, 28) and softprob.soft_labels is None
+    assert "'category_ids_softprob' must be a list of 28 numbers, got 29" in softprob.problems[0]
+    assert listed_twice.image_id == twice and listed_twice.image_positions == (1, 6)
+    assert listed_twice.problems == (f"images[6] image {twice!r} file '{tmp_path}/low/{twice}.jpg': "
+                                     "duplicate image id (first listed as images[1])",)  # fmt: skip
+    assert no_id.position is None and no_id.image_id is None and no_id.image_positions == (7,)
+    assert "images[7]: needs a string 'id' and a string 'filename'" in no_id.problems[0]
+    assert len(lenient.problems) == 3 and lenient.file_problems() == []
     with pytest.raises(AnnotationFileError) as info:
         parse_intentonomy_document(document, "train.json", mode="strict", image_root=tmp_path, split="train")
     assert info.value.problems == list(lenient.problems)
+
+
+def test_mixing_soft_and_hard_labels_is_a_file_problem(val_document: dict) -> None:
+    val_document["annotations"][0]["category_ids_softprob"] = [1.0 if i in val_document["annotations"][0][
+        "category_ids"] else 0.0 for i in range(28)]  # fmt: skip
+    lenient = parse_intentonomy_document(val_document, "ann.json", mode="lenient", split="val")
+    assert lenient.bad_records() == []
+    assert lenient.file_problems() == ["some annotations have 'category_ids_softprob' and others do not; "
+                                       "use one format per file"]  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["strict", "lenient"])

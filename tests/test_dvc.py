@@ -424,3 +424,44 @@ def test_bad_record_stops_the_pipeline_at_validate(project):
     assert (root / "outputs" / "extract" / "extract.json").stat().st_mtime_ns == extract_before
     report = json.loads((root / "outputs" / "validate" / "report.json").read_text())
     assert [r["image_id"] for r in report["offending_records"]] == [victim["id"]]
+
+
+def _manifest_from_demo(root: Path) -> Path:
+    """The tiny demo as "your own data": images, a CSV manifest and a class list in one folder."""
+    mine = root / "data" / "mine"
+    (mine / "img").mkdir(parents=True)
+    rows, names = ["image_path,labels,split"], []
+    for split in ("train", "val", "test"):
+        data = json.loads((root / "data" / "demo" / "annotations" / f"intentonomy_{split}2020.json").read_text())
+        by_id = {c["id"]: c["name"] for c in data["categories"]}
+        names = [c["name"] for c in data["categories"]]
+        files = {i["id"]: i["filename"] for i in data["images"]}
+        for annotation in data["annotations"]:
+            source = root / "data" / "demo" / files[annotation["image_id"]]
+            shutil.copy(source, mine / "img" / source.name)
+            labels = "|".join(by_id[c] for c in annotation["category_ids"])
+            rows.append(f"img/{source.name},{labels},{split}")
+    (mine / "m.csv").write_text("\n".join(rows) + "\n")
+    (mine / "classes.txt").write_text("\n".join(names) + "\n")
+    return mine
+
+
+def test_own_manifest_data_as_the_readme_writes_it_and_a_label_edit_reruns_validate(project):
+    """Runs last: it switches the project to manifest data (the demo stage then renders nothing)."""
+    root = project["root"]
+    mine = _manifest_from_demo(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"] = {"source": "manifest", "root": "data/mine", "manifest": "data/mine/m.csv",
+                      "class_list": "data/mine/classes.txt"}  # fmt: skip
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = _dvc("repro", "validate", cwd=root)
+    assert "Running stage 'validate'" in output.stdout
+    assert list((root / "data" / "demo").iterdir()) == [root / "data" / "demo" / "NOT_USED.txt"]
+    assert "up to date" in _dvc("status", "validate", cwd=root).stdout
+    lines = (mine / "m.csv").read_text().splitlines()
+    path, labels, split = lines[1].split(",")
+    names = (mine / "classes.txt").read_text().split()
+    lines[1] = ",".join([path, next(n for n in names if n not in labels.split("|")), split])
+    (mine / "m.csv").write_text("\n".join(lines) + "\n")
+    status = _dvc("status", "validate", cwd=root).stdout
+    assert "changed deps" in status and "data/mine" in status, status

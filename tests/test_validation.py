@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import struct
@@ -14,6 +15,8 @@ import pytest
 from PIL import Image
 
 import mccl_core.data.images as data_images
+from mccl_core.data import DataConfig, load_split
+from mccl_core.tracking.steps import TrackingOptions
 from mccl_core.validation import (
     DataValidationError,
     ImageLimits,
@@ -23,6 +26,7 @@ from mccl_core.validation import (
 
 CLASSES = ["Attractive", "Curious", "Happy", "Health"]
 LIMITS = ImageLimits(min_side=16, max_side=128, max_pixels=128 * 128)
+NO_TRACKING = TrackingOptions(enabled=False)
 
 
 def _write_jpeg(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
@@ -380,3 +384,256 @@ def test_image_columns_carry_the_inspector_verdicts(images: Path) -> None:
     assert rows.loc["bad", "readable"] and not rows.loc["bad", "width_ok"] and rows.loc["bad", "height_ok"]
     assert rows.loc["bad", "problem"] == "width 200 outside [16, 128]"
     assert rows.loc["id0", ["readable", "width_ok", "height_ok", "pixels_ok", "mode_ok"]].all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The validate step: one rule for record-level problems, whoever finds them
+# ------------------------------------------------------------------------------------------------
+
+STEP_CLASSES = ["A", "B"]
+#: Per split: (image id, labels); train as soft probabilities (the Intentonomy train format).
+STEP_LAYOUT = {
+    "train": [("t0", [1.0, 0.0]), ("t1", [0.0, 1.0]), ("t2", [1.0, 0.333]), ("t3", [0.0, 0.666])],
+    "val": [("v0", [0]), ("v1", [1])],
+    "test": [("s0", [0]), ("s1", [0, 1])],
+}
+STEP_IDS = {image_id for rows in STEP_LAYOUT.values() for image_id, _ in rows}
+
+
+def _ann_file(root: Path, split: str) -> Path:
+    return root / "annotations" / f"intentonomy_{split}2020.json"
+
+
+def _intentonomy_dataset(root: Path) -> DataConfig:
+    """A tiny Intentonomy-schema dataset: 2 classes, 2 train images per class."""
+    (root / "low").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    categories = [{"id": i, "name": n} for i, n in enumerate(STEP_CLASSES)]
+    for split, rows in STEP_LAYOUT.items():
+        images, annotations = [], []
+        for n, (image_id, labels) in enumerate(rows):
+            _write_jpeg(root / "low" / f"{image_id}.jpg", seed=n, size=(24, 24))
+            images.append({"id": image_id, "filename": f"low/{image_id}.jpg"})
+            key = "category_ids_softprob" if split == "train" else "category_ids"
+            annotations.append({"id": n, "image_id": image_id, key: labels})
+        document = {"categories": categories, "images": images, "annotations": annotations}
+        _ann_file(root, split).write_text(json.dumps(document))
+    _write_jpeg(root / "low" / "bad.jpg", seed=9, size=(24, 24))  # the image of the record a case adds
+    return DataConfig(source="intentonomy", root=root)
+
+
+def _add_record(root: Path, split: str, annotation: dict, image_entries: int = 1) -> str:
+    path = _ann_file(root, split)
+    document = json.loads(path.read_text())
+    document["images"] += [{"id": annotation["image_id"], "filename": f"low/{annotation['image_id']}.jpg"}] * (
+        image_entries
+    )
+    document["annotations"].append({"id": len(document["annotations"]), **annotation})
+    path.write_text(json.dumps(document))  # NaN is written as the (non-standard) literal NaN
+    return path.name
+
+
+def _softprob(values: list[float]):
+    return lambda root: ("bad", _add_record(root, "train", {"image_id": "bad", "category_ids_softprob": values}))
+
+
+def _duplicate_annotation(root: Path) -> tuple[str, str]:
+    path = _ann_file(root, "train")
+    document = json.loads(path.read_text())
+    document["annotations"].append({"id": 99, "image_id": "t0", "category_ids_softprob": [1.0, 0.0]})
+    path.write_text(json.dumps(document))
+    return "t0", path.name
+
+
+MANIFEST_HEADER = "image_path,labels,split\n"
+
+
+def _manifest_dataset(root: Path, extra_rows: str = "") -> DataConfig:
+    """The same layout as a CSV manifest with a class list (no ``root``: paths are relative to
+    the manifest's folder)."""
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for split, rows in STEP_LAYOUT.items():
+        for n, (image_id, labels) in enumerate(rows):
+            _write_jpeg(root / "img" / f"{image_id}.jpg", seed=n, size=(24, 24))
+            names = "|".join(STEP_CLASSES[i] for i, v in enumerate(labels) if v > 0) if split == "train" else (
+                "|".join(STEP_CLASSES[i] for i in labels))  # fmt: skip
+            lines.append(f"img/{image_id}.jpg,{names},{split}\n")
+    _write_jpeg(root / "img" / "bad.jpg", seed=9, size=(24, 24))
+    (root / "m.csv").write_text(MANIFEST_HEADER + "".join(lines) + extra_rows)
+    (root / "classes.txt").write_text("\n".join(STEP_CLASSES) + "\n")
+    return DataConfig.from_dict({"source": "manifest", "manifest": str(root / "m.csv"),
+                                 "class_list": str(root / "classes.txt")})  # fmt: skip
+
+
+def _manifest_case(row: str):
+    return lambda root: ("img/bad.jpg", row)
+
+
+# case -> (source, how to add the bad record, expected text in the problem)
+STEP_CASES = {
+    "manifest duplicate id": ("manifest", _manifest_case("img/bad.jpg,A,train\nimg/bad.jpg,B,train\n"),
+                              "duplicate image id (first on line"),
+    "manifest unknown label": ("manifest", _manifest_case("img/bad.jpg,A|Hapy,train\n"),
+                               "unknown label name(s) ['Hapy']"),
+    "manifest empty val label": ("manifest", _manifest_case("img/bad.jpg,,val\n"), "no labels (every val image"),
+    "manifest bad split": ("manifest", _manifest_case("img/bad.jpg,A,valid\n"), "split 'valid' is not one of"),
+    "softprob NaN": ("intentonomy", _softprob([float("nan"), 1.0]), "values must be numbers in [0, 1]"),
+    "softprob negative": ("intentonomy", _softprob([-0.5, 1.0]), "values must be numbers in [0, 1]"),
+    "softprob above one": ("intentonomy", _softprob([1.5, 0.0]), "values must be numbers in [0, 1]"),
+    "softprob wrong length": ("intentonomy", _softprob([1.0, 0.0, 0.0]), "must be a list of 2 numbers, got 3"),
+    "json duplicate annotation": ("intentonomy", _duplicate_annotation, "more than one annotation"),
+    "json image listed twice": (
+        "intentonomy",
+        lambda root: ("bad", _add_record(root, "val", {"image_id": "bad", "category_ids": [1]}, image_entries=2)),
+        "duplicate image id (first listed as images[2])",
+    ),
+    "json category id out of range": (
+        "intentonomy",
+        lambda root: ("bad", _add_record(root, "val", {"image_id": "bad", "category_ids": [0, 5]})),
+        "unknown category id(s) [5]",
+    ),
+    "json empty val label": (
+        "intentonomy",
+        lambda root: ("bad", _add_record(root, "val", {"image_id": "bad", "category_ids": []})),
+        "no labels (every val image",
+    ),
+}  # fmt: skip
+
+
+def _broken_dataset(case: str, root: Path) -> tuple[DataConfig, str, str, str]:
+    """(config, id of the bad record, the file that holds it, expected problem text)."""
+    source, add, expected = STEP_CASES[case]
+    if source == "manifest":
+        bad_id, row = add(root)
+        return _manifest_dataset(root, row), bad_id, "m.csv", expected
+    cfg = _intentonomy_dataset(root)
+    bad_id, file_name = add(root)
+    return cfg, bad_id, file_name, expected
+
+
+def _validated_ids(out: Path) -> dict[str, list[str]]:
+    from mccl_core.steps.common import ValidatedData
+
+    handle = ValidatedData.load(out)
+    return {split: [r.image_id for r in load_split(handle.data, split).records] for split in handle.splits}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_step_fail_policy_names_the_file_and_the_record(case: str, tmp_path: Path) -> None:
+    from mccl_core.steps import StepError
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
+    cfg, bad_id, file_name, expected = _broken_dataset(case, tmp_path / "data")
+    out = tmp_path / "validate"
+    with pytest.raises(StepError) as caught:
+        run_validate(ValidateConfig(policy="fail", workers=1), cfg, out, NO_TRACKING)
+    message = str(caught.value)
+    assert f"image_id={bad_id!r}" in message and file_name in message and expected in message
+    report = json.loads((out / "report.json").read_text())
+    assert report["success"] is False and {r["image_id"] for r in report["offending_records"]} == {bad_id}
+    assert not (out / "validated_data.json").exists()
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_step_quarantine_policy_sets_exactly_the_bad_record_aside(case: str, tmp_path: Path) -> None:
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
+    cfg, bad_id, file_name, expected = _broken_dataset(case, tmp_path / "data")
+    out = tmp_path / "validate"
+    result = run_validate(ValidateConfig(policy="quarantine", workers=1), cfg, out, NO_TRACKING)
+    with (out / "quarantine.csv").open() as handle:
+        quarantined = list(csv.DictReader(handle))
+    assert {r["image_id"] for r in quarantined} == {bad_id} and result.n_quarantined == len(quarantined)
+    assert all(
+        expected in r["reason"] and file_name in r["reason"] for r in quarantined if "annotation_valid" in r["checks"]
+    )
+    assert any("annotation_valid" in r["checks"] for r in quarantined)  # the reader's problem is reported
+    report = json.loads((out / "report.json").read_text())
+    assert report["usable"] is True and {r["image_id"] for r in report["offending_records"]} == {bad_id}
+    kept = _validated_ids(out)
+    assert all(bad_id not in ids for ids in kept.values())
+    expected_ids = {s: [i for i, _ in rows if i != bad_id] for s, rows in STEP_LAYOUT.items()}
+    if cfg.source == "manifest":
+        expected_ids = {s: [f"img/{i}.jpg" for i in ids] for s, ids in expected_ids.items()}
+    assert kept == expected_ids  # every other record is there, in order
+
+
+# ------------------------------------------------------------------------------------------------
+# File-level problems: one message naming the file, a report written, under either policy
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_step_expecting_file_failure(cfg: DataConfig, out: Path, policy: str = "quarantine") -> tuple[str, dict]:
+    from mccl_core.steps import StepError
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
+    with pytest.raises(StepError) as caught:
+        run_validate(ValidateConfig(policy=policy, workers=1), cfg, out, NO_TRACKING)  # type: ignore[arg-type]
+    report = json.loads((out / "report.json").read_text())
+    assert report["success"] is False and report["usable"] is False and report["stage"] == "annotations"
+    assert (out / "summary.md").is_file() and (out / "quarantine.csv").is_file()
+    return str(caught.value), report
+
+
+def test_step_non_utf8_manifest_names_the_file_and_the_offset(tmp_path: Path) -> None:
+    cfg = _manifest_dataset(tmp_path / "data")
+    manifest = tmp_path / "data" / "m.csv"
+    text = manifest.read_text() + "img/caf\u00e9.jpg,A,train\n"
+    manifest.write_bytes(text.encode("cp1252"))
+    message, report = _run_step_expecting_file_failure(cfg, tmp_path / "validate")
+    offset = len(text.split("\u00e9")[0].encode())
+    expected = f"not UTF-8 text: byte 0xe9 at byte offset {offset}"
+    assert str(manifest) in message and expected in message
+    assert report["annotation_problems"] == [
+        f"manifest {str(manifest)!r}: {expected} (invalid continuation byte); save the file as UTF-8"
+    ]
+
+
+def test_step_missing_split_column_is_reported_once(tmp_path: Path) -> None:
+    cfg = _manifest_dataset(tmp_path / "data")
+    manifest = tmp_path / "data" / "m.csv"
+    manifest.write_text("\n".join(line.rsplit(",", 1)[0] for line in manifest.read_text().splitlines()) + "\n")
+    message, report = _run_step_expecting_file_failure(cfg, tmp_path / "validate", policy="fail")
+    assert "duplicate" not in message and message.count("missing column(s) 'split'") == 1
+    (problem,) = report["annotation_problems"]
+    assert problem.startswith(f"manifest {str(manifest)!r}: missing column(s) 'split'")
+    assert "columns found: ['image_path', 'labels']" in problem
+
+
+def test_step_missing_annotations_key_is_one_file_level_problem(tmp_path: Path) -> None:
+    cfg = _intentonomy_dataset(tmp_path / "data")
+    path = _ann_file(tmp_path / "data", "val")
+    document = json.loads(path.read_text())
+    del document["annotations"]
+    path.write_text(json.dumps(document))
+    message, report = _run_step_expecting_file_failure(cfg, tmp_path / "validate")
+    assert report["annotation_problems"] == [f"{path}: missing or non-list 'annotations'"]
+    assert "image has no annotation" not in message and str(path) in message
+
+
+# ------------------------------------------------------------------------------------------------
+# Your own data as the README writes it: {source: manifest, manifest: m.csv, class_list: classes.txt}
+# ------------------------------------------------------------------------------------------------
+
+
+def test_manifest_without_root_as_the_readme_writes_it(tmp_path: Path, monkeypatch) -> None:
+    """No ``data.root``: image paths resolve against the manifest's folder, wherever the step runs."""
+    from mccl_core.steps.validate import ValidateConfig, run_validate
+
+    project = tmp_path / "project"
+    _manifest_dataset(project / "data" / "mine")
+    monkeypatch.chdir(project)
+    for manifest, class_list in (("data/mine/m.csv", "data/mine/classes.txt"), ("m.csv", "classes.txt")):
+        if manifest == "m.csv":  # the README's literal form: manifest and class list in the working directory
+            monkeypatch.chdir(project / "data" / "mine")
+        cfg = DataConfig.from_dict({"source": "manifest", "manifest": manifest, "class_list": class_list})
+        train = load_split(cfg, "train")
+        assert [r.image_id for r in train.records] == [f"img/{i}.jpg" for i, _ in STEP_LAYOUT["train"]]
+        assert train.records[0].image_path.resolve() == (project / "data" / "mine" / "img" / "t0.jpg")
+        assert train.class_names == STEP_CLASSES
+        out = tmp_path / f"validate_{manifest.replace('/', '_')}"
+        result = run_validate(ValidateConfig(workers=1), cfg, out, NO_TRACKING)
+        assert result.n_records == 8 and result.n_quarantined == 0
+        assert _validated_ids(out) == {s: [f"img/{i}.jpg" for i, _ in rows] for s, rows in STEP_LAYOUT.items()}
+        assert result.validated.data_hash.startswith("sha256:")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +30,18 @@ class DataConfig:
     Attributes:
         source: ``demo`` | ``intentonomy`` | ``mdid`` | ``manifest``.
         root: dataset root. demo/intentonomy: folder holding ``low/`` and ``annotations/``;
-            mdid: folder with ``<post_id>.jpg|.jpeg|.png``; manifest: unused (paths are relative
-            to the manifest's folder), may be ``.``.
+            mdid: folder with ``<post_id>.jpg|.jpeg|.png``. manifest: not used and best left
+            out - relative image paths resolve against the manifest file's folder (so the
+            manifest, its images and the class list move, and are DVC-tracked, as one folder),
+            and that folder is what the data hash looks up in DVC
+            (:attr:`mccl_core.data.sources.DataSource.data_dir`).
         annotations: demo/intentonomy: per-split annotation file overriding
             ``<root>/annotations/intentonomy_<split>2020.json``.
         mdid_split_index: which of MDID's 5 train/val splits (0..4).
         mdid_splits_file: compact MDID split file overriding the bundled one.
-        manifest: CSV/JSONL manifest; may contain ``{split}`` for one file per split.
+        manifest: CSV/JSONL manifest (columns ``image_path`` - alias ``image`` -, ``labels``,
+            ``split``, optional ``image_id``; see :mod:`mccl_core.data.manifest`); may contain
+            ``{split}`` for one file per split. Relative to the working directory.
         class_list: class-list file for ``manifest`` (one name per line or JSON).
         max_image_pixels: images above this many pixels are refused (decompression bombs).
     """

@@ -115,10 +115,15 @@ def parse_intentonomy_annotations(
     except AnnotationFileError as error:
         raise AnnotationError(error.source, error.problems) from None
     # Strict mode: every record has an id, an image path and parsed labels.
-    records = [ImageRecord(str(r.image_id), Path(str(r.image_path)), tuple(r.label_ids or ()), r.soft_labels) for r in parsed.records]
+    records = [
+        ImageRecord(str(r.image_id), Path(str(r.image_path)), tuple(r.label_ids or ()), r.soft_labels)
+        for r in parsed.records
+    ]
     unlabelled = sum(1 for r in records if not r.labels)
     if unlabelled:
-        logger.warning("%s: %d %s images have no positive label (kept as all-negative examples)", source, unlabelled, split)
+        logger.warning(
+            "%s: %d %s images have no positive label (kept as all-negative examples)", source, unlabelled, split
+        )
     descriptions = list(parsed.class_descriptions) if parsed.class_descriptions is not None else None
     return records, list(parsed.class_names), descriptions
 

@@ -24,10 +24,17 @@ Modes:
   tied to no single record, e.g. an image listed twice, are only there). Validation uses this to
   report or quarantine bad records instead of failing on the first file.
 
-Both modes raise for *structural* problems, without which no record can be interpreted: a file
-that is missing / unreadable / not a JSON object, ``categories`` that are not exactly ids
-0..C-1 with unique non-empty names, or ``images`` / ``annotations`` that are not lists.
-``strict(file)`` raises exactly when ``lenient(file).problems`` is non-empty, with those problems.
+Both modes raise for *structural* (file-level) problems, without which no record can be
+interpreted: a file that is missing / unreadable / not UTF-8 / not a JSON object, ``categories``
+that are not exactly ids 0..C-1 with unique non-empty names, or ``images`` / ``annotations`` that
+are missing or not lists (ONE problem for the file, not one per row). ``strict(file)`` raises
+exactly when ``lenient(file).problems`` is non-empty, with those problems.
+
+Record-level vs file-level in lenient mode: every problem that concerns one image is attached to
+that image's record (an ``images`` entry listed twice or malformed included), so validation can
+quarantine the record under ``validate.policy: quarantine``. The only problem tied to no record
+is a file mixing soft-label and hard-label annotations (:meth:`IntentonomyAnnotations.
+file_problems`); it is a property of the file and fails it.
 
 This module is deliberately free of torch (and of :mod:`mccl_core.data`, whose package import
 pulls in torch): ``mccl score`` uses it and must stay light.
@@ -115,7 +122,8 @@ class AnnotationRecord:
     image of ``images`` that no annotation covers (``position`` ``None``).
 
     Attributes:
-        position: index in ``annotations``; ``None`` for an image without annotation.
+        position: index in ``annotations``; ``None`` for an image without annotation (or an
+            unusable ``images`` entry, lenient mode).
         image_id: the image id as a string; ``None`` when the annotation has no usable id.
         image_path: ``<image_root>/<filename>`` (just ``<filename>`` without an image root);
             ``None`` when the image is not in ``images`` (or the file has no ``images``).
@@ -125,6 +133,8 @@ class AnnotationRecord:
             is nothing readable (or no annotation).
         soft_labels: per-class soft probabilities when the annotation has valid ones, else ``None``.
         problems: what is wrong with this record (always empty in strict mode).
+        image_positions: indices in ``images`` of this record's image (several when the image is
+            listed twice): what a cleaned copy of the file drops with the record.
     """
 
     position: int | None
@@ -133,6 +143,7 @@ class AnnotationRecord:
     label_ids: tuple[Any, ...] | None
     soft_labels: tuple[float, ...] | None = None
     problems: tuple[str, ...] = ()
+    image_positions: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -166,6 +177,11 @@ class IntentonomyAnnotations:
 
     def bad_records(self) -> list[AnnotationRecord]:
         return [r for r in self.records if not r.ok]
+
+    def file_problems(self) -> list[str]:
+        """Problems attached to no record (lenient mode): they concern the file as a whole."""
+        attached = {p for r in self.records for p in r.problems}
+        return [p for p in self.problems if p not in attached]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -251,7 +267,9 @@ def _categories(categories: Any) -> tuple[tuple[str, ...], tuple[str, ...] | Non
     for position, category in enumerate(categories):
         name = category.get("name") if isinstance(category, dict) else None
         if not isinstance(category, dict) or not _is_int(category.get("id")) or not isinstance(name, str) or not name:
-            problems.append(f"categories[{position}] must have an integer 'id' and a non-empty string 'name': {category!r}")
+            problems.append(
+                f"categories[{position}] must have an integer 'id' and a non-empty string 'name': {category!r}"
+            )
             continue
         if category["id"] in by_id:
             problems.append(f"duplicate category id {category['id']} (categories[{position}])")
@@ -371,22 +389,36 @@ def parse_intentonomy_document(
     path: Path | None
     # image id -> (images position, path); ``None`` = the file has no 'images' (no cross-check).
     images: dict[str, tuple[int, Path]] | None = None
+    # Problems of ``images`` entries, attached to the record of their image (lenient mode).
+    image_problems: dict[str, list[str]] = {}
+    image_positions: dict[str, list[int]] = {}
+    unusable_images: list[AnnotationRecord] = []
     if isinstance(images_value, list):
         images = {}
         for position, image in enumerate(images_value):
             where = f"images[{position}]"
             if not isinstance(image, dict) or not _is_id(image.get("id")) or not isinstance(image.get("filename"), str):
-                problems.append(_at(f"needs a string 'id' and a string 'filename': {image!r}", where))
+                problem = _at(f"needs a string 'id' and a string 'filename': {image!r}", where)
+                problems.append(problem)
+                raw = image.get("id") if isinstance(image, dict) else None
+                unusable_images.append(
+                    AnnotationRecord(None, str(raw) if _is_id(raw) else None, None, None, None, (problem,), (position,))
+                )
                 continue
             image_id, path = str(image["id"]), image_path(image["filename"])
+            image_positions.setdefault(image_id, []).append(position)
             if image_id in images:
                 first = images[image_id][0]
-                problems.append(_at(f"duplicate image id (first listed as images[{first}])", where, image_id, path))
+                problem = _at(f"duplicate image id (first listed as images[{first}])", where, image_id, path)
+                problems.append(problem)
+                image_problems.setdefault(image_id, []).append(problem)
                 continue
             images[image_id] = (position, path)
 
     records: list[AnnotationRecord] = []
     first_annotation: dict[str, int] = {}
+    # Whether each annotation without problems of its own carries soft labels (one format per file).
+    formats: set[bool] = set()
     for position, annotation in enumerate(document["annotations"]):
         where = f"annotations[{position}]"
         record_problems: list[str] = []
@@ -406,7 +438,9 @@ def parse_intentonomy_document(
             path = images[image_id][1]
         if image_id is not None and image_id in first_annotation:
             first = first_annotation[image_id]
-            record_problems.append(_at(f"more than one annotation (first: annotations[{first}])", where, image_id, path))
+            record_problems.append(
+                _at(f"more than one annotation (first: annotations[{first}])", where, image_id, path)
+            )
         elif image_id is not None:
             first_annotation[image_id] = position
         labels, soft_labels, label_problem = _labels(annotation, len(names), need_hard_labels)
@@ -417,16 +451,29 @@ def parse_intentonomy_document(
                 _at(f"no labels (every {split} image needs at least one intent)", where, image_id, path)
             )
         label_ids = labels if labels is not None else _labels_as_written(annotation)
-        records.append(AnnotationRecord(position, image_id, path, label_ids, soft_labels, tuple(record_problems)))
+        if not record_problems and label_ids is not None:
+            formats.add(soft_labels is not None)
         problems += record_problems
+        # The image's own problems (listed twice) go with its first annotation, without
+        # repeating them in ``problems`` (strict mode reports each problem once).
+        own_image = image_id is not None and first_annotation.get(image_id) == position
+        if own_image and image_id in image_problems:
+            record_problems = [*record_problems, *image_problems[image_id]]
+        record_positions = tuple(image_positions.get(image_id, ())) if own_image and image_id is not None else ()
+        records.append(
+            AnnotationRecord(position, image_id, path, label_ids, soft_labels, tuple(record_problems), record_positions)
+        )
 
     if images is not None:
         for image_id, (position, path) in images.items():
             if image_id not in first_annotation:
                 problem = _at("image has no annotation", f"images[{position}]", image_id, path)
-                records.append(AnnotationRecord(None, image_id, path, None, None, (problem,)))
                 problems.append(problem)
-    formats = {r.soft_labels is not None for r in records if r.position is not None and r.label_ids is not None and r.ok}
+                attached = (*image_problems.get(image_id, ()), problem)
+                records.append(
+                    AnnotationRecord(None, image_id, path, None, None, attached, tuple(image_positions[image_id]))
+                )
+    records += unusable_images
     if len(formats) > 1:
         problems.append("some annotations have 'category_ids_softprob' and others do not; use one format per file")
 

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mccl_core.data.dataset import ImageRecord, ProblemCollector
+from mccl_core.data.dataset import AnnotationError, ImageRecord, ProblemCollector
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +145,16 @@ def resolve_post_image(root: Path, post_id: str) -> tuple[Path, list[Path]]:
     return (existing[0] if existing else candidates[0]), existing
 
 
-def load_mdid_records(
+def read_mdid_rows(
     root: Path, split_index: int, split: str, splits_file: Path | None = None
-) -> tuple[list[ImageRecord], list[str], list[str]]:
-    """Records of MDID split ``split_index`` (0..4), part ``split`` ("train" or "val").
+) -> list[tuple[ImageRecord, tuple[str, ...]]]:
+    """Every post of MDID split ``split_index``, part ``split``, with its problems (lenient).
+
+    The one record-level problem: a post with several image files (ambiguous which to use).
+    A missing image is not a problem here (the image checks report it, naming the file).
 
     Raises:
-        ValueError: bad split index / name (MDID has no test split).
-        AnnotationError: a post with several image files (ambiguous which to use).
+        ValueError: bad split index / name (MDID has no test split), a bad split file.
     """
     if split not in MDID_SPLITS:
         raise ValueError(
@@ -162,18 +164,33 @@ def load_mdid_records(
     data = read_mdid_splits(splits_file)
     if not 0 <= split_index < len(data["splits"]):
         raise ValueError(f"MDID split index must be 0..{len(data['splits']) - 1}, got {split_index}")
-    problems = ProblemCollector(f"MDID split {split_index} {split}")
-    records: list[ImageRecord] = []
-    missing = 0
+    rows: list[tuple[ImageRecord, tuple[str, ...]]] = []
     for post_index in data["splits"][split_index][split]:
         post_id, intent = data["posts"][post_index]
         path, existing = resolve_post_image(Path(root), str(post_id))
+        problems: tuple[str, ...] = ()
         if len(existing) > 1:
-            problems.add(f"several image files for one post: {[p.name for p in existing]}", str(post_id), path)
-            continue
-        missing += not existing
-        records.append(ImageRecord(str(post_id), path, (int(intent),), None))
-    problems.raise_if_any()
+            where = f"image {str(post_id)!r} file {str(path)!r}"
+            problems = (f"{where}: several image files for one post: {[p.name for p in existing]}",)
+        rows.append((ImageRecord(str(post_id), path, (int(intent),), None), problems))
+    return rows
+
+
+def load_mdid_records(
+    root: Path, split_index: int, split: str, splits_file: Path | None = None
+) -> tuple[list[ImageRecord], list[str], list[str]]:
+    """Records of MDID split ``split_index`` (0..4), part ``split`` ("train" or "val").
+
+    Raises:
+        ValueError: bad split index / name (MDID has no test split).
+        AnnotationError: a post with several image files (ambiguous which to use).
+    """
+    rows = read_mdid_rows(root, split_index, split, splits_file)
+    problems = [p for _, row_problems in rows for p in row_problems]
+    if problems:
+        raise AnnotationError(f"MDID split {split_index} {split}", problems)
+    records = [record for record, _ in rows]
+    missing = sum(1 for record in records if not record.image_path.is_file())
     if missing:
         logger.warning(
             "MDID split %d %s: %d of %d post images are missing under %s (reading them will fail)",

@@ -1,10 +1,16 @@
 """The data-source registry: every kind of dataset the project reads, in one table.
 
 A source says which splits it has, how one split is loaded (strict: every annotation problem
-raised together, naming the records), which files define its labels (what the data hash
-covers), and whether its annotation files use the Intentonomy JSON schema - those the validate
-step reads record by record in the parser's lenient mode, so bad records can be quarantined.
-``load_split``, the validate step and the data hash all dispatch through :func:`data_source`.
+raised together, naming the records), how every record is read *with* its problems (lenient:
+what the validate step quarantines under ``validate.policy: quarantine``), which files define its
+labels and which folder holds its images (together: what the data hash covers), and whether its
+annotation files use the Intentonomy JSON schema (the validate step reads those itself, to write
+cleaned copies of the documents). ``load_split``, the validate step and the data hash all
+dispatch through :func:`data_source`.
+
+The one rule of the lenient readers: a problem of one record (row) is returned with that record,
+so it can be reported and set aside; only a problem of the file as a whole (missing, unreadable,
+not UTF-8, no header, missing column or top-level key) raises.
 """
 
 from __future__ import annotations
@@ -17,14 +23,38 @@ from typing import TYPE_CHECKING
 from mccl_core.data.dataset import ImageRecord
 from mccl_core.data.demo import STAMP_FILE
 from mccl_core.data.intentonomy import load_intentonomy_records
-from mccl_core.data.manifest import load_manifest_records, manifest_path_for_split, read_class_list
-from mccl_core.data.mdid import load_mdid_records
+from mccl_core.data.manifest import (
+    ManifestFileError,
+    ManifestRow,
+    is_split_template,
+    load_manifest_records,
+    manifest_path_for_split,
+    read_class_list,
+    read_manifest,
+)
+from mccl_core.data.mdid import MDID_DESCRIPTIONS, MDID_INTENTS, load_mdid_records, read_mdid_rows
 
 if TYPE_CHECKING:
     from mccl_core.data.config import DataConfig
 
 #: (records, class names, class descriptions, a display name for messages)
 LoadedSplit = tuple[list[ImageRecord], list[str], list[str], str]
+
+
+@dataclass(frozen=True)
+class CheckedRecord:
+    """A record read leniently: as written, with what is wrong with it (``problems`` name the
+    annotation file and the record)."""
+
+    image_id: str | None
+    image_path: Path | None
+    split: str
+    label_ids: tuple[int, ...] | None
+    problems: tuple[str, ...] = ()
+
+
+#: (every record of the asked splits, class names, class descriptions)
+CheckedSplits = tuple[list[CheckedRecord], list[str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +65,11 @@ class DataSource:
     intentonomy_schema: bool
     load: Callable[[DataConfig, str], LoadedSplit]
     label_files: Callable[[DataConfig, Sequence[str]], list[Path]]
+    #: The folder holding the images (``data.root``; the manifest's folder for ``manifest``).
+    data_dir: Callable[[DataConfig], Path]
+    #: Lenient reader of every record of the asked splits (``None``: the Intentonomy-schema
+    #: sources, which the validate step parses itself).
+    read_checked: Callable[[DataConfig, Sequence[str]], CheckedSplits] | None = None
 
 
 def _load_intentonomy(cfg: DataConfig, split: str) -> LoadedSplit:
@@ -61,7 +96,48 @@ def _load_manifest(cfg: DataConfig, split: str) -> LoadedSplit:
     manifest, class_list = _manifest_files(cfg)
     names, descriptions = read_class_list(class_list)
     path = manifest_path_for_split(manifest, split)
-    return load_manifest_records(path, names, split), names, descriptions, f"manifest {path.name}"
+    records = load_manifest_records(path, names, split, one_file_per_split=is_split_template(manifest))
+    return records, names, descriptions, f"manifest {path.name}"
+
+
+def _checked_manifest(cfg: DataConfig, splits: Sequence[str]) -> CheckedSplits:
+    """Every row of the manifest(s) of ``splits`` (rows with a split value that is not a split
+    included: they belong to no split, and must not vanish)."""
+    manifest, class_list = _manifest_files(cfg)
+    names, descriptions = read_class_list(class_list)
+    files: list[tuple[Path, str | None]] = (
+        [(manifest_path_for_split(manifest, s), s) for s in splits]
+        if is_split_template(manifest)
+        else [(manifest, None)]
+    )
+    rows: list[tuple[Path, ManifestRow]] = []
+    for path, file_split in files:
+        rows += [
+            (path, row) for row in read_manifest(path, names, file_split, one_file_per_split=file_split is not None)
+        ]
+    empty = [s for s in splits if not any(row.split == s for _, row in rows)]
+    if empty:
+        raise ManifestFileError(f"manifest {str(manifest)!r}", [f"no rows for split(s) {empty}"])
+    records = [
+        CheckedRecord(
+            row.image_id, row.image_path, row.split, row.label_ids,
+            tuple(f"manifest {str(path)!r}: {p}" for p in row.problems),
+        )
+        for path, row in rows
+    ]  # fmt: skip
+    return records, names, descriptions
+
+
+def _checked_mdid(cfg: DataConfig, splits: Sequence[str]) -> CheckedSplits:
+    records: list[CheckedRecord] = []
+    for split in splits:
+        source = f"MDID split {cfg.mdid_split_index} {split}"
+        for record, problems in read_mdid_rows(cfg.root, cfg.mdid_split_index, split, cfg.mdid_splits_file):
+            records.append(
+                CheckedRecord(record.image_id, record.image_path, split, record.labels,
+                              tuple(f"{source}: {p}" for p in problems))
+            )  # fmt: skip
+    return records, list(MDID_INTENTS), list(MDID_DESCRIPTIONS)
 
 
 def _manifest_files(cfg: DataConfig) -> tuple[Path, Path]:
@@ -75,6 +151,7 @@ def _intentonomy_label_files(cfg: DataConfig, splits: Sequence[str]) -> list[Pat
 
 
 def _manifest_label_files(cfg: DataConfig, splits: Sequence[str]) -> list[Path]:
+    """The manifest file(s) and the class list: both define the labels (data hash, DVC deps)."""
     manifest, class_list = _manifest_files(cfg)
     return [*sorted({manifest_path_for_split(manifest, s) for s in splits}), class_list]
 
@@ -83,12 +160,24 @@ def _mdid_label_files(cfg: DataConfig, splits: Sequence[str]) -> list[Path]:
     return [cfg.mdid_splits_file] if cfg.mdid_splits_file is not None else []
 
 
+def _root(cfg: DataConfig) -> Path:
+    return cfg.root
+
+
+def _manifest_dir(cfg: DataConfig) -> Path:
+    """Image paths of a manifest resolve against its folder (``data.root`` is not used)."""
+    return _manifest_files(cfg)[0].parent
+
+
+SPLITS3 = ("train", "val", "test")
 SOURCES: dict[str, DataSource] = {
-    "demo": DataSource("demo", ("train", "val", "test"), True, _load_demo, _intentonomy_label_files),
-    "intentonomy": DataSource("intentonomy", ("train", "val", "test"), True, _load_intentonomy, _intentonomy_label_files),
+    "demo": DataSource("demo", SPLITS3, True, _load_demo, _intentonomy_label_files, _root),
+    "intentonomy": DataSource("intentonomy", SPLITS3, True, _load_intentonomy, _intentonomy_label_files, _root),
     # MDID has train/val per split index; its protocol averages val accuracy over the 5 indices.
-    "mdid": DataSource("mdid", ("train", "val"), False, _load_mdid, _mdid_label_files),
-    "manifest": DataSource("manifest", ("train", "val", "test"), False, _load_manifest, _manifest_label_files),
+    "mdid": DataSource("mdid", ("train", "val"), False, _load_mdid, _mdid_label_files, _root, _checked_mdid),
+    "manifest": DataSource(
+        "manifest", SPLITS3, False, _load_manifest, _manifest_label_files, _manifest_dir, _checked_manifest
+    ),
 }
 
 

@@ -5,18 +5,25 @@ must stop the pipeline before any GPU time is spent, with a message that names t
 
 What it does:
 
-1. Builds the manifest (one row per image: ``image_id, image_path, split, label_ids``) of every
-   split. For Intentonomy-schema sources (``demo``, ``intentonomy``) the annotation files are read
-   leniently, so duplicate ids and out-of-range label ids reach the GX suite as *records* (which
-   can be quarantined); other sources go through :func:`mccl_core.data.load_split`, whose
-   annotation errors fail the step listing the records.
-2. Runs :func:`mccl_core.validation.validate_manifest` (required columns, unique ids, label ids in
-   range, every class present in train, every image readable with sane size and mode).
+1. Builds the manifest (one row per image: ``image_id, image_path, split, label_ids`` and the
+   reader's ``annotation_problems``) of every split. Every source is read *leniently*: the
+   Intentonomy-schema files (``demo``, ``intentonomy``) by the parser's lenient mode, the others
+   by their source's lenient reader (:attr:`mccl_core.data.sources.DataSource.read_checked`).
+2. Runs :func:`mccl_core.validation.validate_manifest` (the reader's problems, required columns,
+   unique ids, label ids in range, every class present in train, every image readable with sane
+   size and mode).
 3. ``policy: fail`` -> the step fails (report + summary still written). ``policy: quarantine`` ->
    the bad records go to ``quarantine.csv`` (with the reason), are counted in the report and the
    summary, and the step writes *clean* annotation files without them. Every later step loads the
    data through ``validated_data.json``, which points at the clean files: quarantined records are
    skipped everywhere, never silently.
+
+The one rule: a problem of ONE record - whether the annotation reader or the suite finds it (a
+duplicate id, an unknown label, a val row without label, a bad split, a NaN soft label, an
+unreadable image, ...) - is a record-level problem and follows ``validate.policy``. Only a
+problem of a whole file (missing, unreadable, not UTF-8, not JSON, no header, a missing column
+or top-level key, unusable categories / class list) fails the step under either policy, with a
+report naming the file.
 
 Outputs (``out_dir``): ``report.json`` (machine-readable), ``summary.md`` (human),
 ``metrics.json`` (counts, for DVC), ``quarantine.csv``, ``annotations/*.json`` (clean),
@@ -28,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +60,7 @@ from mccl_core.steps.common import (
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.validation import (
+    ANNOTATION_PROBLEMS,
     REQUIRED_COLUMNS,
     DataValidationError,
     ImageLimits,
@@ -123,14 +131,21 @@ class _SourceRows:
     class_descriptions: list[str]
     #: Intentonomy-schema documents per split (lenient path), to write the clean files from.
     documents: dict[str, dict[str, Any]]
+    #: Per frame row (Intentonomy schema only): (split, ``annotations`` index, ``images`` indices)
+    #: - what a clean copy of the document drops when the row is quarantined.
+    places: list[tuple[str, int | None, tuple[int, ...]]] = field(default_factory=list)
+
+
+MANIFEST_COLUMNS = [*REQUIRED_COLUMNS, ANNOTATION_PROBLEMS]
 
 
 def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
     """Manifest rows of Intentonomy-schema files, parsed in lenient mode: every record, bad ones
-    included (duplicate ids, out-of-range label ids as written, images without annotation with no
-    label list), so the GX suite reports or quarantines them. Problems tied to no record (e.g. an
-    image listed twice) surface when the clean files are re-read strictly after quarantine."""
+    included, each with the parser's problems (prefixed with the file), so the GX suite reports
+    or quarantines them. The parser's file-level problems (not JSON, missing keys, bad categories,
+    a file mixing soft and hard labels) fail: no record can be trusted."""
     rows: list[dict[str, Any]] = []
+    places: list[tuple[str, int | None, tuple[int, ...]]] = []
     documents: dict[str, dict[str, Any]] = {}
     names: list[str] | None = None
     descriptions: tuple[str, ...] | None = None
@@ -143,6 +158,8 @@ def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
             )
         except AnnotationFileError as error:  # unreadable file / unusable categories: no record to validate
             raise AnnotationError(error.source, error.problems) from error
+        if parsed.file_problems():
+            raise AnnotationError(str(path), parsed.file_problems())
         if names is None:
             names, descriptions = list(parsed.class_names), parsed.class_descriptions
         elif list(parsed.class_names) != names:
@@ -150,40 +167,61 @@ def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
                 str(path), [f"categories {list(parsed.class_names)} differ from the train split's {names}"]
             )
         documents[split] = document
-        rows += [
-            {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path), "split": split,
-             "label_ids": None if r.label_ids is None else list(r.label_ids)}
-            for r in parsed.records
-        ]  # fmt: skip
+        for r in parsed.records:
+            rows.append(
+                {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path),
+                 "split": split, "label_ids": None if r.label_ids is None else list(r.label_ids),
+                 ANNOTATION_PROBLEMS: [f"{path}: {p}" for p in r.problems]}
+            )  # fmt: skip
+            places.append((split, r.position, r.image_positions))
     names = names or []
     return _SourceRows(
-        pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)),
+        pd.DataFrame(rows, columns=MANIFEST_COLUMNS),
         names,
         resolve_class_descriptions(names, descriptions),
         documents,
+        places,
     )
 
 
-def _loaded_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
-    rows: list[dict[str, Any]] = []
-    names: list[str] = []
-    descriptions: list[str] = []
-    for split in splits:
-        dataset = load_split(data_cfg, split)  # AnnotationError names the records
-        names, descriptions = dataset.class_names, dataset.class_descriptions
-        for record in dataset.records:
-            rows.append(
-                {"image_id": record.image_id, "image_path": str(record.image_path), "split": split,
-                 "label_ids": list(record.labels)}
-            )  # fmt: skip
-    return _SourceRows(pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS)), names, descriptions, {})
+def _checked_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
+    """Manifest rows from the source's lenient reader (manifest, MDID): every record of the
+    splits, each with its problems; file-level problems raise."""
+    reader = data_source(data_cfg).read_checked
+    if reader is None:
+        raise ValueError(f"data source {data_cfg.source!r} has no lenient reader")
+    records, names, descriptions = reader(data_cfg, splits)
+    rows = [
+        {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path), "split": r.split,
+         "label_ids": None if r.label_ids is None else list(r.label_ids), ANNOTATION_PROBLEMS: list(r.problems)}
+        for r in records
+    ]  # fmt: skip
+    return _SourceRows(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), names, descriptions, {})
 
 
 def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
-    """The manifest DataFrame of ``splits`` (see the module docstring for the two paths)."""
+    """The manifest DataFrame of ``splits`` (see the module docstring)."""
     if data_source(data_cfg).intentonomy_schema:
         return _intentonomy_rows(data_cfg, splits)
-    return _loaded_rows(data_cfg, splits)
+    return _checked_rows(data_cfg, splits)
+
+
+def data_hash_of(data_cfg: DataConfig, splits: list[str], project_dir: Path) -> str:
+    """The provenance tag of the data: what changes when an image or a label changes.
+
+    The DVC hash of the source's image folder (``data.root``; a manifest's folder) when DVC
+    tracks it, plus a SHA-256 over the label files (annotation files, manifest(s), class list)
+    that lie outside that folder - or over all of them when DVC does not know the folder. A
+    manifest kept elsewhere is thus still covered: editing a label changes the hash.
+    """
+    source = data_source(data_cfg)
+    data_dir = Path(source.data_dir(data_cfg))
+    files = annotation_files(data_cfg, splits)
+    dvc = dvc_data_hash(data_dir, project_dir)
+    if dvc is None:
+        return f"sha256:{sha256_files(files)}" if files else "unknown"
+    outside = [f for f in files if not Path(f).resolve().is_relative_to(data_dir.resolve())]
+    return f"{dvc}+sha256:{sha256_files(outside)}" if outside else dvc
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -192,20 +230,36 @@ def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
 def _clean_documents(
     source: _SourceRows, report: ValidationReport, data_cfg: DataConfig, splits: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Intentonomy-schema documents without the quarantined records."""
-    dropped = {str(record.image_id) for record in report.offending}
+    """The annotation documents without the quarantined records.
+
+    Intentonomy schema: the quarantined rows' ``annotations`` entries and ``images`` entries are
+    dropped by position (not by id: with duplicate ids, an id does not say which entry is bad),
+    and an image whose id only quarantined records used is dropped with them.
+    """
     if source.documents:
+        bad_annotations: dict[str, set[int]] = {s: set() for s in source.documents}
+        bad_images: dict[str, set[int]] = {s: set() for s in source.documents}
+        bad_ids: dict[str, set[str]] = {s: set() for s in source.documents}
+        for record in report.offending:
+            split, position, image_positions = source.places[record.row_number]
+            if position is not None:
+                bad_annotations[split].add(position)
+            bad_images[split].update(image_positions)
+            image_id = source.frame.iloc[record.row_number]["image_id"]
+            if image_id is not None:
+                bad_ids[split].add(str(image_id))
         clean: dict[str, dict[str, Any]] = {}
         for split, document in source.documents.items():
             copy = dict(document)
-            copy["images"] = [
-                i for i in document.get("images") or [] if not (isinstance(i, dict) and str(i.get("id")) in dropped)
-            ]
-            copy["annotations"] = [
-                a
-                for a in document.get("annotations") or []
-                if not (isinstance(a, dict) and str(a.get("image_id")) in dropped)
-            ]
+            copy["annotations"] = [a for i, a in enumerate(document["annotations"]) if i not in bad_annotations[split]]
+            kept_ids = {str(a.get("image_id")) for a in copy["annotations"] if isinstance(a, dict)}
+            if isinstance(document.get("images"), list):
+                copy["images"] = [
+                    image
+                    for i, image in enumerate(document["images"])
+                    if i not in bad_images[split]
+                    and not (isinstance(image, dict) and str(image.get("id")) in bad_ids[split] - kept_ids)
+                ]
             clean[split] = copy
         return clean
     # Other sources: write the loaded records in the Intentonomy schema (hard labels).
@@ -280,18 +334,18 @@ def run_validate(
     for stale in (QUARANTINE_FILE, VALIDATED_DATA_FILE):
         (out_dir / stale).unlink(missing_ok=True)
     splits = splits_of(data_cfg)
-    data_hash = dvc_data_hash(data_cfg.root, Path(project_dir or Path.cwd()))
-    if data_hash is None:
-        files = annotation_files(data_cfg, splits)
-        data_hash = f"sha256:{sha256_files(files)}" if files else "unknown"
+    data_hash = data_hash_of(data_cfg, splits, Path(project_dir or Path.cwd()))
     params = {"data": data_cfg.to_dict(), "validate": cfg.__dict__}
 
     with tracked_step("validate", tracking, params, all_params, data_hash) as tracking_run:
         quarantine_path = out_dir / QUARANTINE_FILE
         try:
             source = build_manifest(data_cfg, splits)
-        except AnnotationError as error:
-            _failure_report(out_dir, data_cfg, cfg.policy, str(error), error.problems)
+        except (AnnotationError, FileNotFoundError) as error:  # file-level: fails under either policy
+            file_problems = (
+                [f"{error.source}: {p}" for p in error.problems] if isinstance(error, AnnotationError) else [str(error)]
+            )
+            _failure_report(out_dir, data_cfg, cfg.policy, str(error), file_problems)
             _empty_quarantine(quarantine_path)
             _log_outputs(tracking_run, out_dir)
             raise StepError(f"data validation failed: the annotation files cannot be used:\n{error}") from error

@@ -9,7 +9,9 @@ and hands back a clean manifest (``policy="quarantine"``) - never dropping anyth
 Modules:
 
 * :mod:`~mccl_core.validation.schema` - the manifest's columns (``image_id``, ``image_path``,
-  ``split``, ``label_ids``) and splits;
+  ``split``, ``label_ids``; optional ``annotation_problems``: what the annotation reader found
+  wrong with each record, so reader-found and suite-found problems follow the same policy) and
+  splits;
 * :mod:`~mccl_core.validation.suite` - the GX expectations and :func:`validate_manifest`;
 * :mod:`~mccl_core.validation.images` - a thin GX-facing adapter over the one image inspector,
   :func:`mccl_core.data.images.inspect_image`, which the training loader uses too: a file
@@ -30,10 +32,18 @@ from mccl_core.validation.report import (
     OffendingRecord,
     ValidationReport,
 )
-from mccl_core.validation.schema import EVAL_SPLITS, REQUIRED_COLUMNS, ROW_NUMBER, SPLITS, Policy
+from mccl_core.validation.schema import (
+    ANNOTATION_PROBLEMS,
+    EVAL_SPLITS,
+    REQUIRED_COLUMNS,
+    ROW_NUMBER,
+    SPLITS,
+    Policy,
+)
 from mccl_core.validation.suite import validate_manifest
 
 __all__ = [
+    "ANNOTATION_PROBLEMS",
     "EVAL_SPLITS",
     "MESSAGE_RECORD_LIMIT",
     "REQUIRED_COLUMNS",

@@ -11,14 +11,17 @@ import numpy as np
 import pandas as pd
 
 from mccl_core.validation.report import OffendingRecord, plain
+from mccl_core.validation.schema import ANNOTATION_PROBLEMS
 
 
 def write_quarantine(manifest: pd.DataFrame, offending: list[OffendingRecord], path: Path) -> Path:
     """Write the offending rows (original columns + ``row_number``, ``checks``, ``reason``).
 
-    ``.csv`` stores ``label_ids`` as JSON text; ``.json`` writes a list of objects.
+    ``.csv`` stores ``label_ids`` as JSON text; ``.json`` writes a list of objects. The optional
+    ``annotation_problems`` column is left out: its texts are in ``reason`` already.
     """
     path = Path(path)
+    manifest = manifest.drop(columns=[ANNOTATION_PROBLEMS], errors="ignore")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise ValueError(f"quarantine file {str(path)!r} must end in .csv or .json")

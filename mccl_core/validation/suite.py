@@ -38,7 +38,7 @@ from mccl_core.validation.report import (
     ValidationReport,
     plain,
 )
-from mccl_core.validation.schema import EVAL_SPLITS, REQUIRED_COLUMNS, ROW_NUMBER, SPLITS, Policy
+from mccl_core.validation.schema import ANNOTATION_PROBLEMS, EVAL_SPLITS, REQUIRED_COLUMNS, ROW_NUMBER, SPLITS, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,16 @@ def _label_columns(value: Any, num_classes: int) -> tuple[bool, int, int, str]:
     return True, len(value), len(bad), ",".join(str(v) for v in bad)
 
 
+def _problem_list(value: Any) -> list[str]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(v) for v in value]
+
+
 def _derive_rows(
     manifest: pd.DataFrame,
     num_classes: int,
@@ -92,6 +102,10 @@ def _derive_rows(
     rows["n_labels"] = np.array([x[1] for x in labels], dtype=np.int64)
     rows["n_labels_out_of_range"] = np.array([x[2] for x in labels], dtype=np.int64)
     rows["labels_out_of_range"] = [x[3] for x in labels]
+    if ANNOTATION_PROBLEMS in manifest.columns:
+        problems = [_problem_list(v) for v in manifest[ANNOTATION_PROBLEMS].tolist()]
+        rows["annotation_ok"] = [not p for p in problems]
+        rows["_annotation_problems"] = ["; ".join(p) for p in problems]
     inspections: list[ImageInspection] = []
     if check_images:
         paths = [_resolve(p, image_root) for p in manifest["image_path"].tolist()]
@@ -113,7 +127,9 @@ class _Check:
     expectation: Any
 
 
-def _row_checks(num_classes: int, check_images: bool, limits: ImageLimits) -> list[_Check]:
+def _row_checks(
+    num_classes: int, check_images: bool, limits: ImageLimits, annotation_problems: bool = False
+) -> list[_Check]:
     import great_expectations as gx
     from great_expectations.expectations.row_conditions import Column
 
@@ -139,6 +155,12 @@ def _row_checks(num_classes: int, check_images: bool, limits: ImageLimits) -> li
                E.ExpectColumnValuesToBeBetween(
                    column="n_labels", min_value=1, row_condition=Column("split").is_in(list(EVAL_SPLITS)))),
     ]  # fmt: skip
+    if annotation_problems:  # first: its problems name the annotation file and line
+        checks.insert(
+            1,
+            _Check("annotation_valid", "row", "the annotation reader found no problem in the record",
+                   E.ExpectColumnValuesToBeInSet(column="annotation_ok", value_set=[True]))
+        )  # fmt: skip
     if check_images:
         # The verdicts come from the image inspector (the loader's own checks); GX asserts them.
         descriptions = {
@@ -272,6 +294,8 @@ def _problem_text(
         return f"label ids out of range [0, {num_classes}): [{row['labels_out_of_range']}]"
     if check == "eval_rows_labelled":
         return f"{row['split']} record has no labels (val/test records need at least one)"
+    if check == "annotation_valid":
+        return str(row["_annotation_problems"])
     if check in IMAGE_CHECKS and inspection is not None:
         return image_problem(check, inspection)
     return f"failed check {check}"
@@ -336,6 +360,10 @@ def validate_manifest(
 ) -> ValidationReport:
     """Validate ``manifest`` (columns: see :mod:`mccl_core.validation.schema`) with GX.
 
+    When the manifest has an ``annotation_problems`` column (what the annotation reader found
+    wrong with each record), a row-level check fails the rows whose list is not empty: problems
+    found while reading follow the same policy as those the suite finds.
+
     ``policy="fail"`` raises :class:`DataValidationError` on any failed expectation, listing the
     first offending records (id, path, problem) and their total. ``policy="quarantine"`` writes
     the records that failed row-level checks to ``quarantine_path`` (``.csv``/``.json``, with the
@@ -366,12 +394,15 @@ def validate_manifest(
         raise DataValidationError(_error_message(report), report)
 
     rows, inspections = _derive_rows(manifest, num_classes, check_images, limits, image_root, workers)
-    row_checks = _row_checks(num_classes, check_images, limits)
-    row_results = _run_suite(context, "manifest_rows", rows, row_checks, index_column=ROW_NUMBER)
+    row_checks = _row_checks(num_classes, check_images, limits, ANNOTATION_PROBLEMS in manifest.columns)
+    text_columns = [c for c in rows.columns if c.startswith("_")]  # problem texts: not for GX
+    row_results = _run_suite(
+        context, "manifest_rows", rows.drop(columns=text_columns), row_checks, index_column=ROW_NUMBER
+    )
     row_outcomes = [_outcome(c, row_results[c.key], ROW_NUMBER) for c in row_checks]
     rows["_label_ids"] = manifest["label_ids"].tolist()
     offending = _offending_records(row_outcomes, rows, num_classes, inspections)
-    rows = rows.drop(columns="_label_ids")
+    rows = rows.drop(columns=[*text_columns, "_label_ids"])
     bad_rows = {record.row_number for record in offending}
     clean_mask = np.ones(len(manifest), dtype=bool)
     clean_mask[list(bad_rows)] = False
