@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from services import HOST, MlflowServer, ServiceProcess, free_ports, venv_execut
 from sklearn.datasets import load_sample_image
 
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_rgb_image, load_split
+from mccl_core.data.images import load_rgb_image_bytes, load_rgb_image_bytes_reduced, plan_image_decode
 from mccl_core.models import ModelConfig, load_label_embeddings
 from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.serving import (
@@ -43,6 +45,7 @@ from mccl_core.serving import (
     INTENTS_COLUMN,
     MCCLIntentModel,
     RequestError,
+    RequestRejected,
     ServingConfig,
     build_untrained_bundle,
     decode_base64_image,
@@ -216,8 +219,13 @@ def test_champion_serves_the_bare_models_scores_for_real_images(served, images, 
 
 
 def _bomb_png() -> bytes:
-    """10000 x 9000 = 90 MP (above the 89.5 MP limit) but only ~11 KB of PNG."""
+    """10000 x 9000 = 90 MP (above PIL's 89.5 MP and serving's 25 MP) but only ~11 KB of PNG."""
     return _encode(Image.new("1", (10_000, 9_000)), "PNG")
+
+
+def _flat_png(side: int) -> bytes:
+    """A single-colour greyscale PNG: ``side``^2 pixels in a few KB (9400: 88 MP in 86 KB)."""
+    return _encode(Image.new("L", (side, side), 77), "PNG")
 
 
 def _noise_jpeg() -> bytes:
@@ -243,7 +251,13 @@ BAD_REQUESTS = {
     "null_value": (lambda good: {"dataframe_records": [{"image": None}]}, r"row 0: no image \(null value\)"),
     "decompression_bomb": (
         lambda good: _split([_b64(_bomb_png())]),
-        r"row 0: image is 10000x9000 = 90,000,000 pixels, above the limit of 89,478,485",
+        r"row 0: image is 10000x9000 = 90,000,000 pixels, above the limit of 25,000,000 pixels per image",
+    ),
+    # 7 x 16 MP: each under the per-image limit, together above the 100 MP per request.
+    "request_pixel_budget": (
+        lambda good: _split([_b64(good)] + [_b64(_flat_png(4000))] * 7),
+        r"^1 of 8 images rejected: row 7: image is 4000x4000 = 16,000,000 pixels, which brings the request to "
+        r"112,\d{3},\d{3} pixels to decode, above the limit of 100,000,000 pixels per request",
     ),
     "too_many_bytes": (
         lambda good: _split([_b64(_noise_jpeg())]),
@@ -265,6 +279,84 @@ def test_bad_request_gets_400_with_message_and_server_keeps_serving(served, imag
     after = _post(served.url, _split([_b64(good)]))
     assert after.status_code == 200, after.text
     _check_answer(after.json()["predictions"], bare_scores[4:5], served.class_names, served.threshold)
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (the serve CLI starts uvicorn as a child), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _memory_kib(pids: list[int], field: str) -> int:
+    """Sum of ``VmRSS`` / ``VmHWM`` (peak RSS) over ``pids`` in KiB."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.slow
+def test_many_rows_of_a_small_high_resolution_png_are_refused_from_the_headers(served, images, bare_scores):
+    """The reported attack: 80 rows of an 86 KB 9400x9400 PNG (a 9 MB body) used to be decoded for a
+    minute (504 after 60 s, decoding on) up to 2.76 GiB. Now the headers refuse every row before
+    anything is decoded: a 400 naming the rows, fast, and no memory spike. The peak-RSS counters are
+    reset first, so a single decoded row (88 MB grey + 265 MB RGB) would show in ``VmHWM``."""
+    bomb = _b64(_flat_png(9400))
+    assert len(bomb) * 3 // 4 < MAX_IMAGE_BYTES  # small on the wire: only the pixel limits can refuse it
+    tree = _process_tree(served.process.process.pid)
+    for pid in tree:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    body = json.dumps(_split([bomb] * 80))  # 9 MB, encoded before the clock starts
+    rss_before = _memory_kib(tree, "VmRSS")
+    started = time.monotonic()
+    response = _post(served.url, raw=body)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 400, response.text[:2000]
+    message = response.json()["message"]
+    assert message.startswith(
+        "80 of 80 images rejected: row 0: image is 9400x9400 = 88,360,000 pixels, above the limit of 25,000,000 "
+        "pixels per image"
+    ), message[:2000]
+    assert "row 9: image is 9400x9400" in message and message.endswith("; ... and 70 more")
+    # Decoding the 80 rows takes about a minute here, one of them about a second: 2 s only fails if
+    # rows are decoded (measured: 0.6-1.1 s on 2 busy cores, nearly all of it MLflow moving and
+    # parsing 9 MB of JSON; the 80 headers take milliseconds).
+    assert elapsed < 2.0, f"the refusal took {elapsed:.1f} s"
+    peak_growth_mib = (_memory_kib(tree, "VmHWM") - rss_before) / 1024
+    rss_growth_mib = (_memory_kib(tree, "VmRSS") - rss_before) / 1024
+    assert peak_growth_mib < 300 and rss_growth_mib < 300, (peak_growth_mib, rss_growth_mib)
+    after = _post(served.url, _split([_b64(images[4].read_bytes())]))
+    assert after.status_code == 200, after.text
+    _check_answer(after.json()["predictions"], bare_scores[4:5], served.class_names, served.threshold)
+
+
+@pytest.mark.slow
+def test_errors_do_not_echo_the_requests_image_data(served, images):
+    """MLflow's scoring server prefixes a ``predict`` error with ``str()`` of the input frame, which
+    would send the client's base64 back (pandas shows up to 50 characters of a cell); our 400s
+    carry only our message. The message still names the row and the problem."""
+    good = _b64(images[4].read_bytes())
+    not_an_image = _b64(b"<html><body>404 Not Found</body></html>" * 4)
+    response = _post(served.url, _split([good, not_an_image, good]))
+    assert response.status_code == 400, response.text
+    assert response.json()["message"] == "1 of 3 images rejected: row 1: not a recognised image format " \
+        "(corrupt file or not an image)"  # fmt: skip
+    for data in (good, not_an_image):
+        assert data[:12] not in response.text, response.text
+    assert "Failed to predict data" not in response.text
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +392,27 @@ def test_logged_model_carries_code_bundle_threshold_signature_and_pinned_require
     example = json.loads((downloaded_model / "serving_input_example.json").read_text())
     jpeg = base64.b64decode(example["dataframe_split"]["data"][0][0])
     assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+
+
+@pytest.mark.slow
+def test_limits_are_logged_and_a_deployment_overrides_them_through_mlflows_inference_config(
+    downloaded_model, monkeypatch
+):
+    """The decode budget travels with the model (``model_config``); the operator of ``mlflow models
+    serve`` changes it without re-logging through MLflow's ``MLFLOW_PYFUNC_INFERENCE_CONFIG``."""
+    config = yaml.safe_load((downloaded_model / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    assert (config["max_pixels"], config["max_request_pixels"], config["jpeg_draft_factor"]) == (
+        25_000_000, 100_000_000, 4
+    )  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", json.dumps({"max_request_pixels": 1000, "max_pixels": None}))
+    model = mlflow.pyfunc.load_model(str(downloaded_model))
+    served_config = model.unwrap_python_model().config
+    assert (served_config.max_request_pixels, served_config.max_pixels) == (1000, None)
+    assert served_config.threshold == config["threshold"]  # the other keys stay as logged
+    image = _b64(_encode(Image.new("RGB", (40, 30), (10, 200, 30)), "PNG"))
+    with pytest.raises(MlflowException, match=r"row 0: image is 40x30 = 1,200 pixels, which brings the request"):
+        model.predict(pd.DataFrame({"image": [image]}))
 
 
 @pytest.mark.slow
@@ -384,3 +497,79 @@ def test_config_signature_and_run_errors(bundle):
     assert mlflow.active_run() is None
     with pytest.raises(RuntimeError, match="inside an active run"):
         log_pyfunc_model(bundle, 0.5)
+
+
+def _truncated(data: bytes) -> bytes:
+    """The header and the start of the pixel data: only a decode finds it broken."""
+    return data[: max(len(data) // 3, 200)]
+
+
+def test_every_header_is_checked_before_any_row_is_decoded(bundle, images):
+    """Refusals from the headers (pixel limits, request budget) come before decoding: a row whose
+    pixel data is broken is not reported (not decoded) when another row's header refuses the
+    request, and a broken 9400x9400 PNG is refused for its size, not its data."""
+    model = MCCLIntentModel()
+    model.load_context(PythonModelContext({BUNDLE_ARTIFACT: str(bundle)}, {"threshold": 0.5}))
+    truncated_jpeg = _b64(_truncated(images[4].read_bytes()))
+    truncated_bomb = _b64(_truncated(_flat_png(9400)))
+    with pytest.raises(RequestRejected) as error:
+        model.predict(None, pd.DataFrame({"image": [truncated_jpeg, truncated_bomb]}))
+    assert str(error.value) == (
+        "1 of 2 images rejected: row 1: image is 9400x9400 = 88,360,000 pixels, above the limit of 25,000,000 "
+        "pixels per image (possible decompression bomb)"
+    )
+    assert error.value.get_http_status_code() == 400
+    # The budget, too, is checked before the truncated 200x150 row is decoded.
+    model.config.max_request_pixels = 40_000
+    big = _b64(_flat_png(90))
+    with pytest.raises(RequestRejected) as error:
+        model.predict(None, pd.DataFrame({"image": [truncated_jpeg, big, big]}))
+    assert str(error.value) == (
+        "1 of 3 images rejected: row 2: image is 90x90 = 8,100 pixels, which brings the request to 46,200 pixels "
+        "to decode, above the limit of 40,000 pixels per request: send fewer or smaller images per request"
+    )
+    # Within the limits, the broken row is found by decoding it.
+    with pytest.raises(RequestRejected, match=r"^1 of 2 images rejected: row 0: corrupt or truncated image data"):
+        model.predict(None, pd.DataFrame({"image": [truncated_jpeg, big]}))
+    # The header plan alone: the sizes, nothing decoded, for bytes whose pixel data is missing.
+    plan = plan_image_decode(_truncated(_flat_png(9400)))
+    assert (plan.ok, plan.width, plan.height, plan.decode_pixels) == (True, 9400, 9400, 88_360_000)
+
+
+def _large_photo_jpeg(size: tuple[int, int]) -> bytes:
+    """A real photo scaled up to ``size`` with sensor-like noise (detail at every scale)."""
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize(size, Image.BICUBIC)
+    noisy = np.asarray(photo, dtype=np.float32) + np.random.default_rng(0).normal(0, 12, (size[1], size[0], 3))
+    return _encode(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG", quality=90)
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_with_close_scores(bundle):
+    """``Image.draft``: a 1600x1200 JPEG for a 64 px model (draft factor 4: shorter side >= 256)
+    decodes at 1/4 scale, 16 x fewer pixels, and scores like the full decode."""
+    jpeg = _large_photo_jpeg((1600, 1200))
+    plan = plan_image_decode(jpeg, min_decode_side=256)
+    assert (plan.width, plan.height, plan.decode_width, plan.decode_height) == (1600, 1200, 400, 300)
+    assert plan.describe() == "1600x1200 = 1,920,000 pixels (decoded at reduced scale as 400x300 = 120,000)"
+    assert load_rgb_image_bytes_reduced(jpeg, min_decode_side=256).size == (400, 300)
+    # No reduction asked, or a PNG (no DCT scaling): the training loader's pixels exactly.
+    full = np.asarray(load_rgb_image_bytes(jpeg))
+    np.testing.assert_array_equal(np.asarray(load_rgb_image_bytes_reduced(jpeg, min_decode_side=None)), full)
+    png = _encode(Image.fromarray(full[:300, :400]), "PNG")
+    assert plan_image_decode(png, min_decode_side=64).decode_width == 400
+
+    model = MCCLIntentModel()
+    model.load_context(PythonModelContext({BUNDLE_ARTIFACT: str(bundle)}, {"threshold": 0.5}))
+    assert (model.meta.image_size, model.config.jpeg_draft_factor) == (64, 4)
+    request = pd.DataFrame({"image": [_b64(jpeg)]})
+    reduced = model.predict(None, request)[model.class_names].to_numpy()
+    model.config.jpeg_draft_factor = None
+    exact = model.predict(None, request)[model.class_names].to_numpy()
+    assert reduced.shape == exact.shape == (1, len(model.class_names))
+    np.testing.assert_allclose(reduced, exact, atol=0.01, rtol=0)
+    # The decode budget counts the reduced size: 20 of these fit into a 3 MP request budget ...
+    model.config.jpeg_draft_factor = 4
+    model.config.max_request_pixels = 3_000_000
+    assert len(model._checked_rows([_b64(jpeg)] * 20)) == 20
+    # ... and the per-image limit, too.
+    model.config.max_pixels = 1_000_000
+    assert len(model._checked_rows([_b64(jpeg)])) == 1

@@ -4,7 +4,8 @@
 * :func:`promote_if_better` - move the ``champion`` alias only to a strictly better validation
   macro-F1 (test is recorded, never selected on).
 * :class:`MCCLIntentModel` - what ``mlflow models serve`` runs: base64 images in, per-class scores
-  and the intents above the tuned threshold out (I/O contract in :mod:`mccl_core.serving.pyfunc`).
+  and the intents above the tuned threshold out (I/O contract and the decode budget:
+  :mod:`mccl_core.serving.pyfunc`).
 
 Serve the champion with::
 
@@ -25,6 +26,7 @@ from mccl_core.serving.pyfunc import (
     INTENTS_COLUMN,
     MCCLIntentModel,
     RequestError,
+    RequestRejected,
     ServingConfig,
     decode_base64_image,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "MCCLIntentModel",
     "PromotionDecision",
     "RequestError",
+    "RequestRejected",
     "ServingConfig",
     "build_untrained_bundle",
     "decode_base64_image",

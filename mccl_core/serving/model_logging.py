@@ -8,9 +8,11 @@ What goes into the logged model and why:
 * ``code/mccl_core/``: the ``mccl_core`` package as ``code_paths``. MLflow puts ``code/`` first on
   ``sys.path`` when it loads the model, so a serving image needs only the pinned third-party
   requirements below, not this project installed.
-* ``model_config``: the :class:`~mccl_core.serving.pyfunc.ServingConfig` (threshold, size limits,
-  batch size, device). It can be overridden at load time with
-  ``mlflow.pyfunc.load_model(uri, model_config={...})``.
+* ``model_config``: the :class:`~mccl_core.serving.pyfunc.ServingConfig` (threshold, size limits
+  and decode budget, batch size, device). It can be overridden at load time with
+  ``mlflow.pyfunc.load_model(uri, model_config={...})``, and for ``mlflow models serve`` with the
+  JSON environment variable ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` (MLflow's; only keys the logged
+  config has are taken, so every field is always logged).
 * ``requirements.txt``: the installed versions of what the serving code imports, pinned.
 * A signature (input column ``image``: string; outputs: one float per class + ``intents``:
   list of strings) and a real JPEG as input example. Before anything is logged the model is loaded

@@ -16,14 +16,40 @@ and the column ``intents``: the list of class names whose score is strictly abov
 threshold (the official protocol's rule, :mod:`mccl_core.metrics.f1`), in class order. The scoring
 server returns it as ``{"predictions": [{"<class>": score, ..., "intents": [...]}, ...]}``.
 
-Bad requests raise :class:`mlflow.exceptions.MlflowException` with ``INVALID_PARAMETER_VALUE``,
-which the scoring server answers with HTTP 400 and the message: a missing ``image`` column (MLflow's
-schema enforcement), an empty frame, more than ``max_images_per_request`` rows, and - naming every
-offending row - values that are null, not strings, not base64, not an image, corrupt, or too large
-(encoded bytes above ``max_image_bytes`` or decoded pixels above ``max_pixels``, the
-decompression-bomb guard). One bad row rejects the whole request: a partial answer would silently
-drop images. The request body as a whole is not size-limited by the scoring server: put a reverse
-proxy with a body-size limit in front of it in production.
+Bad requests raise :class:`RequestRejected` (an :class:`mlflow.exceptions.MlflowException` with
+``INVALID_PARAMETER_VALUE``), which the scoring server answers with HTTP 400 and the message: a
+missing ``image`` column (MLflow's schema enforcement), an empty frame, more than
+``max_images_per_request`` rows, and - naming every offending row - values that are null, not
+strings, not base64, not an image, corrupt, or too large. One bad row rejects the whole request: a
+partial answer would silently drop images.
+
+Decode budget (why: the scoring server gives up on a request after 60 s with a 504, but the
+request's thread keeps decoding; a 9 MB body of 80 copies of an 86 KB 9400x9400 PNG took a
+minute and 2.8 GiB before these limits). Every row's header is read first and nothing is decoded
+unless every row passes:
+
+* ``max_image_bytes``: the encoded file of one row;
+* ``max_pixels``: the pixels one image *decodes to* (default 25 MP);
+* ``max_request_pixels``: the sum of that over the request's rows (default 100 MP);
+* ``jpeg_draft_factor``: a JPEG larger than needed decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+  scaling, ``Image.draft``), keeping its shorter side >= ``jpeg_draft_factor`` x the model's
+  ``image_size``; the eval transform then resizes it as usual. At the default factor 4 the
+  transformed pixels differ from a full decode by about 0.2/255 on average (a noisy 4000x2670
+  photo at 224 px); ``None`` decodes at full size, the pixels of evaluation exactly. A 48 MP phone
+  JPEG costs 3 MP of the budget at 224 px; PNG and other formats cost their full size.
+
+The limits are the pyfunc ``model_config`` (:class:`ServingConfig`, logged with the model); a
+deployment overrides them without re-logging through MLflow's ``MLFLOW_PYFUNC_INFERENCE_CONFIG``
+environment variable (JSON, e.g. ``'{"max_request_pixels": 200000000}'``) of the serving process.
+The request body as a whole is not size-limited by the scoring server: put a reverse proxy with a
+body-size limit in front of it in production.
+
+Error messages never contain the request's image data. MLflow's scoring server prefixes the
+message of an exception raised by ``predict`` with ``str()`` of the whole input frame ("Failed to
+predict data '<frame>'"), which would echo 50 base64 characters of each of up to 60 rows back to
+the client: :class:`RequestRejected` keeps its own message. Two echoes happen in MLflow before the
+model is called and cannot be avoided from here: a body that is not valid JSON comes back *in
+full* in the 400, and a schema failure (e.g. no ``image`` column) carries that frame prefix.
 """
 
 from __future__ import annotations
@@ -47,7 +73,13 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from PIL import Image
 
 from mccl_core.config import ConfigError, from_dict
-from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image_bytes
+from mccl_core.data.images import (
+    DecodePlan,
+    ImageLimits,
+    ImageLoadError,
+    load_rgb_image_bytes_reduced,
+    plan_image_decode,
+)
 from mccl_core.models.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
@@ -70,8 +102,18 @@ class ServingConfig:
 
     Attributes:
         threshold: a class is predicted when its score is strictly above this (tuned on val).
-        max_pixels: refuse decoded images with more pixels (decompression bombs); ``None``: PIL's own
-            hard limit only. Default: the training loader's limit.
+        max_pixels: refuse an image that decodes to more pixels (after a reduced-scale JPEG decode),
+            from its header, before anything is decoded (decompression bombs); ``None``: PIL's own
+            hard limit only (2 x ~89.5 MP). 25 MP: a 5000x5000 PNG, 75 MB of RGB while it is scored.
+        max_request_pixels: refuse a request whose rows decode to more pixels in total (checked from
+            the headers before any row is decoded; bounds the time one request decodes); ``None``:
+            no budget. 100 MP: e.g. 33 phone JPEGs of 12 MP at 224 px (each decoded at half size), or
+            four 25 MP photo PNGs - about 15 s of decoding and resizing on one busy core here (a
+            5000x5000 PNG: 2.7 s decode + 1.3 s resize; the same JPEG at 1/4 scale: 0.3 s), well
+            inside the scoring server's 60 s request timeout.
+        jpeg_draft_factor: decode a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) whose shorter side
+            stays >= this x the model's ``image_size``; ``None``: always full size (exactly the
+            pixels of evaluation, at up to 64 x the decoding cost).
         max_image_bytes: refuse an image whose encoded file is larger than this.
         max_images_per_request: refuse requests with more rows (bounds the memory one request holds).
         batch_size: images per forward pass inside one request.
@@ -80,7 +122,9 @@ class ServingConfig:
     """
 
     threshold: float
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = 25_000_000
+    max_request_pixels: int | None = 100_000_000
+    jpeg_draft_factor: int | None = 4
     max_image_bytes: int = 20 * 1024 * 1024
     max_images_per_request: int = 256
     batch_size: int = 32
@@ -92,10 +136,16 @@ class ServingConfig:
         if not np.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be a score in [0, 1], got {self.threshold}")
         self.max_pixels = None if self.max_pixels is None else int(self.max_pixels)
+        self.max_request_pixels = None if self.max_request_pixels is None else int(self.max_request_pixels)
+        self.jpeg_draft_factor = None if self.jpeg_draft_factor is None else int(self.jpeg_draft_factor)
         self.max_image_bytes, self.batch_size = int(self.max_image_bytes), int(self.batch_size)
         self.max_images_per_request = int(self.max_images_per_request)
         if self.max_pixels is not None and self.max_pixels <= 0:
             raise ConfigError(f"max_pixels must be positive or None, got {self.max_pixels}")
+        if self.max_request_pixels is not None and self.max_request_pixels <= 0:
+            raise ConfigError(f"max_request_pixels must be positive or None, got {self.max_request_pixels}")
+        if self.jpeg_draft_factor is not None and self.jpeg_draft_factor <= 0:
+            raise ConfigError(f"jpeg_draft_factor must be positive or None, got {self.jpeg_draft_factor}")
         if self.max_image_bytes <= 0:
             raise ConfigError(f"max_image_bytes must be positive, got {self.max_image_bytes}")
         if self.batch_size <= 0:
@@ -117,8 +167,35 @@ class RequestError(ValueError):
     """One request row cannot be scored; the message names the row and the problem."""
 
 
-def decode_base64_image(value: Any, row: int, config: ServingConfig) -> Image.Image:
-    """One request cell -> RGB image, or :class:`RequestError` naming ``row`` and the problem."""
+class RequestRejected(MlflowException):
+    """A bad request: HTTP 400 (``INVALID_PARAMETER_VALUE``) with a message that names the rows.
+
+    Why a subclass: MLflow's scoring server rewrites the ``message`` of an ``MlflowException`` that
+    ``predict`` raises to ``"Failed to predict data '<str(input frame)>'. Error: <message>"``, which
+    echoes the request's base64 image data (pandas' repr: 50 characters of each of up to 60 rows)
+    back to the client and into whatever logs responses. Here the message is set once, at
+    construction; later assignments are ignored, so the 400 carries only our message.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+def base64_image_bytes(value: Any, row: int, config: ServingConfig) -> bytes:
+    """One request cell -> the encoded image file bytes, or :class:`RequestError` naming ``row``.
+
+    The size check comes before base64 decoding (4 characters carry 3 bytes). Messages never
+    quote the value itself (it is the client's image data).
+    """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         raise RequestError(f"row {row}: no image (null value)")
     if not isinstance(value, str):
@@ -126,7 +203,6 @@ def decode_base64_image(value: Any, row: int, config: ServingConfig) -> Image.Im
     text = "".join(_DATA_URL.sub("", value.strip(), count=1).split())
     if not text:
         raise RequestError(f"row {row}: empty string instead of base64 image data")
-    # 4 base64 characters carry 3 bytes: refuse oversized data before decoding it.
     encoded_bytes = len(text) // 4 * 3
     if encoded_bytes > config.max_image_bytes:
         raise RequestError(
@@ -135,17 +211,72 @@ def decode_base64_image(value: Any, row: int, config: ServingConfig) -> Image.Im
         )
     altchars = b"-_" if ("-" in text or "_" in text) else None
     try:
-        data = base64.b64decode(text, altchars=altchars, validate=True)
+        return base64.b64decode(text, altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"row {row}: not valid base64 ({error})") from error
+
+
+def _image_limits(config: ServingConfig) -> ImageLimits:
+    return ImageLimits.decode_only(config.max_pixels)
+
+
+def _min_decode_side(config: ServingConfig, image_size: int | None) -> int | None:
+    if config.jpeg_draft_factor is None or image_size is None:
+        return None
+    return config.jpeg_draft_factor * int(image_size)
+
+
+def plan_request_row(data: bytes, row: int, config: ServingConfig, image_size: int | None = None) -> DecodePlan:
+    """Header of one row's image -> its :class:`~mccl_core.data.images.DecodePlan`; nothing decoded.
+
+    Raises :class:`RequestError` naming ``row`` when the header alone refuses it (not an image,
+    above ``max_pixels`` once decoded, unconvertible mode).
+    """
+    plan = plan_image_decode(
+        data, _image_limits(config), min_decode_side=_min_decode_side(config, image_size), name=f"request row {row}"
+    )
+    if not plan.ok:
+        raise RequestError(f"row {row}: {plan.problem}")
+    return plan
+
+
+def decode_request_row(data: bytes, row: int, config: ServingConfig, image_size: int | None = None) -> Image.Image:
+    """One row's image bytes -> RGB image (a JPEG at reduced scale when ``image_size`` is given).
+
+    Same checks, mode rule and EXIF orientation as the training loader; :class:`RequestError` names
+    ``row`` and the problem.
+    """
     try:
-        return load_rgb_image_bytes(data, source=f"request row {row}", max_pixels=config.max_pixels)
+        return load_rgb_image_bytes_reduced(
+            data,
+            min_decode_side=_min_decode_side(config, image_size),
+            source=f"request row {row}",
+            limits=_image_limits(config),
+        )
     except ImageLoadError as error:
         raise RequestError(f"row {row}: {error.problem}") from error
 
 
+def decode_base64_image(value: Any, row: int, config: ServingConfig, image_size: int | None = None) -> Image.Image:
+    """One request cell -> RGB image, or :class:`RequestError` naming ``row`` and the problem.
+
+    ``image_size``: the model's input size; with it (and ``config.jpeg_draft_factor``) a large JPEG
+    decodes at reduced scale. Without it: full size, the training loader's pixels.
+    """
+    data = base64_image_bytes(value, row, config)
+    plan_request_row(data, row, config, image_size)
+    return decode_request_row(data, row, config, image_size)
+
+
 def _invalid(message: str) -> MlflowException:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return RequestRejected(message)
+
+
+def _rejected(problems: list[str], rows: int) -> MlflowException:
+    listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+    unlisted = len(problems) - MAX_LISTED_PROBLEMS
+    more = f"; ... and {unlisted} more" if unlisted > 0 else ""
+    return _invalid(f"{len(problems)} of {rows} images rejected: {listed}{more}")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -192,19 +323,46 @@ class MCCLIntentModel(PythonModel):
                 f"the request has {len(frame)} images, more than the limit of {self.config.max_images_per_request} "
                 "per request: split it into several requests"
             )
+        rows = self._checked_rows(frame[IMAGE_COLUMN].tolist())
         tensors: list[torch.Tensor] = []
         problems: list[str] = []
-        for row, value in enumerate(frame[IMAGE_COLUMN].tolist()):
+        for row, data in rows:
             try:
-                tensors.append(self.transform(decode_base64_image(value, row, self.config)))
-            except RequestError as error:
+                tensors.append(self.transform(decode_request_row(data, row, self.config, self.meta.image_size)))
+            except RequestError as error:  # corrupt / truncated pixel data: only found by decoding
                 problems.append(str(error))
         if problems:
-            listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-            unlisted = len(problems) - MAX_LISTED_PROBLEMS
-            more = f"; ... and {unlisted} more" if unlisted > 0 else ""
-            raise _invalid(f"{len(problems)} of {len(frame)} images rejected: {listed}{more}")
+            raise _rejected(problems, len(frame))
         return tensors
+
+    def _checked_rows(self, values: list[Any]) -> list[tuple[int, bytes]]:
+        """Every row's base64 and image header, checked against the limits before any row is decoded.
+
+        Returns ``(row, image bytes)`` pairs; raises :class:`RequestRejected` listing the bad rows,
+        including the row at which the request's decoded pixels pass ``max_request_pixels``.
+        """
+        budget = self.config.max_request_pixels
+        checked: list[tuple[int, bytes]] = []
+        problems: list[str] = []
+        total = 0
+        for row, value in enumerate(values):
+            try:
+                data = base64_image_bytes(value, row, self.config)
+                plan = plan_request_row(data, row, self.config, self.meta.image_size)
+            except RequestError as error:
+                problems.append(str(error))
+                continue
+            checked.append((row, data))
+            before, total = total, total + plan.decode_pixels
+            if budget is not None and before <= budget < total:
+                problems.append(
+                    f"row {row}: image is {plan.describe()}, which brings the request to {total:,} pixels to "
+                    f"decode, above the limit of {budget:,} pixels per request: send fewer or smaller images "
+                    "per request"
+                )
+        if problems:
+            raise _rejected(problems, len(values))
+        return checked
 
     @staticmethod
     def _as_frame(model_input: Any) -> pd.DataFrame:
