@@ -1,85 +1,39 @@
-"""Multi-node training as a Kubeflow Training Operator ``PyTorchJob``.
+"""Multi-node training as a Kubeflow Training Operator v1 ``PyTorchJob`` (``kubeflow.org/v1``).
 
-Why an operator: once one machine is not enough, starting, restarting and wiring several
-torchrun nodes together is what the Training Operator already does well. The pipeline's train
-step therefore becomes a PyTorchJob when more than one node is asked for; the manifest is built
-here from the same parameters (image, nodes, processes and accelerators per node).
-
-Data flow: the train step with ``launch.backend: pytorchjob`` (see
-:func:`mccl_core.steps.train.run_train`) uploads its inputs and params to
-``<staging>/inputs`` (the staging prefix is keyed by the fingerprint of the inputs, so two runs
-never share one); every pod runs :func:`node_main` (``python -m mccl_core.launch.pytorchjob``),
-which downloads them and runs **the train step itself** with the ``torchrun`` backend, its
-nodes, rank and rendezvous taken from the ``PET_*`` environment the operator sets - the same
-resume guard, the same loop. Node 0 uploads the outputs (bundle, history, checkpoint) to
-``<staging>/outputs``; a restarted pod downloads that checkpoint first and resumes it when it
-belongs to the same inputs.
+Why it stays: Kubeflow removed the Training Operator v1 upstream in February 2025 in favour of
+Kubeflow Trainer v2's ``TrainJob`` (:mod:`mccl_core.launch.trainjob`, the default), but clusters
+still running v1 keep working with ``launch.backend: pytorchjob``. The manifest is built from the
+same parameters (image, nodes, processes and accelerators per node) and its pods run the same
+entry point, :mod:`mccl_core.launch.node` (``python -m mccl_core.launch.pytorchjob`` is kept as an
+alias of it for manifests built by older versions).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from mccl_core.launch.kube import WORKSPACE, NodeJobConfig, finished_state, submit_and_wait
+from mccl_core.launch.node import PARAMS_FILE, launch_from_env, node_main
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
+PLURAL = "pytorchjobs"
 CONTAINER_NAME = "pytorch"  # the Training Operator requires this container name
-WORKSPACE = "/workspace"
+
+__all__ = ["PARAMS_FILE", "PyTorchJobConfig", "build_pytorchjob", "job_state", "launch_from_env", "node_main",
+           "submit"]  # fmt: skip
 
 
-@dataclass
-class PyTorchJobConfig:
-    """Everything the manifest depends on (all of it pipeline parameters or derived from them)."""
-
-    name: str
-    namespace: str
-    image: str
-    num_nodes: int
-    nproc_per_node: int
-    accelerator_type: str
-    accelerators_per_node: int
-    staging_uri: str
-    mlflow_tracking_uri: str = ""
-    #: Kubernetes secret with AWS_* variables (S3 staging, MLflow artifacts); never baked in.
-    credentials_secret: str = "mccl-s3-credentials"
-    cpu: str = "8"
-    memory: str = "32Gi"
-    backoff_limit: int = 3
-    extra_env: dict[str, str] = field(default_factory=dict)
+class PyTorchJobConfig(NodeJobConfig):
+    """:class:`NodeJobConfig` for a PyTorchJob: at least 2 nodes (1 master + workers)."""
 
     def __post_init__(self) -> None:
         if self.num_nodes < 2:
             raise ValueError(f"a PyTorchJob is for >= 2 nodes, got num_nodes={self.num_nodes}")
-        if self.nproc_per_node < 1 or self.accelerators_per_node < 0:
-            raise ValueError("nproc_per_node must be >= 1 and accelerators_per_node >= 0")
-        if not self.staging_uri.startswith(("s3://", "minio://")):
-            raise ValueError(f"staging_uri must be an s3:// (or minio://) prefix, got {self.staging_uri!r}")
+        super().__post_init__()
 
 
-def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
-    resources: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
-    limits = dict(resources)
-    if cfg.accelerators_per_node:
-        limits[cfg.accelerator_type] = str(cfg.accelerators_per_node)
-    env = [{"name": "MLFLOW_TRACKING_URI", "value": cfg.mlflow_tracking_uri}] if cfg.mlflow_tracking_uri else []
-    env += [{"name": k, "value": v} for k, v in sorted(cfg.extra_env.items())]
-    command = [
-        "python",
-        "-m",
-        "mccl_core.launch.pytorchjob",
-        "--staging-uri",
-        cfg.staging_uri,
-        "--workspace",
-        WORKSPACE,
-    ]
+def _replica(cfg: NodeJobConfig, replicas: int) -> dict[str, Any]:
     return {
         "replicas": replicas,
         "restartPolicy": "OnFailure",
@@ -89,10 +43,10 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
                     {
                         "name": CONTAINER_NAME,
                         "image": cfg.image,
-                        "command": command,
-                        "env": env,
+                        "command": cfg.command(),
+                        "env": cfg.env(secret_as_env=False),
                         "envFrom": [{"secretRef": {"name": cfg.credentials_secret, "optional": True}}],
-                        "resources": {"requests": resources, "limits": limits},
+                        "resources": cfg.resources(),
                         "volumeMounts": [
                             {"name": "workspace", "mountPath": WORKSPACE},
                             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -105,7 +59,7 @@ def _replica(cfg: PyTorchJobConfig, replicas: int) -> dict[str, Any]:
     }
 
 
-def build_pytorchjob(cfg: PyTorchJobConfig) -> dict[str, Any]:
+def build_pytorchjob(cfg: NodeJobConfig) -> dict[str, Any]:
     """The PyTorchJob manifest: 1 master + (num_nodes - 1) workers, ``nprocPerNode`` each."""
     return {
         "apiVersion": API_VERSION,
@@ -128,89 +82,12 @@ def build_pytorchjob(cfg: PyTorchJobConfig) -> dict[str, Any]:
 
 def job_state(job: dict[str, Any]) -> str | None:
     """``Succeeded`` / ``Failed`` once the job finished, else ``None``."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Succeeded", "Failed"):
-            return str(condition["type"])
-    return None
+    return finished_state(job, ("Succeeded",), ("Failed",))
 
 
-def submit_and_wait(manifest: dict[str, Any], poll_s: float = 30.0, timeout_s: float = 7 * 24 * 3600) -> dict[str, Any]:
-    """Create the PyTorchJob (in-cluster credentials) and wait until it succeeds; raise if it fails."""
-    from kubernetes import client, config
-
-    config.load_incluster_config()
-    api = client.CustomObjectsApi()
-    group, version = API_VERSION.split("/")
-    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    api.create_namespaced_custom_object(group, version, namespace, "pytorchjobs", manifest)
-    log.info("created PyTorchJob %s/%s", namespace, name)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = api.get_namespaced_custom_object(group, version, namespace, "pytorchjobs", name)
-        state = job_state(job)
-        if state == "Succeeded":
-            return job
-        if state == "Failed":
-            raise RuntimeError(f"PyTorchJob {namespace}/{name} failed: {job.get('status')}")
-        time.sleep(poll_s)
-    raise TimeoutError(f"PyTorchJob {namespace}/{name} did not finish within {timeout_s} s")
-
-
-# ------------------------------------------------------------------------------- in the pods
-
-PARAMS_FILE = "params.yaml"
-
-
-def launch_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``launch`` section of one pod, from what the Training Operator sets (``PET_*``)."""
-    env = dict(os.environ if env is None else env)
-    nnodes = int(env.get("PET_NNODES", "1").split(":")[-1])
-    values: dict[str, Any] = {
-        "backend": "torchrun",
-        "nproc_per_node": int(env.get("PET_NPROC_PER_NODE", "1")),
-        "nnodes": nnodes,
-        "node_rank": int(env.get("PET_NODE_RANK", env.get("RANK", "0"))),
-    }
-    if nnodes > 1:
-        values["rdzv_endpoint"] = (
-            f"{env.get('PET_MASTER_ADDR', env.get('MASTER_ADDR', ''))}:{env.get('PET_MASTER_PORT', env.get('MASTER_PORT', '23456'))}"
-        )
-    return values
-
-
-def node_main(argv: list[str] | None = None) -> int:
-    """Entry point of every PyTorchJob pod: download the staged inputs, run the train step."""
-    import yaml
-
-    from mccl_core.launch.staging import download_prefix, upload_dir
-    from mccl_core.steps.contract import run_step
-    from mccl_core.steps.errors import StepError
-    from mccl_core.tracking.steps import TrackingOptions
-
-    parser = argparse.ArgumentParser(prog="python -m mccl_core.launch.pytorchjob", description=node_main.__doc__)
-    parser.add_argument("--staging-uri", required=True, help="the run's staging prefix (inputs/, outputs/)")
-    parser.add_argument("--workspace", type=Path, default=Path(WORKSPACE))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    staging, workspace = args.staging_uri.rstrip("/"), args.workspace
-    inputs_dir, out_dir = workspace / "inputs", workspace / "outputs"
-    download_prefix(f"{staging}/inputs", inputs_dir)
-    # A restarted pod resumes from node 0's last upload (the step's guard checks it is ours).
-    download_prefix(f"{staging}/outputs/checkpoints", out_dir / "checkpoints")
-    params = yaml.safe_load((inputs_dir / PARAMS_FILE).read_text())
-    params["launch"] = {**launch_from_env(), "env": (params.get("launch") or {}).get("env")}
-    inputs = {
-        name: inputs_dir / name for name in ("validate", "extract", "cluster", "demo") if (inputs_dir / name).is_dir()
-    }
-    try:
-        # MLflow: the launcher owns the train run and back-fills the epochs from history.json.
-        run_step("train", params, inputs, out_dir, TrackingOptions(enabled=False, project_dir=workspace))
-    except (StepError, ValueError) as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return 1
-    if launch_from_env()["node_rank"] == 0:
-        upload_dir(out_dir, f"{staging}/outputs")
-    return 0
+def submit(manifest: dict[str, Any], poll_s: float = 30.0) -> dict[str, Any]:
+    """Create the PyTorchJob in this cluster and wait for it (raises when it fails)."""
+    return submit_and_wait(manifest, PLURAL, job_state, poll_s=poll_s)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ GPU; on CPU, Gloo). The step:
   output folder) - also logged to MLflow as the run's resolved config;
 * keeps ``<out>/checkpoints/last.pt`` between runs, so re-running after a crash (or a killed
   ``dvc repro``) continues from the last finished epoch. A checkpoint written for other inputs
-  (another config, other prototypes or data) is moved aside instead of resumed - resuming it
-  would silently train the wrong model;
+  (another config, other prototypes or data) is moved aside (``*.stale.pt``) instead of resumed -
+  resuming it would silently train the wrong model;
+* holds ``<out>/train.lock`` (a second trainer on the folder is refused, naming the PID) and runs
+  the training processes in their own process group that dies with the step
+  (:mod:`mccl_core.launch.supervise`): a killed step leaves no trainer behind;
+* with ``launch.backend: trainjob | pytorchjob`` runs the same step in the pods of a Kubernetes
+  job instead (:mod:`mccl_core.launch.node`), inputs and checkpoints staged on S3 under a prefix
+  of this run's own (keyed by the fingerprint of its inputs and params);
 * passes its MLflow run id to the loop, which logs every epoch's metrics live (rank 0); epochs
   finished before a crash are back-filled from the history.
 """
@@ -19,10 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from mccl_core.config import ConfigError, from_dict, section, to_plain
+from mccl_core.launch.supervise import TrainerLock
 from mccl_core.models import ModelConfig
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
@@ -57,9 +62,13 @@ CHECKPOINT_DIR = "checkpoints"
 RUN_ONLY_FIELDS = ("output_dir", "resume", "num_workers", "device", "eval_every")
 
 
+#: Kubernetes job kinds of ``launch.backend`` (anything else is torchrun on this machine).
+KUBERNETES_BACKENDS = ("trainjob", "pytorchjob")
+
+
 @dataclass
 class KubernetesConfig:
-    """``launch.kubernetes``: the PyTorchJob the train step submits with ``backend: pytorchjob``."""
+    """``launch.kubernetes``: the job the train step submits with ``backend: trainjob | pytorchjob``."""
 
     namespace: str = "kubeflow"
     #: Container image of the pods (default: the project's image, see mccl_core.launch.image).
@@ -72,23 +81,31 @@ class KubernetesConfig:
     credentials_secret: str = "mccl-s3-credentials"
     cpu: str = "8"
     memory: str = "32Gi"
+    #: ClusterTrainingRuntime a TrainJob runs on (Kubeflow Trainer v2's stock one by default).
+    runtime: str = "torch-distributed"
+    #: Seconds between node 0's checkpoint uploads (a restarted pod resumes the last upload).
+    checkpoint_upload_s: float = 30.0
 
 
 @dataclass
 class LaunchConfig:
     """The ``launch`` section: how many training processes, on how many nodes, started how.
 
-    ``backend: torchrun`` starts ``nproc_per_node`` processes here (``nnodes > 1`` on bare
-    machines needs ``rdzv_endpoint``, the host:port of node 0). ``backend: pytorchjob`` submits a
-    Kubeflow Training Operator PyTorchJob of ``nnodes`` pods x ``nproc_per_node`` processes
-    (settings in ``kubernetes``); every pod runs this same step with the torchrun backend.
+    ``backend: torchrun`` (the default: ``dvc repro`` on a laptop) starts ``nproc_per_node``
+    processes here (``nnodes > 1`` on bare machines needs ``rdzv_endpoint``, the host:port of
+    node 0). ``backend: trainjob`` submits a Kubeflow Trainer v2 TrainJob, ``backend: pytorchjob``
+    a Training Operator v1 PyTorchJob (>= 2 nodes), of ``nnodes`` pods x ``nproc_per_node``
+    processes (settings in ``kubernetes``); every pod runs this same step with the torchrun backend.
     """
 
-    backend: Literal["torchrun", "pytorchjob"] = "torchrun"
+    backend: Literal["torchrun", "trainjob", "pytorchjob"] = "torchrun"
     nproc_per_node: int = 1
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str = ""
+    #: ``c10d`` (elastic: ranks by arrival) or ``static`` (rank = node_rank: what the pods use,
+    #: so global rank 0 - the writer of checkpoints and bundle - is on node 0).
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
     #: Extra environment for the training processes (e.g. ``OMP_NUM_THREADS``).
     env: dict[str, str] | None = None
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
@@ -100,7 +117,7 @@ class LaunchConfig:
             )
         if self.backend == "torchrun" and self.nnodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("launch.nnodes > 1 with the torchrun backend needs launch.rdzv_endpoint (host:port of node 0); "
-                              "on Kubernetes use launch.backend: pytorchjob")  # fmt: skip
+                              "on Kubernetes use launch.backend: trainjob (or pytorchjob)")  # fmt: skip
         if self.backend == "pytorchjob" and self.nnodes < 2:
             raise ConfigError(f"launch.backend: pytorchjob is for >= 2 nodes, got launch.nnodes={self.nnodes}")
 
@@ -142,6 +159,10 @@ def torchrun_command(launch: LaunchConfig, train_args: list[str]) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.nproc_per_node)]
     if launch.nnodes == 1:
         command.append("--standalone")
+    elif launch.rdzv_backend == "static":
+        host, _, port = launch.rdzv_endpoint.rpartition(":")
+        command += ["--nnodes", str(launch.nnodes), "--node_rank", str(launch.node_rank),
+                    "--master_addr", host, "--master_port", port]  # fmt: skip
     else:
         command += ["--nnodes", str(launch.nnodes), "--node_rank", str(launch.node_rank),
                     "--rdzv_backend", "c10d", "--rdzv_endpoint", launch.rdzv_endpoint]  # fmt: skip
@@ -179,18 +200,30 @@ def training_code_hash() -> str:
 
 
 def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
-    """True when a checkpoint for these exact inputs exists; a foreign one is moved aside."""
-    ckpt = out_dir / CHECKPOINT_DIR / "last.pt"
-    record = out_dir / CHECKPOINT_DIR / FINGERPRINT_FILE
+    """True when a checkpoint for these exact inputs exists; a foreign one is moved aside.
+
+    "Foreign" = its fingerprint record (``inputs.json``, written when that run started) differs
+    from this run's, or is missing. Every checkpoint file is set aside (``last.pt`` ->
+    ``last.stale.pt``, ``prev.pt`` -> ``prev.stale.pt``...), not only ``last.pt``: a fallback
+    to an older foreign file would be the same silent mistake.
+    """
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    record = ckpt_dir / FINGERPRINT_FILE
     digest = sha256_of(fingerprint)
-    if ckpt.is_file():
-        previous = json.loads(record.read_text()).get("sha256") if record.is_file() else None
+    found = sorted(p for p in ckpt_dir.glob("*.pt") if not p.name.endswith(".stale.pt")) if ckpt_dir.is_dir() else []
+    if found:
+        try:
+            previous = json.loads(record.read_text()).get("sha256") if record.is_file() else None
+        except (ValueError, AttributeError):
+            previous = None
         if previous == digest:
-            log.info("resuming from %s (same inputs)", ckpt)
+            log.info("resuming from %s (same inputs)", ckpt_dir / "last.pt")
             return True
-        aside = ckpt.with_name("last.stale.pt")
-        os.replace(ckpt, aside)
-        log.warning("checkpoint %s was written for other inputs; moved to %s and training from scratch", ckpt, aside)
+        for path in found:
+            os.replace(path, path.with_name(path.stem + ".stale.pt"))
+        log.warning("checkpoints in %s were written for other inputs or params (fingerprint %s, this run %s): "
+                    "not resuming them; moved aside as *.stale.pt and training from scratch",
+                    ckpt_dir, (previous or "missing")[:16], digest[:16])  # fmt: skip
     write_json(record, {"sha256": digest, "fingerprint": fingerprint})
     return False
 
@@ -212,18 +245,8 @@ def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
     return len(missing)
 
 
-def _run_streaming(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """Run ``command``, echoing its output live; returns (exit code, last 400 lines)."""
-    tail: deque[str] = deque(maxlen=400)
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stderr.write(line)
-            tail.append(line.rstrip("\n"))
-        returncode = proc.wait()
-    return returncode, list(tail)
+#: ``submit(manifest)``: create a Kubernetes job and return once it succeeded (raise if it failed).
+Submitter = Callable[[dict[str, Any]], Any]
 
 
 def run_train(
@@ -235,10 +258,40 @@ def run_train(
     out_dir: Path,
     tracking: TrackingOptions | None = None,
     all_params: dict[str, Any] | None = None,
+    submit: Submitter | None = None,
 ) -> TrainStepResult:
-    """Train (or resume) under torchrun; returns the bundle folder and the per-epoch history."""
+    """Train (or resume) under torchrun or a Kubernetes job; returns the bundle and the history.
+
+    ``submit`` replaces the in-cluster submission of the job manifest (tests run the pods locally).
+    """
+    from mccl_core.launch.supervise import TrainerBusyError, exit_with_dvc
+
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    exit_with_dvc()
+    try:
+        lock = TrainerLock(out_dir).acquire()
+    except TrainerBusyError as error:
+        raise StepError(str(error)) from None
+    try:
+        return _run_train_locked(model_cfg, train_cfg, launch, validated, inputs, out_dir, tracking, all_params,
+                                 submit, lock)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _run_train_locked(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    launch: LaunchConfig,
+    validated: ValidatedData,
+    inputs: TrainInputsPaths,
+    out_dir: Path,
+    tracking: TrackingOptions | None,
+    all_params: dict[str, Any] | None,
+    submit: Submitter | None,
+    lock: TrainerLock,
+) -> TrainStepResult:
     train_cfg.output_dir = out_dir
     resolved = {"data": validated.data.to_dict(), "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     # Absolute paths: the training processes may run in another working directory.
@@ -246,7 +299,9 @@ def run_train(
     resolved["data"]["annotations"] = {k: str(Path(v).resolve()) for k, v in resolved["data"]["annotations"].items()}
     params_path = write_text(out_dir / RESOLVED_PARAMS_FILE, yaml.safe_dump(resolved, sort_keys=False))
     fingerprint = _fingerprint(model_cfg, train_cfg, validated, inputs, launch)
-    resumable = _prepare_resume(out_dir, fingerprint)
+    kubernetes = launch.backend in KUBERNETES_BACKENDS
+    # The job's pods run the guard against their own staged checkpoints; here nothing resumes.
+    resumable = False if kubernetes else _prepare_resume(out_dir, fingerprint)
     params = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "launch": to_plain(launch)}
 
     with tracked_step("train", tracking, params, all_params, validated.data_hash) as run:
@@ -265,23 +320,31 @@ def run_train(
                 train_args += [flag, str(Path(path).resolve())]
         if not resumable:
             train_args.append("--no-resume")
-        if launch.backend == "pytorchjob":
-            history, final, output = _launch_pytorchjob(launch, validated, inputs, out_dir, resolved, fingerprint, run)
+        if kubernetes:
+            history, final, output = _launch_kubernetes(launch, validated, inputs, out_dir, resolved, fingerprint,
+                                                        run, submit)  # fmt: skip
         else:
-            history, final, output = _launch_torchrun(launch, train_args, run, out_dir)
+            history, final, output = _launch_torchrun(launch, train_args, run, out_dir, lock.fd)
         backfilled = _backfill_epochs(run, history)
         if backfilled:
             log.info("logged %d epochs finished before the restart to MLflow", backfilled)
-        run.log_artifact(out_dir / HISTORY_FILE, "train")
+        if (out_dir / HISTORY_FILE).is_file():
+            run.log_artifact(out_dir / HISTORY_FILE, "train")
         resumed = any("resumed from" in line for line in output)
         run.set_tags({"mccl.train.resumed": str(resumed).lower()})
         return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)
 
 
 def _launch_torchrun(
-    launch: LaunchConfig, train_args: list[str], run: StepTracking, out_dir: Path
+    launch: LaunchConfig, train_args: list[str], run: StepTracking, out_dir: Path, lock_fd: int | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """The training processes on this machine (``torchrun``, or one plain process)."""
+    """The training processes on this machine (``torchrun``, or one plain process), supervised.
+
+    They run in their own process group, die with this step and inherit the trainer lock. On a
+    node other than 0 (multi-node) only global rank 0's node writes history and bundle: empty here.
+    """
+    from mccl_core.launch.supervise import run_streaming
+
     env = dict(os.environ)
     env.update(launch.env or {})
     if run.run_id is not None and run.tracker is not None:
@@ -290,18 +353,25 @@ def _launch_torchrun(
     command = torchrun_command(launch, train_args)
     log.info("launching: %s", " ".join(command))
     env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
-    returncode, output = _run_streaming(command, env)
+    returncode, output = run_streaming(command, env, pass_fds=(lock_fd,) if lock_fd is not None else ())
     if returncode != 0:
         raise StepError(
             f"training failed (exit code {returncode}); re-running the step resumes from "
             f"{out_dir / CHECKPOINT_DIR / 'last.pt'} if an epoch finished. Last output:\n" + "\n".join(output[-40:])
         )
+    if launch.node_rank != 0:
+        return [], {}, output
     history = json.loads((out_dir / HISTORY_FILE).read_text())
     final = json.loads((out_dir / SUMMARY_FILE).read_text())
     return history, final, output
 
 
-def _launch_pytorchjob(
+def staging_key(fingerprint: dict[str, Any]) -> str:
+    """The run's own staging key: runs with other inputs or params never share a prefix."""
+    return sha256_of(fingerprint)[:16]
+
+
+def _launch_kubernetes(
     launch: LaunchConfig,
     validated: ValidatedData,
     inputs: TrainInputsPaths,
@@ -309,18 +379,20 @@ def _launch_pytorchjob(
     resolved: dict[str, Any],
     fingerprint: dict[str, Any],
     run: StepTracking,
+    submit: Submitter | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """Stage the inputs to S3, run a PyTorchJob whose pods run this step, fetch the outputs."""
+    """Stage the inputs to S3, run a TrainJob / PyTorchJob whose pods run this step, fetch the outputs."""
     import shutil
     import tempfile
 
+    from mccl_core.launch import pytorchjob, trainjob
     from mccl_core.launch.image import pipeline_image
-    from mccl_core.launch.pytorchjob import PARAMS_FILE, PyTorchJobConfig, build_pytorchjob, submit_and_wait
+    from mccl_core.launch.kube import NodeJobConfig
+    from mccl_core.launch.node import PARAMS_FILE
     from mccl_core.launch.staging import download_prefix, upload_dir
 
     k8s = launch.kubernetes
-    # One staging key per set of inputs: another run never resumes (or overwrites) this one.
-    key = sha256_of(fingerprint)[:16]
+    key = staging_key(fingerprint)
     staging = f"{k8s.staging_uri.rstrip('/')}/{key}"
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
@@ -350,18 +422,24 @@ def _launch_pytorchjob(
                   "launch": {"env": launch.env}}  # fmt: skip
         write_text(staged / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))
         upload_dir(staged, f"{staging}/inputs")
-    manifest = build_pytorchjob(PyTorchJobConfig(
+    job = NodeJobConfig(
         name=f"mccl-train-{key}", namespace=k8s.namespace, image=k8s.image or pipeline_image(),
         num_nodes=launch.nnodes, nproc_per_node=launch.nproc_per_node, accelerator_type=k8s.accelerator_type,
         accelerators_per_node=k8s.accelerators_per_node, staging_uri=staging,
         mlflow_tracking_uri=run.tracker.tracking_uri if run.tracker is not None else "",
         credentials_secret=k8s.credentials_secret, cpu=k8s.cpu, memory=k8s.memory,
-    ))  # fmt: skip
-    submit_and_wait(manifest)
+        upload_interval_s=k8s.checkpoint_upload_s,
+    )  # fmt: skip
+    if launch.backend == "pytorchjob":
+        manifest = pytorchjob.build_pytorchjob(job)
+        (submit or pytorchjob.submit)(manifest)
+    else:
+        manifest = trainjob.build_trainjob(job, runtime=k8s.runtime)
+        (submit or trainjob.submit)(manifest)
     download_prefix(f"{staging}/outputs", out_dir)
     history = json.loads((out_dir / HISTORY_FILE).read_text())
     final = json.loads((out_dir / SUMMARY_FILE).read_text())
-    log.info("PyTorchJob %s trained %d epochs", manifest["metadata"]["name"], len(history))
+    log.info("%s %s trained %d epochs", manifest["kind"], manifest["metadata"]["name"], len(history))
     return history, final, []
 
 
