@@ -228,12 +228,12 @@ def _assemble_mccl(
         ff_dim=cfg.pki.ff_dim,
         dropout=cfg.pki.dropout,
     )
+    mcc = f"MCC on ({'CPI' if cfg.use_cpi else 'random'} prototypes)" if cfg.mcc.enabled else "MCC off (no prototypes)"
     logger.info(
-        "built MCCL: %s stages=%s, MCC=%s (%s prototypes), GCN=%s, decoder d=%d x%d, loss %s",
+        "built MCCL: %s stages=%s, %s, GCN=%s, decoder d=%d x%d, loss %s",
         cfg.backbone.arch,
         list(cfg.backbone.stages),
-        cfg.mcc.enabled,
-        "CPI" if cfg.use_cpi else "random",
+        mcc,
         cfg.pki.use_gcn,
         cfg.pki.dim,
         cfg.pki.decoder_layers,

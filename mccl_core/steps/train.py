@@ -56,6 +56,9 @@ RESOLVED_PARAMS_FILE = "resolved_params.yaml"
 FINGERPRINT_FILE = "inputs.json"
 SUMMARY_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
+#: Per-epoch curves without timings (``dvc plots``): what the inputs and params determine.
+CURVES_FILE = "curves.csv"
+CURVE_COLUMNS = ("epoch", "train_loss", "lr", "val_macro_f1_split_tuned", "val_map")
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 #: Fields of TrainConfig that do not change what a resumed run computes.
@@ -228,6 +231,39 @@ def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
     return False
 
 
+def headline_and_timing(history: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(headline, timing)`` of a finished training: the last epoch's losses and validation
+    scores (deterministic: ``metrics/train.json``), and the wall-clock facts of this run."""
+    from mccl_core.training.loop import EpochRecord
+
+    if not history:
+        return {}, {}
+    last = EpochRecord(**history[-1]).metrics()
+    headline = {"epochs": float(len(history))}
+    headline |= {k: float(last[k]) for k in ("train_loss", "val_macro_f1_split_tuned", "val_map") if k in last}
+    seconds = sum(float(r.get("seconds") or 0.0) for r in history)
+    images = sum(float(r.get("seconds") or 0.0) * float(r.get("images_per_second") or 0.0) for r in history)
+    timing = {"train_seconds": seconds, "train_images_per_second": images / seconds if seconds else 0.0}
+    return headline, timing
+
+
+def write_curves(path: Path, history: list[dict[str, Any]]) -> Path:
+    """The per-epoch curves as CSV, timings left out (they differ per run and would change dvc.lock)."""
+    import csv
+    import io
+
+    from mccl_core.training.loop import EpochRecord
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CURVE_COLUMNS)
+    for record in history:
+        values = {"epoch": int(record["epoch"]), **EpochRecord(**record).metrics()}
+        writer.writerow(["" if values.get(c) is None else repr(values[c]) if isinstance(values[c], float) else values[c]
+                         for c in CURVE_COLUMNS])  # fmt: skip
+    return write_text(path, buffer.getvalue())
+
+
 def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
     """Log epochs of ``history`` that this MLflow run lacks (finished before a crash)."""
     if run.tracker is None or run.run_id is None:
@@ -330,6 +366,10 @@ def _run_train_locked(
             log.info("logged %d epochs finished before the restart to MLflow", backfilled)
         if (out_dir / HISTORY_FILE).is_file():
             run.log_artifact(out_dir / HISTORY_FILE, "train")
+        if history:
+            write_curves(out_dir / CURVES_FILE, history)
+            headline, timing = headline_and_timing(history)
+            run.log_headline({**headline, **timing})
         resumed = any("resumed from" in line for line in output)
         run.set_tags({"mccl.train.resumed": str(resumed).lower()})
         return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)
@@ -469,9 +509,11 @@ def run(inputs: Mapping[str, Path], out_dir: Path, config: TrainParams, tracking
                              Path(inputs["cluster"]) / EMBEDDINGS_FILE)  # fmt: skip
     all_params = {"model": config.model.to_dict(), "train": config.train.to_dict(), "launch": to_plain(config.launch)}
     result = run_train(config.model, config.train, config.launch, validated, paths, out_dir, tracking, all_params)
+    headline, timing = headline_and_timing(result.history)
     return StepOutcome(
         summary=f"model bundle: {result.model_dir} ({len(result.history)} epochs, resumed: {result.resumed})",
-        metrics={k: float(v) for k, v in result.final_metrics.items() if isinstance(v, (int, float))},
+        metrics=headline,
+        run_metrics=timing,
         mlflow_run_id=result.mlflow_run_id or "",
         parent_run_id=result.parent_run_id or "",
     )

@@ -39,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prototypes", type=Path, help="CPI prototype bank (.safetensors) from the cluster step")
     parser.add_argument("--backbone-init", type=Path, help="backbone state dict the prototypes were computed with")
     parser.add_argument("--label-embeddings", type=Path, help="label embedding cache (.npz)")
-    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument(
+        "--restart",
+        "--no-resume",
+        dest="restart",
+        action="store_true",
+        help="train from scratch: existing checkpoints are moved aside (*.discarded-<time>), never deleted",
+    )
     parser.add_argument("--summary-json", type=Path, help="write the final epoch's metrics here")
     parser.add_argument(
         "--mlflow-run-id",
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = TrainConfig.from_dict(section(params, "train"))
     if args.output_dir is not None:
         train_cfg.output_dir = args.output_dir
-    if args.no_resume:
+    if args.restart:
         train_cfg.resume = False
 
     ctx = init_distributed(train_cfg.device)

@@ -63,7 +63,9 @@ class TrainConfig:
     #: Evaluate on val every N epochs (the last epoch is always evaluated).
     eval_every: int = 1
     output_dir: Path = field(default_factory=lambda: Path("outputs/train"))
-    #: Resume from ``output_dir/checkpoints/last.pt`` when it exists.
+    #: Resume from ``output_dir/checkpoints/last.pt`` when it exists (from ``prev.pt``, the epoch
+    #: before, when ``last.pt`` is unreadable). False: move existing checkpoints aside
+    #: (``*.discarded-<time>``, never deleted) and train from scratch (``mccl train --restart``).
     resume: bool = True
 
     @classmethod

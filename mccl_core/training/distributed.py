@@ -7,6 +7,7 @@ trains in a single process. Backend: NCCL for CUDA, Gloo for CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -52,6 +53,37 @@ def init_distributed(requested_device: str) -> DistContext:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def available_cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask: a container's or taskset's share), not
+    the machine's total that ``os.cpu_count`` reports."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_training_threads(env: Mapping[str, str] | None = None, available_cores: int | None = None) -> tuple[int, str]:
+    """``(intra-op threads, why)`` for one CPU training process.
+
+    An explicit ``OMP_NUM_THREADS`` wins. Otherwise the available cores are shared by the
+    ``LOCAL_WORLD_SIZE`` processes torchrun starts on this node (1 without torchrun): torch's
+    default (sized from the machine's cores, in every process) oversubscribes a shared or
+    multi-process box, and each step then waits on descheduled threads.
+    """
+    env = os.environ if env is None else env
+    explicit = env.get("OMP_NUM_THREADS", "").strip()
+    if explicit:
+        outer = explicit.split(",")[0].strip()  # "4,2" is OpenMP's nested form: 4 at the top level
+        if not outer.isdigit() or int(outer) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={explicit!r} is not a positive integer")
+        return int(outer), f"OMP_NUM_THREADS={explicit}"
+    cores = available_cores if available_cores is not None else available_cpu_cores()
+    local_raw = env.get("LOCAL_WORLD_SIZE", "").strip() or "1"
+    if not local_raw.isdigit() or int(local_raw) < 1:
+        raise ValueError(f"LOCAL_WORLD_SIZE={local_raw!r} is not a positive integer")
+    local = int(local_raw)
+    return max(1, cores // local), f"{cores} available core(s) / {local} local training process(es)"
 
 
 def shutdown_distributed() -> None:

@@ -30,9 +30,17 @@ from tqdm.auto import tqdm
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 from mccl_core.models.bundle import BundleMeta, save_bundle
-from mccl_core.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from mccl_core.training.checkpoint import (
+    LAST_NAME,
+    capture_rng_state,
+    discard_checkpoints,
+    load_latest,
+    previous_path,
+    restore_rng_state,
+    save_checkpoint,
+)
 from mccl_core.training.config import TrainConfig
-from mccl_core.training.distributed import DistContext, all_gather_objects, init_distributed
+from mccl_core.training.distributed import DistContext, all_gather_objects, cpu_training_threads, init_distributed
 from mccl_core.training.ema import ModelEMA
 
 if TYPE_CHECKING:
@@ -40,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = LAST_NAME
 FINAL_MODEL_NAME = "model"  # a bundle folder, see mccl_core.models.bundle
 HISTORY_NAME = "history.json"
 
@@ -227,6 +235,8 @@ def train(
     when EMA is on (what is evaluated each epoch), so evaluation and serving rebuild it alone.
     """
     ctx = ctx or init_distributed(cfg.device)
+    if ctx.device.type == "cpu":
+        _set_cpu_threads(ctx)
     seed_everything(cfg.seed, cfg.deterministic)
     out_dir = Path(cfg.output_dir)
     ckpt_path = out_dir / "checkpoints" / CHECKPOINT_NAME
@@ -262,8 +272,9 @@ def train(
     history: list[EpochRecord] = []
     start_epoch = 0
     resumed_from: int | None = None
-    if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+    loaded = _resume_state(ckpt_path, cfg.resume, ctx)
+    if loaded is not None:
+        state, loaded_from = loaded
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -274,7 +285,7 @@ def train(
         start_epoch = int(state["epoch"]) + 1
         resumed_from = int(state["epoch"])
         if ctx.is_main:
-            log.info("resumed from %s after epoch %d", ckpt_path, resumed_from)
+            log.info("resumed from %s after epoch %d", loaded_from, resumed_from)
 
     train_model: nn.Module = model
     if ctx.enabled:
@@ -342,6 +353,38 @@ def train(
     return TrainResult(
         history=history, model_path=final_path, checkpoint_path=ckpt_path, resumed_from_epoch=resumed_from
     )
+
+
+def _set_cpu_threads(ctx: DistContext) -> None:
+    """Intra-op threads for CPU training from the cores this process may use (see
+    :func:`cpu_training_threads`): more threads than cores makes every epoch several times slower."""
+    threads, source = cpu_training_threads()
+    torch.set_num_threads(threads)
+    if ctx.is_main:
+        log.info("CPU training with %d intra-op thread(s) per process (%s)", threads, source)
+
+
+def _resume_state(ckpt_path: Path, resume: bool, ctx: DistContext) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint to resume from (``last.pt``, or ``prev.pt`` when ``last.pt`` is unreadable).
+
+    Rank 0 alone moves files (discarded or corrupt ones aside, see :mod:`.checkpoint`); the other
+    ranks read after a barrier, so they see the same, already repaired files.
+    """
+    loaded = None
+    if ctx.is_main:
+        if not resume:
+            discard_checkpoints(ckpt_path, "train.resume is false (--restart)")
+        elif not ckpt_path.is_file() and previous_path(ckpt_path).is_file():
+            # A prev.pt without last.pt belongs to another run (last.pt was moved aside as
+            # stale): it must never become the fallback of this run's checkpoints.
+            discard_checkpoints(ckpt_path, f"no {ckpt_path.name} to resume")
+        if resume:
+            loaded = load_latest(ckpt_path, repair=True)
+    if ctx.enabled:
+        torch.distributed.barrier()
+        if not ctx.is_main and resume:
+            loaded = load_latest(ckpt_path, repair=False)
+    return loaded
 
 
 def _param_groups(model: MCCLModel | BaselineModel, cfg: TrainConfig) -> list[dict[str, Any]]:
