@@ -22,7 +22,13 @@ from mccl_core.metrics.intentonomy_subsets import (
     intentonomy_subsets_for,
     resolve_subsets,
 )
-from mccl_core.metrics.mdid import MDIDAccuracyResult, mdid_accuracy
+from mccl_core.metrics.mdid import (
+    MDIDAccuracyResult,
+    MDIDSplitPredictions,
+    load_mdid_val_predictions,
+    mdid_accuracy,
+    mdid_protocol,
+)
 from mccl_core.metrics.predictions import Predictions, PredictionsFileError, load_predictions
 from mccl_core.metrics.protocol import (
     OfficialProtocolResult,
@@ -43,6 +49,7 @@ __all__ = [
     "F1Report",
     "MAPResult",
     "MDIDAccuracyResult",
+    "MDIDSplitPredictions",
     "OfficialProtocolResult",
     "Predictions",
     "PredictionsFileError",
@@ -55,9 +62,11 @@ __all__ = [
     "f1_report",
     "format_table",
     "intentonomy_subsets_for",
+    "load_mdid_val_predictions",
     "load_predictions",
     "load_split_annotations",
     "mdid_accuracy",
+    "mdid_protocol",
     "mean_average_precision",
     "official_protocol",
     "pick_threshold",

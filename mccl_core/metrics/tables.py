@@ -120,7 +120,7 @@ def _(result: ProtocolResult) -> str:
 @format_table.register
 def _(result: MDIDAccuracyResult) -> str:
     lines = ["MDID top-1 accuracy (%)"]
-    for index, value in enumerate(result.per_split):
+    for index, value in zip(result.split_indices or range(len(result.per_split)), result.per_split):
         lines.append(f"  split {index}  {_pct(value)}")
     lines.append(
         f"  mean {_pct(result.mean).strip()} +- {_pct(result.std).strip()} "

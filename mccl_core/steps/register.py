@@ -7,6 +7,14 @@ threshold the evaluate step chose on val) and registered as a new version of
 threshold) beats the current champion's; test macro-F1 is recorded, never compared. Otherwise the
 version stays a candidate and the decision file says why.
 
+Scores are only compared between models of the same task: each version is tagged with its class
+list (hash, count, names), its dataset (the data source: ``demo``, ``intentonomy``, ``mdid``,
+``manifest``) and the data hash (:class:`mccl_core.serving.registry.ModelIdentity`). When the
+current champion of ``register.model_name`` was trained on another class list or dataset, the
+step fails *before* registering anything - a 5-class model must not displace a 28-class
+Intentonomy champion because its val macro-F1 happens to be higher - and the message says to give
+the model its own ``register.model_name`` (e.g. ``mccl-intent-<dataset>``).
+
 Unlike the other steps, this one cannot work without the tracking server: the registry *is* the
 output. An unreachable server therefore fails the step with a clear message. This is also the
 pipeline's last step, so it ends the pipeline's parent MLflow run.
@@ -20,13 +28,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mccl_core.config import from_dict, section
 from mccl_core.steps.common import VALIDATED_DATA_FILE, StepError, ValidatedData, read_json, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking import is_unreachable_error, resolve_tracking_uri
 from mccl_core.tracking.steps import TrackingOptions, finish_parent_run, tracked_step
+
+if TYPE_CHECKING:
+    from mccl_core.serving.registry import ModelIdentity
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +111,25 @@ def run_register(
     tracking: TrackingOptions,
     all_params: dict[str, Any] | None = None,
     data_hash: str | None = None,
+    dataset: str | None = None,
 ) -> RegisterResult:
+    """Register ``model_dir`` as a new version of ``cfg.model_name``; move ``cfg.alias`` if better.
+
+    ``dataset`` (the data source) and ``data_hash`` are recorded with the class list as the
+    version's identity; ``dataset`` None is not compared (the class list always is).
+
+    Raises:
+        StepError: tracking disabled, registry unreachable, or the champion of ``cfg.model_name``
+            was trained on another class list / dataset (nothing is registered then).
+    """
     if tracking is None or not tracking.enabled:
         raise StepError("the register step needs MLflow tracking (tracking is disabled)")
     import mlflow
     from mlflow import MlflowClient
 
+    from mccl_core.models.bundle import read_meta
     from mccl_core.serving import log_pyfunc_model, promote_if_better
+    from mccl_core.serving.registry import IncompatibleModelError, ModelIdentity, check_comparable
 
     metrics = read_json(Path(evaluation_metrics), "evaluation metrics")
     threshold = float(metrics["threshold"])
@@ -114,6 +137,12 @@ def run_register(
     test_score = metrics.get("test_macro_f1")
     uri = resolve_tracking_uri(Path(tracking.project_dir), tracking.tracking_uri)
     check_registry(uri)
+    identity = ModelIdentity.of(read_meta(Path(model_dir)).class_names, dataset, data_hash)
+    try:
+        with _short_http_timeouts():
+            check_comparable(MlflowClient(tracking_uri=uri, registry_uri=uri), cfg.model_name, identity, cfg.alias)
+    except IncompatibleModelError as error:
+        raise StepError(_refusal_message(cfg, identity, error)) from error
     out_dir = Path(out_dir)
     with tracked_step("register", tracking, {"register": asdict(cfg)}, all_params, data_hash) as run:
         if run.run_id is None:
@@ -134,9 +163,12 @@ def run_register(
                 score,
                 alias=cfg.alias,
                 test_macro_f1=None if test_score is None else float(test_score),
+                identity=identity,
             )
         except StepError:
             raise
+        except IncompatibleModelError as error:  # the champion changed since the check above
+            raise StepError(_refusal_message(cfg, identity, error, str(info.registered_model_version))) from error
         except Exception as error:
             if is_unreachable_error(error):
                 raise StepError(
@@ -159,6 +191,7 @@ def run_register(
             "reason": decision.reason,
             "model_uri": info.model_uri,
             "mlflow_run_id": run.run_id,
+            **{f"identity_{k}": v for k, v in identity.tags().items()},
         }
         decision_path = write_json(out_dir / DECISION_FILE, payload)
         run.set_tags({"mccl.registered_version": version, "mccl.promoted": str(bool(decision.promoted)).lower()})
@@ -170,6 +203,25 @@ def run_register(
         return RegisterResult(
             cfg.model_name, version, bool(decision.promoted), decision.reason, payload, decision_path, run.run_id
         )
+
+
+def _refusal_message(
+    cfg: RegisterConfig, identity: ModelIdentity, error: Exception, registered_version: str | None = None
+) -> str:
+    """The registry's refusal plus what to change in params.yaml."""
+    suffix = identity.dataset or f"{len(identity.class_names)}classes"
+    suggestion = f"{cfg.model_name}-{suffix}" if not cfg.model_name.endswith(f"-{suffix}") else f"{cfg.model_name}-2"
+    outcome = (
+        "Nothing was registered."
+        if registered_version is None
+        else f"Version {registered_version} was registered before the {cfg.alias} changed; it stays a candidate."
+    )
+    return (
+        f"register: {error} {outcome} Give this model its own registered model name: set "
+        f"`register.model_name: {suggestion}` in params.yaml (or `mccl step register --set "
+        f"register.model_name={suggestion}`; `dvc exp run -S register.model_name={suggestion}`), and serve it "
+        f"as models:/{suggestion}@{cfg.alias}."
+    )
 
 
 # ------------------------------------------------------------------------------- step contract
@@ -185,7 +237,8 @@ def run(inputs: Mapping[str, Path], out_dir: Path, config: RegisterConfig, track
 
     validated = ValidatedData.load(inputs["validate"], folders=inputs)
     result = run_register(config, Path(inputs["train"]) / MODEL_DIR, Path(inputs["evaluate"]) / METRICS_FILE, out_dir,
-                          tracking, all_params={"register": asdict(config)}, data_hash=validated.data_hash)  # fmt: skip
+                          tracking, all_params={"register": asdict(config)}, data_hash=validated.data_hash,
+                          dataset=validated.source)  # fmt: skip
     state = f"promoted to @{config.alias}" if result.promoted else f"kept as a candidate (not @{config.alias})"
     return StepOutcome(
         summary=f"{result.model_name} version {result.version} {state}: {result.reason}",
