@@ -17,9 +17,9 @@ IMAGE = pipeline_image()
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def demo(
-    demo_params: dict, data: dict, tracking: dict, mlflow_tracking_uri: str, out: Output[Dataset]
-) -> NamedTuple("DemoOutputs", [("mlflow_run_id", str)]):
+def demo(demo_params: dict, data: dict, tracking: dict, mlflow_tracking_uri: str, out: Output[Dataset]) -> NamedTuple(
+    "DemoOutputs", [("mlflow_run_id", str)]
+):
     """Generate the synthetic demo dataset (the default data; nothing when data.source is another)."""
     from collections import namedtuple
 

@@ -34,7 +34,9 @@ def test_committed_pipeline_yaml_matches_a_fresh_compile(tmp_path, monkeypatch):
     fresh = compile_pipeline(tmp_path / "fresh.yaml").read_bytes()
     # Byte for byte, header comment included (compile_pipeline sorts its dict defaults), so a
     # compile never dirties the git tree.
-    assert fresh == COMPILED.read_bytes(), "pipeline/mccl_pipeline.yaml is stale: run `mccl pipeline compile` and commit it"
+    assert fresh == COMPILED.read_bytes(), (
+        "pipeline/mccl_pipeline.yaml is stale: run `mccl pipeline compile` and commit it"
+    )
 
 
 def test_compiled_header_is_the_same_in_every_process(tmp_path):

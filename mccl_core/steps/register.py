@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DECISION_FILE = "register.json"
+#: What was submitted to the registry (name, scores, identity): the same for the same inputs and
+#: params, so ``dvc.yaml`` declares this file; the decision (version, champion) is a record of
+#: the registry's state and stays undeclared (it would change ``dvc.lock`` on every run).
+SUBMISSION_FILE = "submission.json"
+SUBMISSION_KEYS = ("model_name", "alias", "threshold", "selection_score", "test_macro_f1")
 
 
 @dataclass
@@ -194,6 +199,8 @@ def run_register(
             **{f"identity_{k}": v for k, v in identity.tags().items()},
         }
         decision_path = write_json(out_dir / DECISION_FILE, payload)
+        write_json(out_dir / SUBMISSION_FILE, {k: v for k, v in payload.items()
+                                               if k in SUBMISSION_KEYS or k.startswith("identity_")})  # fmt: skip
         run.set_tags({"mccl.registered_version": version, "mccl.promoted": str(bool(decision.promoted)).lower()})
         run.log_metrics({"registered_selection_score": score, "promoted": float(bool(decision.promoted))})
         run.log_artifact(decision_path, "registry")
