@@ -88,6 +88,7 @@ def test_pipeline_structure_caching_gpus_and_typed_artifacts(spec):
         "train_params",
         "launch",
         "tracking",
+        "demo_run_id",
         "mlflow_tracking_uri",
         "validate_run_id",
         "extract_run_id",

@@ -154,6 +154,9 @@ def run_register(
             raise StepError(f"could not create an MLflow run at {uri}; the register step needs the tracking server")
         previous_uri = mlflow.get_tracking_uri()
         previous_registry = mlflow.get_registry_uri()
+        # mlflow.set_*_uri also export MLFLOW_*_URI; restore the environment exactly afterwards,
+        # or every later tracker in this process would log to this store.
+        previous_env = {n: os.environ.get(n) for n in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
@@ -183,6 +186,11 @@ def run_register(
         finally:
             mlflow.set_tracking_uri(previous_uri)
             mlflow.set_registry_uri(previous_registry)
+            for name, value in previous_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         payload = {
             "model_name": cfg.model_name,
             "alias": cfg.alias,
