@@ -265,7 +265,8 @@ def write_curves(path: Path, history: list[dict[str, Any]]) -> Path:
 
 
 def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
-    """Log epochs of ``history`` that this MLflow run lacks (finished before a crash)."""
+    """Log epochs of ``history`` that this MLflow run lacks (finished before a crash), and give
+    the parent run every epoch's curves (the training processes log live to the step run only)."""
     if run.tracker is None or run.run_id is None:
         return 0
     from mccl_core.training.loop import EpochRecord
@@ -275,10 +276,15 @@ def _backfill_epochs(run: StepTracking, history: list[dict[str, Any]]) -> int:
     except Exception as error:  # noqa: BLE001 - an unreachable server: the tracker journals below
         log.debug("cannot read metric history: %s", error)
         logged = set()
-    missing = [r for r in history if int(r["epoch"]) not in logged]
-    for record in missing:
-        run.log_metrics(EpochRecord(**record).metrics(), step=int(record["epoch"]))
-    return len(missing)
+    missing = 0
+    for record in history:
+        epoch, metrics = int(record["epoch"]), EpochRecord(**record).metrics()
+        if epoch in logged:
+            run.log_parent_metrics(metrics, step=epoch)
+        else:
+            run.log_metrics(metrics, step=epoch)  # a series: reaches the parent too
+            missing += 1
+    return missing
 
 
 #: ``submit(manifest)``: create a Kubernetes job and return once it succeeded (raise if it failed).
@@ -369,7 +375,8 @@ def _run_train_locked(
         if history:
             write_curves(out_dir / CURVES_FILE, history)
             headline, timing = headline_and_timing(history)
-            run.log_headline({**headline, **timing})
+            # The last epoch's losses and scores are the ends of the parent's curves already.
+            run.log_headline({"epochs": headline["epochs"], **timing})
         resumed = any("resumed from" in line for line in output)
         run.set_tags({"mccl.train.resumed": str(resumed).lower()})
         return TrainStepResult(out_dir / MODEL_DIR, history, final, resumed, run.run_id, run.parent_run_id)

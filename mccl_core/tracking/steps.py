@@ -169,6 +169,11 @@ class StepTracking:
             if step is not None and self.parent is not None and self.parent.run_id is not None:
                 self.tracker.log_metrics(metrics, step=step, run=self.parent)
 
+    def log_parent_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log to the parent only (series the step's run got from elsewhere, e.g. a subprocess)."""
+        if self.tracker is not None and self.parent is not None and self.parent.run_id is not None:
+            self.tracker.log_metrics(metrics, step=step, run=self.parent)
+
     def log_headline(self, metrics: Mapping[str, float]) -> None:
         """The step's headline numbers: on its run and on the parent (same names in every
         pipeline run, so runs of a sweep can be compared and searched by them)."""
