@@ -439,7 +439,10 @@ def _manifest_from_demo(root: Path) -> Path:
         for annotation in data["annotations"]:
             source = root / "data" / "demo" / files[annotation["image_id"]]
             shutil.copy(source, mine / "img" / source.name)
-            labels = "|".join(by_id[c] for c in annotation["category_ids"])
+            ids = annotation.get("category_ids")
+            if ids is None:  # train: soft labels over the categories in id order
+                ids = [i for i, p in enumerate(annotation["category_ids_softprob"]) if p > 0]
+            labels = "|".join(by_id[c] for c in ids)
             rows.append(f"img/{source.name},{labels},{split}")
     (mine / "m.csv").write_text("\n".join(rows) + "\n")
     (mine / "classes.txt").write_text("\n".join(names) + "\n")
