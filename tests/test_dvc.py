@@ -457,8 +457,8 @@ def test_own_manifest_data_as_the_readme_writes_it_and_a_label_edit_reruns_valid
     params["data"] = {"source": "manifest", "root": "data/mine", "manifest": "data/mine/m.csv",
                       "class_list": "data/mine/classes.txt"}  # fmt: skip
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    output = _dvc("repro", "validate", cwd=root)
-    assert "Running stage 'validate'" in output.stdout
+    output = _dvc("repro", "demo", "validate", cwd=root)  # the two stages `dvc repro` runs first
+    assert "Running stage 'demo'" in output.stdout and "Running stage 'validate'" in output.stdout
     assert list((root / "data" / "demo").iterdir()) == [root / "data" / "demo" / "NOT_USED.txt"]
     assert "up to date" in _dvc("status", "validate", cwd=root).stdout
     lines = (mine / "m.csv").read_text().splitlines()
