@@ -66,6 +66,14 @@ class NodeJobConfig:
                                                                   "optional": True}}} for key in SECRET_KEYS]  # fmt: skip
         return env
 
+    def metadata(self) -> dict[str, Any]:
+        """The job's ``metadata`` (same name, namespace and label for both job kinds)."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {"app.kubernetes.io/part-of": "mccl-pipeline"},
+        }
+
     def resources(self) -> dict[str, Any]:
         requests: dict[str, Any] = {"cpu": self.cpu, "memory": self.memory}
         limits = dict(requests)

@@ -64,11 +64,7 @@ def build_pytorchjob(cfg: NodeJobConfig) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": cfg.name,
-            "namespace": cfg.namespace,
-            "labels": {"app.kubernetes.io/part-of": "mccl-pipeline"},
-        },
+        "metadata": cfg.metadata(),
         "spec": {
             "nprocPerNode": str(cfg.nproc_per_node),
             "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": cfg.backoff_limit},

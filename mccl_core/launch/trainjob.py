@@ -36,11 +36,7 @@ def build_trainjob(cfg: NodeJobConfig, runtime: str = DEFAULT_RUNTIME) -> dict[s
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": cfg.name,
-            "namespace": cfg.namespace,
-            "labels": {"app.kubernetes.io/part-of": "mccl-pipeline"},
-        },
+        "metadata": cfg.metadata(),
         "spec": {
             "runtimeRef": {"name": runtime, "kind": "ClusterTrainingRuntime", "apiGroup": "trainer.kubeflow.org"},
             "trainer": {
