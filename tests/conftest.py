@@ -12,6 +12,7 @@ import copy
 import hashlib
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,28 @@ def tiny_trained_bundle(tiny_demo, tiny_demo_label_embeddings, tmp_path_factory)
     before = _tree_digest(bundle.path)
     yield bundle
     assert _tree_digest(bundle.path) == before, f"a test modified the shared bundle {bundle.path}; copy it first"
+
+
+@pytest.fixture(autouse=True)
+def _no_process_state_leaks_between_tests():
+    """Steps run in-process here (one process per step in production): restore the environment
+    and MLflow's fluent globals (tracking URI, active experiment and runs) after every test, so
+    one test's store never becomes the next test's default."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None and hasattr(fluent, "_active_experiment_id"):
+        fluent._active_experiment_id = None
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and hasattr(utils, "_tracking_uri"):
+        utils._tracking_uri = None
+    registry_utils = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if registry_utils is not None and hasattr(registry_utils, "_registry_uri"):
+        registry_utils._registry_uri = None
