@@ -31,6 +31,7 @@ from .loss import AsymmetricLoss, MultiLabelBCELoss
 from .mcc import ClueState, CompositionalClues
 from .mccl import (
     BaselineModel,
+    ClueExplanation,
     MCCLModel,
     ModelBuildError,
     ModelOutput,
@@ -46,6 +47,7 @@ from .pki import (
     LabelGraph,
     LabelQueries,
     PositionEmbeddingSine2D,
+    build_label_embeddings,
     build_label_graph,
     compute_label_embeddings,
     label_texts,
@@ -56,6 +58,8 @@ __all__ = [
     "ARCHS",
     "AllocationRow",
     "ArchSpec",
+    "ClueExplanation",
+    "build_label_embeddings",
     "Backbone",
     "AsymmetricLoss",
     "BackboneConfig",

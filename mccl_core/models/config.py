@@ -135,11 +135,25 @@ class MCCConfig:
             raise ConfigError(f"mcc.momentum={self.momentum}: must be in [0, 1]")
 
 
+LABEL_TEXT_MODES: tuple[str, ...] = ("description", "name", "random", "onehot")
+STAGE_GATES: tuple[str, ...] = ("none", "softmax", "sigmoid")
+
+
 @dataclass
 class PKIConfig:
-    """Prior-knowledge infusion: label-embedding GCN queries + Transformer decoder."""
+    """Prior-knowledge infusion: label-embedding GCN queries + Transformer decoder.
+
+    ``label_text`` chooses what the queries start from (the "how much does the text matter"
+    experiment): ``description`` = sentence embedding of "Name: description" (the paper's
+    LLM-enriched text, our own descriptions), ``name`` = embedding of the class name alone,
+    ``random`` = a fixed random unit vector per class, ``onehot`` = the identity matrix.
+    ``stage_gate`` adds learned per-stage weights on the tokens going into the decoder
+    (``softmax``: weights sum to the stage count; ``sigmoid``: each in (0, 2)); 1 at start.
+    """
 
     use_gcn: bool = True
+    label_text: Literal["description", "name", "random", "onehot"] = "description"
+    stage_gate: Literal["none", "softmax", "sigmoid"] = "none"
     tau: float = 0.1
     p: float = 0.2
     gcn_layers: int = 2
@@ -162,6 +176,10 @@ class PKIConfig:
             raise ConfigError(f"pki.dim={self.dim} must be divisible by 4 (2-D sine positional encoding)")
         if self.ff_dim < 1:
             raise ConfigError("pki.ff_dim must be >= 1")
+        if self.label_text not in LABEL_TEXT_MODES:
+            raise ConfigError(f"pki.label_text={self.label_text!r}: choose one of {list(LABEL_TEXT_MODES)}")
+        if self.stage_gate not in STAGE_GATES:
+            raise ConfigError(f"pki.stage_gate={self.stage_gate!r}: choose one of {list(STAGE_GATES)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"pki.dropout={self.dropout}: must be in [0, 1)")
 

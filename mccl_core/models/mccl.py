@@ -15,6 +15,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,72 @@ class ModelOutput:
 
     logits: Tensor
     clue_state: ClueState | None = None
+
+
+@dataclass
+class ClueExplanation:
+    """What one forward pass of :meth:`MCCLModel.explain` saw, per stage ``s`` of ``stages``.
+
+    ``logits [B, C]``; ``grid_sizes[s] = (H_s, W_s)`` (token ``n`` is row ``n // W_s``, column
+    ``n % W_s`` of the input's grid); ``attention[s] [B, C, H_s*W_s]``: the last decoder layer's
+    cross-attention of each intent query (mean over heads; over all stages together it sums to 1);
+    ``assignments[s] [B, H_s*W_s, K_s]`` (rows sum to 1) and ``owners[s] [K_s]`` (owner class of
+    each prototype): None when MCC is off.
+    """
+
+    logits: Tensor
+    stages: tuple[str, ...]
+    grid_sizes: list[tuple[int, int]]
+    attention: list[Tensor]
+    assignments: list[Tensor] | None
+    owners: list[Tensor] | None
+
+    def attention_maps(self) -> list[Tensor]:
+        """Per stage ``[B, C, H_s, W_s]``."""
+        return [a.reshape(a.shape[0], a.shape[1], h, w) for a, (h, w) in zip(self.attention, self.grid_sizes)]
+
+    def class_assignment_maps(self, num_classes: int) -> list[Tensor] | None:
+        """Per stage ``[B, C, H_s, W_s]``: each patch's assignment mass on the prototypes owned by
+        class c (sums to 1 over c at every patch). None without MCC."""
+        if self.assignments is None or self.owners is None:
+            return None
+        maps = []
+        for assign, owners, (h, w) in zip(self.assignments, self.owners, self.grid_sizes):
+            onehot = torch.nn.functional.one_hot(owners.long(), num_classes).to(assign)  # [K, C]
+            per_class = assign @ onehot  # [B, N, C]
+            maps.append(per_class.transpose(1, 2).reshape(assign.shape[0], num_classes, h, w))
+        return maps
+
+    def clue_mass(self) -> list[Tensor] | None:
+        """Per stage ``[B, C, K_s]``: how much of intent c's attention lands on each prototype,
+        ``sum_n attention[b, c, n] * assignments[b, n, k]`` (the intent's clues). None without MCC."""
+        if self.assignments is None:
+            return None
+        return [att @ assign for att, assign in zip(self.attention, self.assignments)]
+
+    def top_clues(self, image: int, intent: int, k: int = 5) -> list[dict[str, Any]]:
+        """Intent ``intent``'s ``k`` heaviest clues on image ``image``: ``[{"prototype": "stage:index",
+        "stage", "index", "owner" (class id), "mass"}]``, heaviest first. ``mass`` is the share of the
+        intent's attention that reaches the prototype through the patches' assignments; over all
+        prototypes of all stages it sums to 1. Empty without MCC."""
+        masses = self.clue_mass()
+        if masses is None or self.owners is None:
+            return []
+        flat = torch.cat([m[image, intent] for m in masses])
+        stage_of = [s for s, m in zip(self.stages, masses) for _ in range(m.shape[-1])]
+        index_of = [i for m in masses for i in range(m.shape[-1])]
+        owner_of = torch.cat([o.cpu() for o in self.owners]).tolist()
+        top = torch.topk(flat, min(k, flat.numel()))
+        return [
+            {
+                "prototype": f"{stage_of[j]}:{index_of[j]}",
+                "stage": stage_of[j],
+                "index": index_of[j],
+                "owner": int(owner_of[j]),
+                "mass": float(v),
+            }
+            for v, j in zip(top.values.tolist(), top.indices.tolist())
+        ]
 
 
 class MCCLModel(nn.Module):
@@ -93,6 +160,37 @@ class MCCLModel(nn.Module):
 
     def loss(self, output: ModelOutput, labels: Tensor) -> Tensor:
         return self.loss_fn(output.logits, labels)
+
+    @torch.no_grad()
+    def explain(self, images: Tensor) -> ClueExplanation:
+        """Logits plus what explains them: the decoder's cross-attention of every intent query and
+        the patches' soft assignments to the prototypes (see :class:`ClueExplanation`)."""
+        feature_maps = self.forward_features(images)
+        tokens, grid_sizes, state = self.forward_clues(feature_maps)
+        logits, attention = self.decoder.forward_with_attention(tokens, grid_sizes, self.queries())
+        stages = tuple(self.backbone.stages)
+        splits = [h * w for h, w in grid_sizes]
+        per_stage = list(torch.split(attention.float(), splits, dim=2))
+        assignments = None
+        owners = None
+        if state is not None and self.clues is not None:
+            assignments = [a.float() for a in state.assignments]
+            owners = [self.clues.owners(s) for s in self.clues.stages]
+        return ClueExplanation(
+            logits=logits.float(),
+            stages=stages,
+            grid_sizes=[(int(h), int(w)) for h, w in grid_sizes],
+            attention=per_stage,
+            assignments=assignments,
+            owners=owners,
+        )
+
+    def stage_gate_weights(self) -> dict[str, float]:
+        """``{stage: weight}`` of the learned stage gate (empty without one)."""
+        weights = self.decoder.stage_weights()
+        if weights is None:
+            return {}
+        return {s: float(w) for s, w in zip(self.backbone.stages, weights.detach().cpu().tolist())}
 
     @torch.no_grad()
     def update_prototypes(self, output: ModelOutput, labels: Tensor) -> dict[str, Tensor]:
@@ -227,6 +325,7 @@ def _assemble_mccl(
         heads=cfg.pki.heads,
         ff_dim=cfg.pki.ff_dim,
         dropout=cfg.pki.dropout,
+        stage_gate=cfg.pki.stage_gate,
     )
     mcc = f"MCC on ({'CPI' if cfg.use_cpi else 'random'} prototypes)" if cfg.mcc.enabled else "MCC off (no prototypes)"
     logger.info(

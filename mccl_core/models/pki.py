@@ -106,10 +106,62 @@ def compute_label_embeddings(texts: Sequence[str], cache_path: str | Path) -> np
         raise RuntimeError(
             f"{TEXT_ENCODER_NAME} returned shape {embeddings.shape}, expected ({len(texts)}, {TEXT_EMBEDDING_DIM})"
         )
+    _write_embeddings(cache_path, embeddings, key, texts, TEXT_ENCODER_NAME)
+    return embeddings
+
+
+def _write_embeddings(cache_path: Path, embeddings: np.ndarray, key: str, texts: list[str], encoder: str) -> None:
+    """Atomic write of the ``.npz`` cache."""
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
-    np.savez(tmp, embeddings=embeddings, key=np.array(key), texts=np.array(texts), encoder=np.array(TEXT_ENCODER_NAME))
+    np.savez(tmp, embeddings=embeddings, key=np.array(key), texts=np.array(texts), encoder=np.array(encoder))
     tmp.replace(cache_path)
+
+
+RANDOM_LABEL_SEED = 20250425
+
+
+def build_label_embeddings(
+    mode: str,
+    class_names: Sequence[str],
+    descriptions: Sequence[str] | None,
+    cache_path: str | Path,
+) -> np.ndarray:
+    """``[C, D]`` label embeddings for ``pki.label_text`` = ``mode``.
+
+    ``description`` / ``name``: the sentence encoder over "Name: description" / "Name" (cached at
+    ``cache_path``); ``random``: a fixed unit vector per class in the encoder's 384 dimensions,
+    drawn from a seed of its own and the class name (the same class gets the same vector whatever
+    its position); ``onehot``: the ``C x C`` identity (no text, no similarity between classes).
+    """
+    names = [str(n) for n in class_names]
+    if mode == "description":
+        return compute_label_embeddings(label_texts(names, descriptions), cache_path)
+    if mode == "name":
+        return compute_label_embeddings(label_texts(names), cache_path)
+    if mode == "random":
+        rows = []
+        for name in names:
+            digest = hashlib.sha256(f"{RANDOM_LABEL_SEED}:{name}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            vector = rng.standard_normal(TEXT_EMBEDDING_DIM)
+            rows.append(vector / np.linalg.norm(vector))
+        embeddings = np.asarray(rows, dtype=np.float32)
+    elif mode == "onehot":
+        embeddings = np.eye(len(names), dtype=np.float32)
+    else:
+        raise ValueError(f"unknown label_text mode {mode!r}: use description, name, random or onehot")
+    # Written like an encoder cache so the pipeline's cluster step has the same output file; a
+    # cache that already holds these exact vectors is left untouched (its md5 stays).
+    cache_path = Path(cache_path)
+    key = hashlib.sha256(json.dumps({"label_text": mode, "names": names}).encode("utf-8")).hexdigest()
+    try:
+        with np.load(cache_path, allow_pickle=False) as data:
+            unchanged = str(data["key"]) == key and np.array_equal(data["embeddings"], embeddings)
+    except (OSError, KeyError, ValueError):
+        unchanged = False
+    if not unchanged:
+        _write_embeddings(cache_path, embeddings, key, names, f"label_text={mode}")
     return embeddings
 
 
@@ -316,8 +368,17 @@ class ClueDecoder(nn.Module):
         heads: int = 8,
         ff_dim: int = 2048,
         dropout: float = 0.1,
+        stage_gate: str = "none",
     ) -> None:
         super().__init__()
+        if stage_gate not in ("none", "softmax", "sigmoid"):
+            raise ValueError(f"stage_gate must be none, softmax or sigmoid, got {stage_gate!r}")
+        self.stage_gate = stage_gate
+        # Zero logits give every stage weight 1 at the start (softmax is scaled by the stage count,
+        # sigmoid by 2), so a gated model starts as the ungated one.
+        self.stage_gate_logits: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(len(stage_channels))) if stage_gate != "none" else None
+        )
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Linear(int(c), dim), nn.LayerNorm(dim)) for c in stage_channels
         )
@@ -330,11 +391,22 @@ class ClueDecoder(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, num_layers=layers, norm=nn.LayerNorm(dim))
         self.head = GroupWiseLinear(num_classes, dim)
 
+    def stage_weights(self) -> Tensor | None:
+        """Per-stage gate weights ``[S]`` (None without a gate)."""
+        if self.stage_gate_logits is None:
+            return None
+        if self.stage_gate == "softmax":
+            return torch.softmax(self.stage_gate_logits, dim=0) * self.stage_gate_logits.numel()
+        return 2.0 * torch.sigmoid(self.stage_gate_logits)
+
     def memory(self, stage_tokens: Sequence[Tensor], grid_sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """Projected tokens + positions + stage embedding, concatenated: ``[B, sum N_s, dim]``."""
+        """Projected tokens (x stage gate) + positions + stage embedding, concatenated: ``[B, sum N_s, dim]``."""
+        gate = self.stage_weights()
         parts = []
         for i, (tokens, (h, w)) in enumerate(zip(stage_tokens, grid_sizes)):
             projected = self.input_proj[i](tokens)
+            if gate is not None:
+                projected = projected * gate[i].to(projected.dtype)
             parts.append(projected + (self.position(h, w, tokens.device) + self.stage_embed[i]).to(projected.dtype))
         return torch.cat(parts, dim=1)
 
@@ -343,3 +415,27 @@ class ClueDecoder(nn.Module):
         target = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
         hidden = self.decoder(target, memory)
         return self.head(hidden)
+
+    def forward_with_attention(
+        self, stage_tokens: Sequence[Tensor], grid_sizes: Sequence[tuple[int, int]], queries: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, C]`` and the last layer's cross-attention ``[B, C, sum N_s]`` (mean over heads).
+
+        The decoder layers are run one by one with the same modules as :meth:`forward` (post-norm
+        ``nn.TransformerDecoderLayer``), asking the cross-attention for its weights; in eval mode
+        the logits equal :meth:`forward`'s (tested).
+        """
+        memory = self.memory(stage_tokens, grid_sizes)
+        x = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
+        attention = memory.new_zeros(memory.shape[0], x.shape[1], memory.shape[1])
+        for layer in self.decoder.layers:
+            if layer.norm_first:
+                raise NotImplementedError("attention maps are implemented for post-norm decoder layers")
+            x = layer.norm1(x + layer._sa_block(x, None, None))
+            attended, weights = layer.multihead_attn(x, memory, memory, need_weights=True, average_attn_weights=True)
+            attention = weights
+            x = layer.norm2(x + layer.dropout2(attended))
+            x = layer.norm3(x + layer._ff_block(x))
+        if self.decoder.norm is not None:
+            x = self.decoder.norm(x)
+        return self.head(x), attention

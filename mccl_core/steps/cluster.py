@@ -19,9 +19,8 @@ from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
 from mccl_core.models import (
     ModelConfig,
-    compute_label_embeddings,
+    build_label_embeddings,
     format_allocation_table,
-    label_texts,
 )
 from mccl_core.models.cpi.shards import cluster_token_shards
 from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, write_json, write_text
@@ -71,11 +70,16 @@ def run_cluster(
 ) -> ClusterResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"cluster": asdict(cfg), "model": {"cpi": asdict(model_cfg.cpi)}}
+    params = {
+        "cluster": asdict(cfg),
+        "model": {"cpi": asdict(model_cfg.cpi), "pki": {"label_text": model_cfg.pki.label_text}},
+    }
     with tracked_step("cluster", tracking, params, all_params, validated.data_hash) as run:
         train = load_split(validated.data, "train")
         embeddings_path = out_dir / EMBEDDINGS_FILE
-        embeddings = compute_label_embeddings(label_texts(train.class_names, train.class_descriptions), embeddings_path)
+        embeddings = build_label_embeddings(
+            model_cfg.pki.label_text, train.class_names, train.class_descriptions, embeddings_path
+        )
 
         device = resolve_device(cfg.device)
         bank = cluster_token_shards(Path(features_dir), model_cfg.cpi, device=device)

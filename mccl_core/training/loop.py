@@ -79,6 +79,8 @@ class EpochRecord:
     val_threshold_split_tuned: float | None = None
     val_map: float | None = None
     prototype_health: dict[str, float] = field(default_factory=dict)
+    #: Learned per-stage gate weights at the end of the epoch (``pki.stage_gate``; empty without one).
+    stage_gate: dict[str, float] = field(default_factory=dict)
     #: Under DDP: largest |difference| between any rank's prototypes and rank 0's (0 = identical).
     replica_prototype_max_diff: float | None = None
 
@@ -96,6 +98,7 @@ class EpochRecord:
             out["val_macro_f1_split_tuned"] = float(macro_f1)
             out["val_threshold_split_tuned"] = float(threshold)
         out.update({f"mcc_{k}": float(v) for k, v in self.prototype_health.items()})
+        out.update({f"stage_gate_{k}": float(v) for k, v in self.stage_gate.items()})
         if self.replica_prototype_max_diff is not None:
             out["replica_prototype_max_diff"] = self.replica_prototype_max_diff
         return out
@@ -470,6 +473,7 @@ def _train_one_epoch(
         seconds=seconds,
         images_per_second=seen * ctx.world_size / max(seconds, 1e-9),
         prototype_health={k: float(v) for k, v in model.prototype_health(reset=False).items()},
+        stage_gate=model.stage_gate_weights() if isinstance(model, MCCLModel) else {},
     )
 
 
@@ -487,6 +491,8 @@ def _format_epoch(record: EpochRecord, epochs: int) -> str:
         ]
     for key, value in record.prototype_health.items():
         parts.append(f"{key} {value:.3g}")
+    if record.stage_gate:
+        parts.append("stage gate " + " ".join(f"{k}={v:.3f}" for k, v in record.stage_gate.items()))
     return " | ".join(parts)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_split
-from mccl_core.models import Backbone, ModelConfig, PrototypeBank, compute_label_embeddings, label_texts
+from mccl_core.models import Backbone, ModelConfig, PrototypeBank, build_label_embeddings
 from mccl_core.models.cpi.shards import ExtractConfig, run_cpi
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.loop import TrainInputs
@@ -77,9 +77,10 @@ def prepare_inputs(
 
     embeddings = None
     if model_cfg.variant == "mccl":
-        texts = label_texts(train_set.class_names, train_set.class_descriptions)
         cache = artifacts.label_embeddings or Path(train_cfg.output_dir) / "label_embeddings.npz"
-        embeddings = compute_label_embeddings(texts, cache)
+        embeddings = build_label_embeddings(
+            model_cfg.pki.label_text, train_set.class_names, train_set.class_descriptions, cache
+        )
 
     backbone_state = None
     if artifacts.backbone_init is not None:
