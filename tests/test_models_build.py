@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from mccl_core.config import ConfigError
 from mccl_core.models import (
     Backbone,
     BackboneConfig,
@@ -200,3 +201,43 @@ def test_local_backbone_weights_load_and_bad_files_fail(tmp_path):
     torch.save({"model": _NotATensor(1)}, pickled)
     with pytest.raises(BackboneWeightsError, match=r"object\.pth.*weights_only"):
         _resnet18(weights=pickled)
+
+
+def test_explain_matches_forward_and_decomposes_into_clues(data):
+    images, labels, cooccurrence, embeddings, bank = data
+    torch.manual_seed(0)
+    model = build_model(_cfg(mcc={"residual": 0.5}), NUM_CLASSES, embeddings, cooccurrence, bank).eval()
+    with torch.no_grad():
+        logits = model(images).logits
+    explanation = model.explain(images)
+    torch.testing.assert_close(explanation.logits, logits)
+    assert explanation.stages == ("layer3", "layer4") and explanation.grid_sizes == [(4, 4), (2, 2)]
+    total = sum(m.sum(dim=(-2, -1)) for m in explanation.attention_maps())
+    torch.testing.assert_close(total, torch.ones(6, NUM_CLASSES))
+    class_maps = explanation.class_assignment_maps(NUM_CLASSES)
+    for stage_map in class_maps:
+        torch.testing.assert_close(stage_map.sum(dim=1), torch.ones(6, *stage_map.shape[2:]))
+    clues = explanation.top_clues(image=0, intent=2, k=4)
+    assert len(clues) == 4 and [c["mass"] for c in clues] == sorted((c["mass"] for c in clues), reverse=True)
+    owners = {s: model.clues.owners(s) for s in model.clues.stages}
+    for clue in clues:
+        assert clue["prototype"] == f"{clue['stage']}:{clue['index']}"
+        assert clue["owner"] == int(owners[clue["stage"]][clue["index"]])
+    all_mass = sum(float(m[0, 2].sum()) for m in explanation.clue_mass())
+    assert all_mass == pytest.approx(1.0, abs=1e-5)
+
+    no_mcc = build_model(_cfg(mcc={"enabled": False}), NUM_CLASSES, embeddings, cooccurrence, None).eval()
+    plain = no_mcc.explain(images)
+    assert plain.assignments is None and plain.class_assignment_maps(NUM_CLASSES) is None
+    assert plain.top_clues(0, 0) == []
+
+
+def test_stage_gate_weights_are_reported(data):
+    images, labels, cooccurrence, embeddings, bank = data
+    gated = build_model(_cfg(pki={"stage_gate": "sigmoid"}), NUM_CLASSES, embeddings, cooccurrence, bank)
+    assert gated.stage_gate_weights() == {"layer3": 1.0, "layer4": 1.0}
+    assert build_model(_cfg(), NUM_CLASSES, embeddings, cooccurrence, bank).stage_gate_weights() == {}
+    with pytest.raises(ConfigError, match="stage_gate"):
+        _cfg(pki={"stage_gate": "relu"})
+    with pytest.raises(ConfigError, match="label_text"):
+        _cfg(pki={"label_text": "emoji"})

@@ -15,6 +15,7 @@ from mccl_core.models import (
     GroupWiseLinear,
     LabelGCN,
     PositionEmbeddingSine2D,
+    build_label_embeddings,
     build_label_graph,
     compute_label_embeddings,
     label_texts,
@@ -119,3 +120,67 @@ def test_decoder_queries_attend_to_multi_stage_tokens():
     assert decoder.memory(tokens, [(4, 4), (2, 2)]).shape == (2, 20, 16)
     swapped = decoder([tokens[0].flip(0), tokens[1].flip(0)], [(4, 4), (2, 2)], queries)
     torch.testing.assert_close(swapped, logits.flip(0))  # images are decoded independently
+
+
+def test_label_text_modes_give_the_documented_embeddings(tmp_path):
+    names, descriptions = ["Dog", "Finance"], ["a domestic dog.", "money and banking."]
+    described = build_label_embeddings("description", names, descriptions, tmp_path / "d.npz")
+    np.testing.assert_array_equal(
+        described, compute_label_embeddings(label_texts(names, descriptions), tmp_path / "d.npz")
+    )
+    named = build_label_embeddings("name", names, descriptions, tmp_path / "n.npz")
+    np.testing.assert_array_equal(named, compute_label_embeddings(label_texts(names), tmp_path / "n.npz"))
+    assert not np.allclose(named, described)
+
+    random_a = build_label_embeddings("random", names, descriptions, tmp_path / "r.npz")
+    assert random_a.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(random_a, axis=1), 1.0, atol=1e-6)
+    assert abs(float(random_a[0] @ random_a[1])) < 0.3  # unrelated directions, no text similarity
+    # fixed per class name, not per position; the cache file is written once and left alone
+    stamp = (tmp_path / "r.npz").stat().st_mtime_ns
+    swapped = build_label_embeddings("random", names[::-1], None, tmp_path / "r2.npz")
+    np.testing.assert_array_equal(swapped, random_a[::-1])
+    np.testing.assert_array_equal(build_label_embeddings("random", names, None, tmp_path / "r.npz"), random_a)
+    assert (tmp_path / "r.npz").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(load_label_embeddings(tmp_path / "r.npz"), random_a)
+
+    np.testing.assert_array_equal(build_label_embeddings("onehot", names, None, tmp_path / "o.npz"), np.eye(2))
+    with pytest.raises(ValueError, match="unknown label_text"):
+        build_label_embeddings("emoji", names, None, tmp_path / "e.npz")
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_stage_gate_starts_at_one_and_scales_each_stage(gate):
+    torch.manual_seed(0)
+    decoder = ClueDecoder([8, 16], num_classes=3, dim=16, layers=1, heads=2, ff_dim=32, dropout=0.0, stage_gate=gate)
+    torch.testing.assert_close(decoder.stage_weights(), torch.ones(2))
+    tokens = [torch.randn(2, 4, 8), torch.randn(2, 1, 16)]
+    grids = [(2, 2), (1, 1)]
+    before = decoder.memory(tokens, grids)
+    with torch.no_grad():
+        decoder.stage_gate_logits.copy_(torch.tensor([2.0, -2.0]))
+    weights = decoder.stage_weights()
+    assert weights[0] > 1.0 > weights[1]
+    if gate == "softmax":
+        torch.testing.assert_close(weights.sum(), torch.tensor(2.0))
+    after = decoder.memory(tokens, grids)
+    projected = decoder.input_proj[0](tokens[0])
+    torch.testing.assert_close(after[:, :4] - before[:, :4], projected * (weights[0] - 1.0))
+    decoder(tokens, grids, torch.randn(3, 16)).sum().backward()
+    assert decoder.stage_gate_logits.grad is not None and decoder.stage_gate_logits.grad.abs().sum() > 0
+    assert ClueDecoder([8], 3, dim=16, heads=2).stage_weights() is None
+    with pytest.raises(ValueError, match="stage_gate"):
+        ClueDecoder([8], 3, dim=16, heads=2, stage_gate="relu")
+
+
+def test_attention_forward_gives_the_same_logits_and_a_distribution_over_all_tokens():
+    torch.manual_seed(0)
+    decoder = ClueDecoder([8, 16], num_classes=3, dim=16, layers=2, heads=2, ff_dim=32, dropout=0.1).eval()
+    tokens = [torch.randn(2, 6, 8), torch.randn(2, 2, 16)]
+    grids = [(2, 3), (1, 2)]
+    queries = torch.randn(3, 16)
+    with torch.no_grad():
+        logits, attention = decoder.forward_with_attention(tokens, grids, queries)
+        torch.testing.assert_close(logits, decoder(tokens, grids, queries))
+    assert attention.shape == (2, 3, 8)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3))

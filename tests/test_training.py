@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.training.checkpoint import load_checkpoint
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import DistContext
-from mccl_core.training.loop import predict_scores, train
+from mccl_core.training.loop import EpochRecord, predict_scores, train
 from mccl_core.training.run import TrainArtifacts, prepare_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,3 +294,13 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(tmp_path):
     assert mccl.report.macro_f1 >= floor.report.macro_f1 + 0.05
     assert mccl.average_precision.map >= floor.average_precision.map + 0.15
     assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_epoch_record_carries_the_stage_gate_under_fixed_names():
+    record = EpochRecord(epoch=0, train_loss=0.5, lr=1e-3, seconds=1.0, images_per_second=10.0,
+                         stage_gate={"stage3": 1.25, "stage4": 0.75})  # fmt: skip
+    metrics = record.metrics()
+    assert metrics["stage_gate_stage3"] == 1.25 and metrics["stage_gate_stage4"] == 0.75
+    # a checkpoint written before the gate existed still loads (the field has a default)
+    legacy = {k: v for k, v in asdict(record).items() if k != "stage_gate"}
+    assert EpochRecord(**legacy).stage_gate == {}
