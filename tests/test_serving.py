@@ -54,6 +54,7 @@ from mccl_core.serving import (
     serving_requirements,
     serving_signature,
 )
+from mccl_core.serving.pyfunc import CLUES_COLUMN, MAX_TOP_K
 
 MODEL_NAME = "mccl-intent"
 #: Small enough that a 400x400 noise JPEG (~190 KB) is refused, large enough for every test image.
@@ -359,6 +360,49 @@ def test_errors_do_not_echo_the_requests_image_data(served, images):
     assert "Failed to predict data" not in response.text
 
 
+def _check_clues(row: dict, class_names: list[str], stages: set[str], top_k: int) -> None:
+    """One answer row's ``clues``: the row's predicted intents only, ``top_k`` clues each, heaviest
+    first, masses in (0, 1], owners class names, prototypes ``stage:index``."""
+    clues = row[CLUES_COLUMN]
+    assert isinstance(clues, dict) and sorted(clues) == sorted(row[INTENTS_COLUMN]), (clues, row[INTENTS_COLUMN])
+    for intent, intent_clues in clues.items():
+        assert len(intent_clues) == top_k, intent_clues
+        masses = [clue["mass"] for clue in intent_clues]
+        assert all(0.0 < m <= 1.0 for m in masses) and masses == sorted(masses, reverse=True), (intent, masses)
+        for clue in intent_clues:
+            assert set(clue) == {"prototype", "owner", "mass"}, clue
+            assert clue["owner"] in class_names, clue
+            stage, index = clue["prototype"].split(":")
+            assert stage in stages and index.isdigit(), clue
+
+
+@pytest.mark.slow
+def test_served_model_explains_predicted_intents_through_inference_params(served, served_bundle, images, bare_scores):
+    """``"params": {"explain": true, "top_k": 3}`` through the real scoring server: the same scores
+    and intents plus ``clues``; bad params are a 400; without params the answer has no ``clues``."""
+    rows = [_b64(p.read_bytes()) for p in images[:5]]
+    response = _post(served.url, {**_split(rows), "params": {"explain": True, "top_k": 3}})
+    assert response.status_code == 200, response.text
+    answer = response.json()["predictions"]
+    stages = set(read_meta(served_bundle).backbone["stages"])
+    assert sum(len(row[CLUES_COLUMN]) for row in answer) > 0
+    for row in answer:
+        _check_clues(row, served.class_names, stages, top_k=3)
+    scores = np.array([[row[name] for name in served.class_names] for row in answer])
+    np.testing.assert_allclose(scores, bare_scores[:5], atol=1e-5, rtol=0)
+    for row, row_scores in zip(answer, scores):
+        assert row[INTENTS_COLUMN] == [n for n, s in zip(served.class_names, row_scores) if s > served.threshold]
+    for params, message in (({"explain": True, "top_k": 0}, r"params.top_k must be an integer from 1 to"),
+                            ({"explain": "maybe"}, r"explain")):  # fmt: skip
+        bad = _post(served.url, {**_split(rows[:1]), "params": params})
+        assert bad.status_code == 400, bad.text
+        assert re.search(message, bad.json()["message"]), bad.text
+    plain = _post(served.url, {**_split(rows[:1]), "params": {"explain": False, "top_k": 3}})
+    assert plain.status_code == 200, plain.text
+    assert CLUES_COLUMN not in plain.json()["predictions"][0]
+    _check_answer(plain.json()["predictions"], bare_scores[:1], served.class_names, served.threshold)
+
+
 @pytest.fixture(scope="module")
 def downloaded_model(served, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:  # the registry URI follows the tracking URI
@@ -573,3 +617,116 @@ def test_a_large_jpeg_decodes_at_reduced_scale_with_close_scores(bundle):
     # ... and the per-image limit, too.
     model.config.max_pixels = 1_000_000
     assert len(model._checked_rows([_b64(jpeg)])) == 1
+
+
+def _loaded(bundle_dir: Path, **config) -> MCCLIntentModel:
+    model = MCCLIntentModel()
+    model.load_context(PythonModelContext({BUNDLE_ARTIFACT: str(bundle_dir)}, {"threshold": 0.5, **config}))
+    return model
+
+
+def test_explain_gives_clues_of_the_predicted_intents_only(bundle, images):
+    """``params={"explain": True}``: the plain answer's scores and intents plus ``clues`` for each
+    predicted intent, as :meth:`ClueExplanation.top_clues` gives them with owners as class names."""
+    frame = pd.DataFrame({"image": [_b64(p.read_bytes()) for p in images]})
+    model = _loaded(bundle, batch_size=3)  # 9 images in 3 batches: rows must not mix up
+    plain = model.predict(None, frame)
+    model.config.threshold = float(np.median(plain[model.class_names].to_numpy()))
+    plain = model.predict(None, frame)
+    explained = model.predict(None, frame, params={"explain": True, "top_k": 3})
+    assert list(explained.columns) == [*model.class_names, INTENTS_COLUMN, CLUES_COLUMN]
+    np.testing.assert_allclose(
+        explained[model.class_names].to_numpy(), plain[model.class_names].to_numpy(), atol=1e-5, rtol=0
+    )
+    records = explained.to_dict(orient="records")
+    json.dumps(records)  # JSON-serialisable as it is
+    stages = set(model.meta.backbone["stages"])
+    for row in records:
+        _check_clues(row, model.class_names, stages, top_k=3)
+        scores = np.array([row[name] for name in model.class_names])
+        assert row[INTENTS_COLUMN] == [n for n, s in zip(model.class_names, scores) if s > model.config.threshold]
+    counts = [len(row[CLUES_COLUMN]) for row in records]
+    assert sum(counts) > 0 and min(counts) < len(model.class_names), counts
+    # The clues are the model-level API's, owner ids mapped to names (first row with an intent).
+    row = next(i for i, r in enumerate(records) if r[CLUES_COLUMN])
+    intent = records[row][INTENTS_COLUMN][0]
+    pixels = model.transform(load_rgb_image_bytes_reduced(images[row].read_bytes(), min_decode_side=256))
+    expected = model.model.explain(pixels[None]).top_clues(0, model.class_names.index(intent), 3)
+    got = records[row][CLUES_COLUMN][intent]
+    assert [c["prototype"] for c in got] == [c["prototype"] for c in expected]
+    assert [c["owner"] for c in got] == [model.class_names[c["owner"]] for c in expected]
+    np.testing.assert_allclose([c["mass"] for c in got], [c["mass"] for c in expected], atol=1e-5)
+    # The largest top_k: that many clues (or all prototypes, whose masses sum to 1), still sorted.
+    most = model.predict(None, frame[row : row + 1], params={"explain": True, "top_k": MAX_TOP_K})
+    masses = [c["mass"] for c in most[CLUES_COLUMN][0][intent]]
+    prototypes = sum(len(owners) for owners in model.model.explain(pixels[None]).owners)
+    assert len(masses) == min(MAX_TOP_K, prototypes) and masses == sorted(masses, reverse=True)
+    assert sum(masses) <= 1.0 + 1e-5 and (prototypes > MAX_TOP_K or sum(masses) == pytest.approx(1.0, abs=1e-4))
+
+
+def test_without_explain_the_answer_is_unchanged_and_bad_params_are_refused(bundle, images):
+    frame = pd.DataFrame({"image": [_b64(p.read_bytes()) for p in images[:3]]})
+    model = _loaded(bundle)
+    plain = model.predict(None, frame)
+    assert list(plain.columns) == [*model.class_names, INTENTS_COLUMN]
+    for params in ({}, {"explain": False, "top_k": 5}, {"top_k": 7}, {"explain": None}):
+        same = model.predict(None, frame, params=params)
+        pd.testing.assert_frame_equal(same, plain)
+        assert json.dumps(same.to_dict(orient="records")) == json.dumps(plain.to_dict(orient="records"))
+    for params, message in (
+        ({"explain": "yes"}, r"params.explain must be true or false, got 'yes'"),
+        ({"explain": True, "top_k": 0}, rf"params.top_k must be an integer from 1 to {MAX_TOP_K}, got 0"),
+        ({"explain": True, "top_k": MAX_TOP_K + 1}, r"params.top_k must be an integer"),
+        ({"explain": True, "top_k": 2.5}, r"params.top_k must be an integer"),
+    ):
+        with pytest.raises(RequestRejected, match=message) as error:
+            model.predict(None, frame, params=params)
+        assert error.value.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize("variant", ["baseline", "mcc_off"])
+def test_a_model_without_prototypes_refuses_to_explain(variant, tiny_demo, tiny_demo_label_embeddings, images,
+                                                       tmp_path):  # fmt: skip
+    train = load_split(DataConfig(source="demo", root=tiny_demo), "train")
+    overrides = {"variant": "baseline"} if variant == "baseline" else {"mcc": {"enabled": False}}
+    model_cfg = ModelConfig.from_dict({**TINY_MODEL, **overrides})
+    bundle_dir = build_untrained_bundle(
+        tmp_path / "bundle", model_cfg, train.class_names, load_label_embeddings(tiny_demo_label_embeddings),
+        cooccurrence_counts(train.label_matrix()), image_size=32,
+    )  # fmt: skip
+    model = _loaded(bundle_dir)
+    assert not model.has_prototypes
+    frame = pd.DataFrame({"image": [_b64(images[0].read_bytes())]})
+    assert list(model.predict(None, frame).columns) == [*model.class_names, INTENTS_COLUMN]
+    kind = "the baseline" if variant == "baseline" else "an MCCL model with MCC off"
+    with pytest.raises(RequestRejected, match=rf"^this model \({kind}\) has no prototypes") as error:
+        model.predict(None, frame, params={"explain": True})
+    assert error.value.get_http_status_code() == 400
+    # Refused before decoding: a broken image is not what the client hears about.
+    with pytest.raises(RequestRejected, match="has no prototypes"):
+        model.predict(None, pd.DataFrame({"image": ["not base64!"]}), params={"explain": True})
+
+
+def test_signature_has_explain_params_and_a_model_logged_without_them_still_serves(bundle, images, tmp_path):
+    """New signatures carry the params schema; a model saved with the old signature (no params)
+    loads and answers as before, MLflow dropping the params of a request (with a warning)."""
+    signature = serving_signature(["Happy", "Sad"])
+    assert {p.name: (p.default, p.dtype.name) for p in signature.params.params} == {
+        "explain": (False, "boolean"), "top_k": (5, "long")
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="class is named .*'clues'"):
+        serving_signature(["Happy", "clues"])
+    class_names = read_meta(bundle).class_names
+    old = serving_signature(class_names)
+    old = mlflow.models.ModelSignature(inputs=old.inputs, outputs=old.outputs)  # as logged before explain
+    path = tmp_path / "old-model"
+    mlflow.pyfunc.save_model(
+        str(path), python_model=MCCLIntentModel(), artifacts={BUNDLE_ARTIFACT: str(bundle)},
+        model_config={"threshold": 0.5}, signature=old, pip_requirements=[],
+    )  # fmt: skip
+    loaded = mlflow.pyfunc.load_model(str(path))
+    assert loaded.metadata.get_params_schema() is None
+    frame = pd.DataFrame({"image": [_b64(p.read_bytes()) for p in images[:2]]})
+    plain = loaded.predict(frame)
+    assert list(plain.columns) == [*class_names, INTENTS_COLUMN]
+    pd.testing.assert_frame_equal(loaded.predict(frame, params={"explain": True}), plain)

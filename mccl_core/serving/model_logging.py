@@ -15,7 +15,9 @@ What goes into the logged model and why:
   config has are taken, so every field is always logged).
 * ``requirements.txt``: the installed versions of what the serving code imports, pinned.
 * A signature (input column ``image``: string; outputs: one float per class + ``intents``:
-  list of strings) and a real JPEG as input example. Before anything is logged the model is loaded
+  list of strings; inference params ``explain`` (boolean, default false) and ``top_k`` (long,
+  default 5), which add the ``clues`` column, see :mod:`mccl_core.serving.pyfunc`) and a real JPEG
+  as input example. Before anything is logged the model is loaded
   from the staged files and run on that example, so a bundle that cannot serve never reaches the
   registry.
 """
@@ -37,12 +39,22 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PythonModelContext
-from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
 
 import mccl_core
 from mccl_core.models.bundle import BundleError, read_meta, write_meta
-from mccl_core.serving.pyfunc import BUNDLE_ARTIFACT, IMAGE_COLUMN, INTENTS_COLUMN, MCCLIntentModel, ServingConfig
+from mccl_core.serving.pyfunc import (
+    BUNDLE_ARTIFACT,
+    CLUES_COLUMN,
+    DEFAULT_TOP_K,
+    EXPLAIN_PARAM,
+    IMAGE_COLUMN,
+    INTENTS_COLUMN,
+    TOP_K_PARAM,
+    MCCLIntentModel,
+    ServingConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +86,24 @@ def serving_requirements() -> list[str]:
 
 
 def serving_signature(class_names: list[str]) -> ModelSignature:
-    """Input: column ``image`` (base64 string). Output: one float per class + ``intents`` (list)."""
+    """Input: column ``image`` (base64 string). Output: one float per class + ``intents`` (list).
+    Params: ``explain`` (default false) and ``top_k`` (default 5); with ``explain`` the answer has
+    one more column, ``clues`` (not in the output schema: MLflow's types cannot spell a map of
+    intent names to lists of records, and the output schema is not enforced)."""
     if len(set(class_names)) != len(class_names):
         raise BundleError(f"class names are not unique: {class_names}")
-    if INTENTS_COLUMN in class_names or IMAGE_COLUMN in class_names:
-        raise BundleError(f"a class is named {INTENTS_COLUMN!r} or {IMAGE_COLUMN!r}, which the answer uses itself")
+    reserved = (INTENTS_COLUMN, IMAGE_COLUMN, CLUES_COLUMN)
+    if any(name in class_names for name in reserved):
+        raise BundleError(f"a class is named {' or '.join(map(repr, reserved))}, which the answer uses itself")
     outputs: list[ColSpec | TensorSpec] = [ColSpec(DataType.float, name) for name in class_names]
     outputs.append(ColSpec(Array(DataType.string), INTENTS_COLUMN))
-    return ModelSignature(inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]), outputs=Schema(outputs))
+    params = ParamSchema([
+        ParamSpec(EXPLAIN_PARAM, DataType.boolean, False),
+        ParamSpec(TOP_K_PARAM, DataType.long, DEFAULT_TOP_K),
+    ])  # fmt: skip
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, IMAGE_COLUMN)]), outputs=Schema(outputs), params=params
+    )
 
 
 def example_jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
@@ -187,3 +209,12 @@ def _check_staged_model(bundle: Path, config: ServingConfig, example: pd.DataFra
     scores = answer[class_names].to_numpy()
     if not np.isfinite(scores).all():
         raise BundleError(f"{bundle}: the model gives non-finite scores for the input example")
+    if model.has_prototypes:  # the explain path, too (every intent predicted, so every intent explained)
+        model.config = dataclasses.replace(model.config, threshold=0.0)
+        explained = model.predict(context, example, params={EXPLAIN_PARAM: True, TOP_K_PARAM: 1})
+        clues = explained[CLUES_COLUMN].tolist() if CLUES_COLUMN in explained.columns else []
+        intents = explained[INTENTS_COLUMN].tolist()
+        if len(clues) != len(example) or any(
+            sorted(row) != sorted(names) or any(len(c) != 1 for c in row.values()) for row, names in zip(clues, intents)
+        ):
+            raise BundleError(f"{bundle}: the model does not explain the input example's intents")

@@ -16,6 +16,21 @@ and the column ``intents``: the list of class names whose score is strictly abov
 threshold (the official protocol's rule, :mod:`mccl_core.metrics.f1`), in class order. The scoring
 server returns it as ``{"predictions": [{"<class>": score, ..., "intents": [...]}, ...]}``.
 
+Explanations (optional, MLflow inference ``params``): a request with
+``"params": {"explain": true, "top_k": 5}`` next to its ``dataframe_split`` / ``dataframe_records``
+gets one more answer column, ``clues``: per row ``{intent: [{"prototype": "stage:index", "owner":
+<class name>, "mass": <float>}, ...]}`` for each *predicted* intent (the ``intents`` of that row;
+``{}`` when none), its ``top_k`` heaviest clues, heaviest first (:meth:`ClueExplanation.top_clues
+<mccl_core.models.mccl.ClueExplanation.top_clues>`: ``mass`` is the share of the intent's
+decoder attention that reaches the prototype through the patches' soft assignments; over all
+prototypes it sums to 1). Scores and intents then come from the same forward pass
+(:meth:`MCCLModel.explain <mccl_core.models.mccl.MCCLModel.explain>`, equal to the plain forward in
+eval mode up to float rounding). ``explain`` defaults to false and ``top_k`` to
+:data:`DEFAULT_TOP_K` (1..:data:`MAX_TOP_K`); without ``explain`` the answer is exactly the one
+above. A model without prototypes (the baseline, or MCCL with MCC off) answers an explain request
+with a 400. The params schema is part of the logged signature (:mod:`mccl_core.serving.model_logging`);
+a model logged before it has none, and MLflow drops (with a warning) the params of a request to it.
+
 Bad requests raise :class:`RequestRejected` (an :class:`mlflow.exceptions.MlflowException` with
 ``INVALID_PARAMETER_VALUE``), which the scoring server answers with HTTP 400 and the message: a
 missing ``image`` column (MLflow's schema enforcement), an empty frame, more than
@@ -57,12 +72,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -81,6 +97,7 @@ from mccl_core.data.images import (
     plan_image_decode,
 )
 from mccl_core.models.bundle import load_bundle
+from mccl_core.models.mccl import ClueExplanation, MCCLModel
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +105,13 @@ logger = logging.getLogger(__name__)
 IMAGE_COLUMN = "image"
 #: Output column: class names with score > threshold.
 INTENTS_COLUMN = "intents"
+#: Output column (only when explanations are asked for): ``{intent: [clue, ...]}`` per row.
+CLUES_COLUMN = "clues"
+#: Inference params (MLflow ``params``): ask for explanations, and how many clues per intent.
+EXPLAIN_PARAM = "explain"
+TOP_K_PARAM = "top_k"
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 50
 #: The pyfunc artifact key under which the bundle folder is logged.
 BUNDLE_ARTIFACT = "bundle"
 #: At most this many row problems are spelled out in one error message.
@@ -279,6 +303,29 @@ def _rejected(problems: list[str], rows: int) -> MlflowException:
     return _invalid(f"{len(problems)} of {rows} images rejected: {listed}{more}")
 
 
+def explain_top_k(params: Mapping[str, Any] | None) -> int | None:
+    """The request's inference ``params`` -> clues per intent when explanations are asked for, else None.
+
+    Raises :class:`RequestRejected` for a non-boolean ``explain`` or a ``top_k`` that is not an
+    integer in ``1..MAX_TOP_K`` (MLflow's params schema converts JSON types first when it has one).
+    """
+    if not params:
+        return None
+    explain = params.get(EXPLAIN_PARAM, False)
+    if explain is None:
+        explain = False
+    if not isinstance(explain, (bool, np.bool_)):
+        raise _invalid(f"params.{EXPLAIN_PARAM} must be true or false, got {explain!r}")
+    if not explain:
+        return None
+    top_k = params.get(TOP_K_PARAM, DEFAULT_TOP_K)
+    if top_k is None:
+        top_k = DEFAULT_TOP_K
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
+        raise _invalid(f"params.{TOP_K_PARAM} must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+    return int(top_k)
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -394,6 +441,55 @@ class MCCLIntentModel(PythonModel):
                 out.append(torch.sigmoid(logits.float()).cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    @property
+    def has_prototypes(self) -> bool:
+        """Whether the model can explain its intents by prototypes (MCCL with MCC on)."""
+        return getattr(self.model, "clues", None) is not None and callable(getattr(self.model, "explain", None))
+
+    def explained_scores(self, images: Sequence[torch.Tensor], top_k: int) -> tuple[np.ndarray, list[dict]]:
+        """Sigmoid scores ``[N, C]`` and, per image, ``{intent name: top_k clues}`` of its predicted
+        intents (score > threshold), from one :meth:`MCCLModel.explain` pass per batch."""
+        if not self.has_prototypes:
+            raise self._no_prototypes()
+        out: list[np.ndarray] = []
+        clues: list[dict[str, list[dict[str, Any]]]] = []
+        with self._forward_lock, torch.inference_mode():
+            for batch in _chunks(images, self.config.batch_size):
+                pixels = torch.stack(list(batch)).to(self.device, non_blocking=True)
+                with _autocast(self.device, self.config.precision):
+                    explanation = cast(MCCLModel, self.model).explain(pixels)
+                scores = torch.sigmoid(explanation.logits.float()).cpu().numpy()
+                out.append(scores)
+                for image, row in enumerate(scores > self.config.threshold):
+                    clues.append({
+                        self.class_names[intent]: self._clues_of(explanation, image, int(intent), top_k)
+                        for intent in np.flatnonzero(row)
+                    })  # fmt: skip
+        return np.concatenate(out).astype(np.float32, copy=False), clues
+
+    def _clues_of(self, explanation: ClueExplanation, image: int, intent: int, top_k: int) -> list[dict[str, Any]]:
+        """One intent's clues on one image (the explanation cut down to that pair first, so each
+        call multiplies one attention row, not the whole batch's)."""
+        if explanation.assignments is None:  # has_prototypes was checked: not reached
+            return []
+        one = dataclasses.replace(
+            explanation,
+            attention=[a[image : image + 1, intent : intent + 1] for a in explanation.attention],
+            assignments=[a[image : image + 1] for a in explanation.assignments],
+        )
+        return [
+            {"prototype": clue["prototype"], "owner": self.class_names[clue["owner"]], "mass": clue["mass"]}
+            for clue in one.top_clues(0, 0, top_k)
+        ]
+
+    def _no_prototypes(self) -> MlflowException:
+        variant = self.meta.model_config.get("variant", "mccl")
+        kind = "the baseline" if variant == "baseline" else "an MCCL model with MCC off"
+        return _invalid(
+            f"this model ({kind}) has no prototypes, so it cannot explain its intents by clues: "
+            f"send the request without params.{EXPLAIN_PARAM} (or with false)"
+        )
+
     def to_frame(self, scores: np.ndarray) -> pd.DataFrame:
         """Scores ``[N, C]`` -> the answer frame (class score columns + ``intents``)."""
         frame = pd.DataFrame(scores, columns=self.class_names)
@@ -404,8 +500,17 @@ class MCCLIntentModel(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Score every image of ``model_input`` (column ``image``, base64); see the module docstring."""
-        return self.to_frame(self.scores(self._image_tensors(model_input)))
+        """Score every image of ``model_input`` (column ``image``, base64); with ``params``
+        ``{"explain": true, "top_k": k}`` also the clues of the predicted intents (module docstring)."""
+        top_k = explain_top_k(params)
+        if top_k is None:
+            return self.to_frame(self.scores(self._image_tensors(model_input)))
+        if not self.has_prototypes:  # before any image is decoded
+            raise self._no_prototypes()
+        scores, clues = self.explained_scores(self._image_tensors(model_input), top_k)
+        frame = self.to_frame(scores)
+        frame[CLUES_COLUMN] = clues
+        return frame
 
 
 def _chunks(items: Sequence[torch.Tensor], size: int) -> Iterator[Sequence[torch.Tensor]]:
