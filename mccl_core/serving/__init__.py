@@ -5,7 +5,8 @@
   macro-F1 (test is recorded, never selected on).
 * :class:`MCCLIntentModel` - what ``mlflow models serve`` runs: base64 images in, per-class scores
   and the intents above the tuned threshold out (I/O contract and the decode budget:
-  :mod:`mccl_core.serving.pyfunc`).
+  :mod:`mccl_core.serving.pyfunc`); with ``params: {"explain": true}`` also each predicted
+  intent's top clues (``docs/serving-explain.md``).
 
 Serve the champion with::
 
@@ -22,8 +23,11 @@ from mccl_core.serving.model_logging import (
 )
 from mccl_core.serving.pyfunc import (
     BUNDLE_ARTIFACT,
+    CLUES_COLUMN,
+    EXPLAIN_PARAM,
     IMAGE_COLUMN,
     INTENTS_COLUMN,
+    TOP_K_PARAM,
     MCCLIntentModel,
     RequestError,
     RequestRejected,
@@ -41,6 +45,9 @@ from mccl_core.serving.smoke import build_untrained_bundle
 
 __all__ = [
     "BUNDLE_ARTIFACT",
+    "CLUES_COLUMN",
+    "EXPLAIN_PARAM",
+    "TOP_K_PARAM",
     "CANDIDATE_TAG",
     "IMAGE_COLUMN",
     "INTENTS_COLUMN",
