@@ -147,6 +147,28 @@ def evaluate(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def explain(
+    explain_params: dict,
+    tracking: dict,
+    mlflow_tracking_uri: str,
+    parent_run_id: str,
+    validate: Input[Dataset],
+    train: Input[Model],
+    evaluate: Input[Artifact],
+    demo: Input[Dataset],
+    out: Output[Artifact],
+    metrics: Output[Metrics],
+    summary: Output[Markdown],
+):
+    """Prototype gallery, example explanations and the pointing game (demo clue boxes)."""
+    from components.runner import run_kfp_step
+
+    run_kfp_step("explain", {"explain": explain_params, "tracking": tracking},
+                 {"validate": validate, "train": train, "evaluate": evaluate, "demo": demo}, out.path,
+                 mlflow_tracking_uri, parent_run_id=parent_run_id, metrics=metrics, markdown_path=summary.path)  # fmt: skip
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
     register_params: dict,
     tracking: dict,

@@ -1,4 +1,4 @@
-"""The MCCL Kubeflow pipeline (KFP v2): demo -> validate -> extract -> cluster -> train -> evaluate -> register.
+"""The MCCL Kubeflow pipeline (KFP v2): demo -> validate -> extract -> cluster -> train -> evaluate -> explain | register.
 
 Parameters: one dict per ``params.yaml`` section (defaults = the repository's params.yaml at
 compile time, so DVC and Kubeflow start from the same values), plus the run settings: the MLflow
@@ -10,7 +10,7 @@ dataset artifact, otherwise it renders nothing and ``data.root`` must be a path 
 sees (a mounted volume).
 
 Caching: demo, validate, extract and cluster are deterministic functions of their inputs and are
-cached; train (a fresh model is the point of a new run), evaluate and register (registry side
+cached; train (a fresh model is the point of a new run), evaluate, explain and register (registry side
 effects) always run.
 """
 
@@ -31,7 +31,7 @@ PIPELINE_NAME = "mccl-intent-pipeline"
 SECTION_PARAMETERS = {
     "demo": "demo_params", "data": "data", "validate": "validate_params", "extract": "extract_params",
     "cluster": "cluster_params", "model": "model", "train": "train_params", "launch": "launch",
-    "evaluate": "evaluate_params", "register": "register_params", "tracking": "tracking",
+    "evaluate": "evaluate_params", "explain": "explain_params", "register": "register_params", "tracking": "tracking",
 }  # fmt: skip
 
 
@@ -56,6 +56,7 @@ def mccl_pipeline(
     train_params: dict = _D["train"],
     launch: dict = _D["launch"],
     evaluate_params: dict = _D["evaluate"],
+    explain_params: dict = _D["explain"],
     register_params: dict = _D["register"],
     tracking: dict = _D["tracking"],
     mlflow_tracking_uri: str = "",
@@ -88,6 +89,11 @@ def mccl_pipeline(
                             parent_run_id=trained.outputs["parent_run_id"], validate=validated.outputs["out"],
                             train=trained.outputs["out"], demo=demo.outputs["out"]).set_caching_options(False)  # fmt: skip
     evaluation.set_display_name("evaluate (official protocol)")
+    explained = c.explain(explain_params=explain_params, tracking=tracking, mlflow_tracking_uri=mlflow_tracking_uri,
+                          parent_run_id=trained.outputs["parent_run_id"], validate=validated.outputs["out"],
+                          train=trained.outputs["out"], evaluate=evaluation.outputs["out"],
+                          demo=demo.outputs["out"]).set_caching_options(False)  # fmt: skip
+    explained.set_display_name("explain (gallery, pointing game)")
     registered = c.register(register_params=register_params, tracking=tracking, mlflow_tracking_uri=mlflow_tracking_uri,
                             parent_run_id=trained.outputs["parent_run_id"], validate=validated.outputs["out"],
                             train=trained.outputs["out"], evaluate=evaluation.outputs["out"]).set_caching_options(False)  # fmt: skip

@@ -32,7 +32,7 @@ PROJECT_FILES = [
     ".dvcignore",
     ".gitignore",
 ]
-STAGES = ["demo", "validate", "extract", "cluster", "train", "evaluate", "register"]
+STAGES = ["demo", "validate", "extract", "cluster", "train", "evaluate", "explain", "register"]
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -161,7 +161,7 @@ def test_mlflow_parent_run_with_a_nested_run_per_step(project):
     parent = next(r for r in parents if r.info.status == "FINISHED")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     finished = {r.info.run_name for r in children if r.info.status == "FINISHED"}
-    assert finished == {"train", "evaluate", "register"}  # the others were cached by DVC
+    assert finished == {"train", "evaluate", "explain", "register"}  # the others were cached by DVC
     # The parent carries what a comparison needs: params, headline metrics, per-epoch curves.
     assert parent.data.metrics["test_macro_f1"] > 0 and "val_macro_f1_at_threshold" in parent.data.metrics
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "val_map")) == [0, 1]

@@ -19,7 +19,7 @@ from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipeline" / "mccl_pipeline.yaml"
-STEPS = ("demo", "validate", "extract", "cluster", "train", "evaluate", "register")
+STEPS = ("demo", "validate", "extract", "cluster", "train", "evaluate", "explain", "register")
 
 
 @pytest.fixture(scope="module")

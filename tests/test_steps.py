@@ -305,7 +305,7 @@ def test_mccl_step_dispatch_lists_the_steps(capsys):
 
     assert main([]) == 2
     assert main(["--help"]) == 0
-    assert "demo,validate,extract,cluster,train,evaluate,register" in capsys.readouterr().out
+    assert "demo,validate,extract,cluster,train,evaluate,explain,register" in capsys.readouterr().out
     assert main(["nope"]) == 2
 
 

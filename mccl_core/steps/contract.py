@@ -32,7 +32,7 @@ from mccl_core.tracking.steps import TrackingOptions
 log = logging.getLogger(__name__)
 
 #: The steps in DAG order (each is the module ``mccl_core.steps.<name>``).
-STEP_NAMES: tuple[str, ...] = ("demo", "validate", "extract", "cluster", "train", "evaluate", "register")
+STEP_NAMES: tuple[str, ...] = ("demo", "validate", "extract", "cluster", "train", "evaluate", "explain", "register")
 
 ArtifactKind = Literal["Dataset", "Model", "Artifact"]
 
