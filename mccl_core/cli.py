@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("mccl_core.experiments.cli", "the open-question experiments: stages, text, robustness, pointing"),
     "step": (
         "mccl_core.steps.cli",
-        "run one pipeline step (demo, validate, extract, cluster, train, evaluate, register)",
+        "run one pipeline step (demo, validate, extract, cluster, train, evaluate, explain, register)",
     ),
 }
 PLUGIN_GROUP = "mccl.commands"
