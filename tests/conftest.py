@@ -26,7 +26,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 TINY_MODEL = {
     "backbone": {"arch": "resnet18", "stages": ["layer3", "layer4"], "weights": "none"},
-    "pki": {"dim": 32, "decoder_layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.0},
+    # label_text: dvc.yaml's cluster stage depends on model.pki.label_text, so params files name it
+    "pki": {"label_text": "description", "dim": 32, "decoder_layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.0},
     "cpi": {"k_max": 4, "max_patches_per_class": 2000},
 }
 

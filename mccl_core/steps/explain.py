@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import from_dict, section
+from mccl_core.config import ConfigError, from_dict, section
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
@@ -61,11 +61,11 @@ class ExplainConfig:
     def __post_init__(self) -> None:
         for name in ("gallery_top_k", "gallery_max_images", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"explain.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"explain.{name} must be >= 1, got {getattr(self, name)}")
         if self.examples < 0:
-            raise ValueError(f"explain.examples must be >= 0, got {self.examples}")
+            raise ConfigError(f"explain.examples must be >= 0, got {self.examples}")
         if self.pointing_max_images < 0:
-            raise ValueError(f"explain.pointing_max_images must be >= 0 (0: all), got {self.pointing_max_images}")
+            raise ConfigError(f"explain.pointing_max_images must be >= 0 (0: all), got {self.pointing_max_images}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExplainConfig:
