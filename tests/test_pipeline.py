@@ -181,10 +181,13 @@ def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch
     version = client.get_model_version_by_alias("mccl-kfp-test", "champion")
     assert str(version.version) == "1" and float(version.tags["test_macro_f1"]) >= 0.0
     assert runs["register"].data.tags["mccl.dvc.data_hash"].startswith("sha256:")
-    summaries = list((tmp_path / "kfp").rglob("summary"))
+    summaries = list((tmp_path / "kfp").rglob("validate/summary"))
     assert summaries and "Data validation: PASSED" in summaries[0].read_text()
-    reports = list((tmp_path / "kfp").rglob("report"))
+    reports = list((tmp_path / "kfp").rglob("evaluate/report"))
     assert reports and "<h2>MCCL evaluation</h2>" in reports[0].read_text()
+    explained = list((tmp_path / "kfp").rglob("explain/summary"))
+    assert explained and "| pointing_random |" in explained[0].read_text()
+    assert "pointing_attention" in runs["explain"].data.metrics
 
 
 @pytest.mark.slow
