@@ -44,7 +44,6 @@ import torch
 from mccl_core.config import load_params, section
 from mccl_core.experiments.runner import (
     Variant,
-    apply_set,
     experiment_tracking,
     label_prior_row,
     load_trained,
@@ -53,6 +52,7 @@ from mccl_core.experiments.runner import (
     resolve_params,
     train_or_reuse,
 )
+from mccl_core.steps.cli import apply_overrides
 
 log = logging.getLogger("ablations")
 
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
-    for assignment in args.set:
-        apply_set(params, assignment)
+    params = apply_overrides(load_params(args.params), args.set)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name in names:
         if name != LABEL_PRIOR and name not in VARIANTS:

@@ -74,11 +74,11 @@ def test_stage_variants_follow_the_backbone_family():
 
 
 def test_variants_may_not_change_the_budget_and_set_applies():
-    from mccl_core.experiments.runner import Variant, apply_set, resolve_params
+    from mccl_core.experiments.runner import Variant, resolve_params
+    from mccl_core.steps.cli import apply_overrides
 
     params = {"model": {"pki": {"dim": 8}}, "train": {"epochs": 1}}
-    apply_set(params, "train.epochs=3")
-    apply_set(params, "model.pki.label_text=name")
+    apply_overrides(params, ["train.epochs=3", "model.pki.label_text=name"])
     assert params == {"model": {"pki": {"dim": 8, "label_text": "name"}}, "train": {"epochs": 3}}
     resolved = resolve_params(params, Variant("g", {"model.pki.stage_gate": "softmax"}))
     assert resolved["model"]["pki"] == {"dim": 8, "label_text": "name", "stage_gate": "softmax"}

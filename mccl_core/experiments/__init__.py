@@ -5,7 +5,6 @@ runner with a model cache and MLflow parent/child runs (:mod:`.runner`), the exp
 from mccl_core.experiments.runner import (
     TrainedModel,
     Variant,
-    apply_set,
     experiment_tracking,
     label_prior_row,
     load_trained,
@@ -17,7 +16,6 @@ from mccl_core.experiments.runner import (
 __all__ = [
     "TrainedModel",
     "Variant",
-    "apply_set",
     "experiment_tracking",
     "label_prior_row",
     "load_trained",

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from mccl_core.config import ConfigError, load_params, section
+from mccl_core.steps.cli import apply_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +62,12 @@ def prepare_label_caches(params: dict, cache_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     from mccl_core.experiments.experiments import EXPERIMENTS, ExperimentContext, run_robustness, select
-    from mccl_core.experiments.runner import apply_set, experiment_tracking
+    from mccl_core.experiments.runner import experiment_tracking
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        params = load_params(args.params)
-        for assignment in args.set:
-            apply_set(params, assignment)
+        params = apply_overrides(load_params(args.params), args.set)
         experiment = EXPERIMENTS[args.name]
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         variants = select(experiment.variants(params), wanted)

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from mccl_core.config import ConfigError, flatten, section, to_plain
 
 log = logging.getLogger(__name__)
@@ -84,21 +82,6 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def apply_set(params: dict[str, Any], assignment: str) -> None:
-    """``train.epochs=4`` -> ``params["train"]["epochs"] = 4`` (YAML-typed value), in place."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    *parents, leaf = key.strip().split(".")
-    node = params
-    for name in parents:
-        child = node.get(name)
-        if not isinstance(child, dict):
-            child = node[name] = {}
-        node = child
-    node[leaf] = yaml.safe_load(raw)
 
 
 def resolve_params(params: Mapping[str, Any], variant: Variant) -> dict[str, Any]:
