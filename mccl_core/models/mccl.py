@@ -89,10 +89,11 @@ class ClueExplanation:
         "stage", "index", "owner" (class id), "mass"}]``, heaviest first. ``mass`` is the share of the
         intent's attention that reaches the prototype through the patches' assignments; over all
         prototypes of all stages it sums to 1. Empty without MCC."""
-        masses = self.clue_mass()
-        if masses is None or self.owners is None:
+        if self.assignments is None or self.owners is None:
             return []
-        flat = torch.cat([m[image, intent] for m in masses])
+        # Only this (image, intent) row of clue_mass(): one [N_s] x [N_s, K_s] product per stage.
+        masses = [att[image, intent] @ assign[image] for att, assign in zip(self.attention, self.assignments)]
+        flat = torch.cat(masses)
         stage_of = [s for s, m in zip(self.stages, masses) for _ in range(m.shape[-1])]
         index_of = [i for m in masses for i in range(m.shape[-1])]
         owner_of = torch.cat([o.cpu() for o in self.owners]).tolist()

@@ -72,7 +72,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import dataclasses
 import logging
 import re
 import threading
@@ -468,18 +467,10 @@ class MCCLIntentModel(PythonModel):
         return np.concatenate(out).astype(np.float32, copy=False), clues
 
     def _clues_of(self, explanation: ClueExplanation, image: int, intent: int, top_k: int) -> list[dict[str, Any]]:
-        """One intent's clues on one image (the explanation cut down to that pair first, so each
-        call multiplies one attention row, not the whole batch's)."""
-        if explanation.assignments is None:  # has_prototypes was checked: not reached
-            return []
-        one = dataclasses.replace(
-            explanation,
-            attention=[a[image : image + 1, intent : intent + 1] for a in explanation.attention],
-            assignments=[a[image : image + 1] for a in explanation.assignments],
-        )
+        """One intent's clues on one image, owners named."""
         return [
             {"prototype": clue["prototype"], "owner": self.class_names[clue["owner"]], "mass": clue["mass"]}
-            for clue in one.top_clues(0, 0, top_k)
+            for clue in explanation.top_clues(image, intent, top_k)
         ]
 
     def _no_prototypes(self) -> MlflowException:
