@@ -25,6 +25,7 @@ from typing import Any
 from mccl_core.config import ConfigError, section
 from mccl_core.experiments import report
 from mccl_core.experiments.runner import (
+    OFFICIAL_KEYS,
     ExperimentTracking,
     LoadedModel,
     TrainedModel,
@@ -255,9 +256,7 @@ def run_robustness(
             metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
             metrics[f"test_map_{corruption.name}"] = official["test_map"]
             metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
-        metrics.update(
-            {k: clean[k] for k in ("val_macro_f1", "threshold", "test_macro_f1", "test_micro_f1", "test_map")}
-        )
+        metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
         del loaded
         _free()
         run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics)
