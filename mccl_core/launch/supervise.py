@@ -9,16 +9,15 @@ same folder - two writers of one checkpoint. Three guards:
   with ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: when the step dies, even by SIGKILL, the kernel sends
   SIGTERM to torchrun, whose agent then stops its workers;
 * a step started by DVC (``$DVC_STAGE`` set) stops itself when DVC is gone (:func:`exit_with_dvc`);
-* :class:`TrainerLock`: an ``flock`` on ``<out>/train.lock`` holding the PID; a second trainer on
-  the same folder is refused with a message naming that PID. The kernel drops the lock when the
-  last holder exits, so a crash never leaves a stale lock behind; the training command inherits
-  the locked descriptor, so the folder stays locked while any of its processes lives.
+* :class:`~mccl_core.training.lock.TrainerLock` (re-exported here): an ``flock`` on
+  ``<out>/train.lock`` holding the PID, which every trainer takes (see that module); the training
+  command inherits the step's locked descriptor, so the folder stays locked while any of its
+  processes lives.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -27,17 +26,23 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import IO, Any
+
+from mccl_core.training.lock import LOCK_FD_ENV, LOCK_FILE, TrainerBusyError, TrainerLock
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "LOCK_FD_ENV",
+    "LOCK_FILE",
+    "TrainerBusyError",
+    "TrainerLock",
+    "exit_with_dvc",
+    "run_streaming",
+    "stop_group",
+]
+
 PR_SET_PDEATHSIG = 1
-LOCK_FILE = "train.lock"
-
-
-class TrainerBusyError(RuntimeError):
-    """Another live trainer holds the output folder."""
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -133,56 +138,3 @@ def run_streaming(
         if proc.stdout is not None:
             proc.stdout.close()
     return returncode, list(tail)
-
-
-class TrainerLock:
-    """Exclusive lock of a training output folder (``<out>/train.lock`` with the holder's PID).
-
-    Use as a context manager; :attr:`fd` is handed to the training command (``pass_fds``) so the
-    lock outlives the step exactly as long as its training processes do.
-    """
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / LOCK_FILE
-        self.fd: int | None = None
-
-    def acquire(self) -> TrainerLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise TrainerBusyError(
-                    f"another trainer (PID {holder}) is writing {self.path.parent}: wait for it or stop it "
-                    f"(kill {holder}) before training into this folder again"
-                ) from None
-            # The holder before us may have unlinked the file after we opened it: lock the live file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # still ours: nobody else can hold it now
-        finally:
-            os.close(self.fd)  # drops our reference; children that inherited it keep the lock
-            self.fd = None
-
-    def __enter__(self) -> TrainerLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -10,7 +10,8 @@ GPU; on CPU, Gloo). The step:
   ``dvc repro``) continues from the last finished epoch. A checkpoint written for other inputs
   (another config, other prototypes or data) is moved aside (``*.stale.pt``) instead of resumed -
   resuming it would silently train the wrong model;
-* holds ``<out>/train.lock`` (a second trainer on the folder is refused, naming the PID) and runs
+* holds ``<out>/train.lock`` (a second trainer on the folder is refused, naming the PID; the
+  training command inherits the lock, :mod:`mccl_core.training.lock`) and runs
   the training processes in their own process group that dies with the step
   (:mod:`mccl_core.launch.supervise`): a killed step leaves no trainer behind;
 * with ``launch.backend: trainjob | pytorchjob`` runs the same step in the pods of a Kubernetes
@@ -34,7 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from mccl_core.config import ConfigError, from_dict, section, to_plain
-from mccl_core.launch.supervise import TrainerLock
+from mccl_core.launch.supervise import LOCK_FD_ENV, TrainerLock
 from mccl_core.models import ModelConfig
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
@@ -400,6 +401,8 @@ def _launch_torchrun(
     command = torchrun_command(launch, train_args)
     log.info("launching: %s", " ".join(command))
     env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
+    if lock_fd is not None:  # the trainer holds the step's lock instead of locking against it
+        env[LOCK_FD_ENV] = str(lock_fd)
     returncode, output = run_streaming(command, env, pass_fds=(lock_fd,) if lock_fd is not None else ())
     if returncode != 0:
         raise StepError(

@@ -24,6 +24,7 @@ from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import init_distributed, shutdown_distributed
+from mccl_core.training.lock import TrainerBusyError, is_global_rank_zero, trainer_lock
 from mccl_core.training.loop import train
 from mccl_core.training.run import TrainArtifacts, prepare_inputs
 
@@ -65,6 +66,14 @@ def _epoch_logger(run_id: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except TrainerBusyError as error:
+        print(f"mccl train: {error}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     data_cfg = DataConfig.from_dict(section(params, "data"))
     model_cfg = ModelConfig.from_dict(section(params, "model"))
@@ -74,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.restart:
         train_cfg.resume = False
 
+    # Before any work (and before the rendezvous): a second trainer on the folder stops here.
+    with trainer_lock(train_cfg.output_dir, is_main=is_global_rank_zero()):
+        return _train(args, data_cfg, model_cfg, train_cfg)
+
+
+def _train(args: argparse.Namespace, data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig) -> int:
     ctx = init_distributed(train_cfg.device)
     logging.basicConfig(
         level=logging.INFO if ctx.is_main else logging.WARNING,

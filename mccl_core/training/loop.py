@@ -42,6 +42,7 @@ from mccl_core.training.checkpoint import (
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import DistContext, all_gather_objects, cpu_training_threads, init_distributed
 from mccl_core.training.ema import ModelEMA
+from mccl_core.training.lock import trainer_lock
 
 if TYPE_CHECKING:
     from mccl_core.data.dataset import IntentDataset
@@ -238,6 +239,19 @@ def train(
     when EMA is on (what is evaluated each epoch), so evaluation and serving rebuild it alone.
     """
     ctx = ctx or init_distributed(cfg.device)
+    # Library callers (experiments, benchmarks) get the one-trainer-per-folder lock too; under the
+    # CLI it is held already (a no-op here).
+    with trainer_lock(Path(cfg.output_dir), is_main=ctx.is_main):
+        return _train(model_cfg, cfg, inputs, ctx, on_epoch_end)
+
+
+def _train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    inputs: TrainInputs,
+    ctx: DistContext,
+    on_epoch_end: EpochCallback | None,
+) -> TrainResult:
     if ctx.device.type == "cpu":
         _set_cpu_threads(ctx)
     seed_everything(cfg.seed, cfg.deterministic)
