@@ -27,9 +27,11 @@ def resolve_bundle(model: str, work_dir: Path, tracking_uri: str | None = None) 
 
         from mccl_core.models.bundle import META_FILE
         from mccl_core.serving.pyfunc import BUNDLE_ARTIFACT
+        from mccl_core.tracking.reaper import sweep
         from mccl_core.tracking.tracker import resolve_tracking_uri
 
         uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
+        sweep(uri)  # a command that reads the store shows no run of a dead process as RUNNING
         local = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=model, dst_path=str(work_dir), tracking_uri=uri, registry_uri=uri

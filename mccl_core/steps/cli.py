@@ -25,7 +25,7 @@ from mccl_core.config import ConfigError, load_params
 from mccl_core.steps.common import configure_logging
 from mccl_core.steps.contract import STEP_NAMES, StepSpec, run_step, spec
 from mccl_core.steps.errors import StepError
-from mccl_core.tracking.steps import DEFAULT_RUN_REF, TrackingOptions
+from mccl_core.tracking.steps import DEFAULT_RUN_REF, TrackingOptions, close_runs_of_dead_processes
 
 USAGE = "usage: mccl step {" + ",".join(STEP_NAMES) + "} [args...]   (mccl step <name> --help for a step's options)"
 
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         run_ref = ns.run_ref if ns.run_ref.is_absolute() else ns.project_dir / ns.run_ref
         tracking = TrackingOptions.from_params(params, enabled=not ns.no_tracking, project_dir=ns.project_dir,
                                                parent_run_id=ns.parent_run_id, run_ref=run_ref)  # fmt: skip
+        if tracking.enabled:  # first, whatever the step then does: runs of killed processes end KILLED
+            close_runs_of_dead_processes(tracking)
         inputs = {item.step: getattr(ns, item.step) for item in step.inputs}
         outcome = run_step(name, params, inputs, ns.out, tracking)  # logs the summary line
     except (StepError, ValueError, FileNotFoundError) as error:  # ConfigError and weight errors are ValueErrors

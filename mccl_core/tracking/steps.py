@@ -14,8 +14,11 @@ How steps find the parent run (they are separate processes, possibly separate co
 Run status: every step ends its own run *and* the parent when it exits, so no run is left
 RUNNING whichever stages an experiment re-runs; the parent's status follows its latest child
 (FINISHED, or FAILED when that step failed), and a step that attaches to it marks it RUNNING
-again while it works. A parent left RUNNING by a killed execution is marked KILLED (with its
-RUNNING step runs) when the next execution starts its own parent.
+again while it works. A step killed before it could end its runs has them marked KILLED by its
+reaper at once, and any RUNNING run whose owner process is gone by the next step or store-reading
+command (:mod:`mccl_core.tracking.reaper`): a re-run that DVC satisfies from its cache, which runs
+none of our code, finds nothing RUNNING. A parent left RUNNING by a killed execution is also marked
+KILLED (with its RUNNING step runs) when the next execution starts its own parent.
 
 Comparison: the parent run carries the whole params file (dotted names, the same for every
 run), the steps' headline metrics (:meth:`StepTracking.log_headline`) and the per-epoch curves
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mccl_core.config import ConfigError, flatten, section
+from mccl_core.tracking.reaper import OWNER_TAG, RunReaper, process_identity, sweep
 from mccl_core.tracking.tracker import (
     PARENT_RUN_ENV,
     PARENT_RUN_TAG,
@@ -311,6 +315,7 @@ def tracked_step(
         yield StepTracking(None, None, None)
         return
     with ResilientTracker(options.tracker_config()) as tracker:
+        sweep(tracker.tracking_uri)  # runs of processes that died (see mccl_core.tracking.reaper)
         parent = _resolve_parent(tracker, options, options.parent_params or all_params)
         if options.adopt_run_ids and parent is not None:
             adopted = adopt_runs(StepTracking(tracker, None, parent), list(options.adopt_run_ids))
@@ -318,8 +323,14 @@ def tracked_step(
                 log.info("nested earlier step runs %s under the parent run %s", adopted, parent.run_id)
         status = "FAILED"
         tracking: StepTracking | None = None
+        reaper: RunReaper | None = None
         try:
             with tracker.step_run(step, parent=parent) as run:
+                # Owned by this process: if it dies without ending them, they are marked KILLED.
+                owned = [h for h in (run, parent) if h is not None and h.run_id is not None]
+                for handle in owned:
+                    tracker.set_tags({OWNER_TAG: process_identity()}, run=handle)
+                reaper = RunReaper(tracker.tracking_uri, [str(h.run_id) for h in owned])
                 if params:
                     tracker.log_params(dict(flatten(dict(params))), run=run)
                 tracker.set_provenance_tags(data_hash, run=run)
@@ -329,9 +340,20 @@ def tracked_step(
         finally:
             if parent is not None:
                 _end_parent(tracker, parent, status, options, complete=tracking is not None and tracking.complete)
+            if reaper is not None:
+                reaper.done()
         summary = tracker.not_logged
         if summary:
             log.warning("step %s: %s", step, summary.describe())
+
+
+def close_runs_of_dead_processes(options: TrackingOptions) -> list[str]:
+    """Mark the store's RUNNING runs whose owner process is gone KILLED (``mccl step`` calls this
+    first; commands that read the store call :func:`mccl_core.tracking.reaper.sweep`)."""
+    from mccl_core.tracking.tracker import resolve_tracking_uri
+
+    config = options.tracker_config()
+    return sweep(resolve_tracking_uri(Path(config.project_dir).resolve(), config.tracking_uri))
 
 
 def finish_parent_run(tracking: StepTracking) -> None:
