@@ -39,6 +39,13 @@ def _params(root: Path, tmp: Path, **extra) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """One model cache for the module: a variant trained by one test (same params, same
+    fingerprint) is reused by the next, as `mccl experiment` runs share `--models-dir`."""
+    return tmp_path_factory.mktemp("experiment-models")
+
+
 def _main(*argv: str) -> int:
     from mccl_core.experiments.cli import main
 
@@ -97,12 +104,14 @@ def test_unknown_variant_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_stages_experiment_and_model_cache(tiny_demo, tmp_path, caplog):
-    """Stages table with the learned gate; then robustness reuses the identical MCCL model."""
+def test_stages_experiment_and_model_cache(tiny_demo, models_dir, tmp_path, caplog):
+    """Stages table with the learned gate; then robustness reuses the identical MCCL model. The
+    module's first test to train: both stage variants are new in the shared cache."""
     params = _params(tiny_demo, tmp_path)
     out = tmp_path / "exp"
+    before = {p.name for p in models_dir.iterdir()}
     assert _main("stages", "--params", str(params), "--out", str(out / "stages"), "--no-tracking",
-                 "--variants", "L3-L4,L1-L4+gate") == 0  # fmt: skip
+                 "--variants", "L3-L4,L1-L4+gate", "--models-dir", str(models_dir)) == 0  # fmt: skip
     rows = _outputs(out / "stages", "stages")
     assert [r["variant"] for r in rows] == ["L3-L4", "L1-L4+gate"]
     for row in rows:
@@ -111,15 +120,15 @@ def test_stages_experiment_and_model_cache(tiny_demo, tmp_path, caplog):
     assert rows[0]["stage_gate"] == "" and "layer1=" in rows[1]["stage_gate"]
     assert {"gate_layer1", "gate_layer4"} <= set(rows[1]) and float(rows[1]["gate_layer4"]) > 0
     assert "learned gate" in (out / "stages" / "stages.md").read_text()
-    models = sorted(p.name for p in (out / "models").iterdir())
-    assert len(models) == 2
+    models = sorted(p.name for p in models_dir.iterdir())
+    assert len(set(models) - before) == 2
 
     caplog.clear()
     with caplog.at_level("INFO", logger="mccl_core.experiments.runner"):
         assert _main("robustness", "--params", str(params), "--out", str(out / "robustness"), "--no-tracking",
-                     "--variants", "mccl", "--corruptions", "jpeg30,down2") == 0  # fmt: skip
+                     "--variants", "mccl", "--corruptions", "jpeg30,down2", "--models-dir", str(models_dir)) == 0  # fmt: skip
     assert "reusing cached model" in caplog.text
-    assert sorted(p.name for p in (out / "models").iterdir()) == models  # nothing new trained
+    assert sorted(p.name for p in models_dir.iterdir()) == models  # nothing new trained
     rows = _outputs(out / "robustness", "robustness")
     assert [(r["variant"], r["corruption"]) for r in rows] == [("mccl", "clean"), ("mccl", "jpeg30"),
                                                                 ("mccl", "down2")]  # fmt: skip
@@ -127,7 +136,7 @@ def test_stages_experiment_and_model_cache(tiny_demo, tmp_path, caplog):
     assert (out / "robustness" / "robustness_map.png").is_file()
 
 
-def test_text_experiment(tiny_demo, tiny_demo_label_embeddings, tmp_path):
+def test_text_experiment(tiny_demo, tiny_demo_label_embeddings, models_dir, tmp_path):
     from mccl_core.data import DataConfig, load_split
     from mccl_core.experiments.runner import label_embedding_cache
     from mccl_core.models import ModelConfig
@@ -138,7 +147,7 @@ def test_text_experiment(tiny_demo, tiny_demo_label_embeddings, tmp_path):
     cache.parent.mkdir(parents=True)
     shutil.copy(tiny_demo_label_embeddings, cache)  # precomputed: no encoder needed
     assert _main("text", "--params", str(_params(tiny_demo, tmp_path)), "--out", str(out), "--no-tracking",
-                 "--variants", "description,onehot") == 0  # fmt: skip
+                 "--variants", "description,onehot", "--models-dir", str(models_dir)) == 0  # fmt: skip
     rows = _outputs(out, "text")
     assert [r["variant"] for r in rows] == ["description", "onehot"]
     assert "no second offline encoder was available" in (out / "text.md").read_text()
@@ -152,7 +161,7 @@ class _FakeResult:
     random: float
 
 
-def test_pointing_experiment_against_the_api(tiny_demo, tmp_path, monkeypatch):
+def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, monkeypatch):
     """The pointing table from pointing_game's documented API (a stand-in module here)."""
     calls = []
 
@@ -166,7 +175,8 @@ def test_pointing_experiment_against_the_api(tiny_demo, tmp_path, monkeypatch):
     fake.PointingDataError = type("PointingDataError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "mccl_core.explain.pointing", fake)
     out = tmp_path / "exp" / "pointing"
-    assert _main("pointing", "--params", str(_params(tiny_demo, tmp_path)), "--out", str(out), "--no-tracking") == 0
+    assert _main("pointing", "--params", str(_params(tiny_demo, tmp_path)), "--out", str(out), "--no-tracking",
+                 "--models-dir", str(models_dir)) == 0  # fmt: skip
     rows = _outputs(out, "pointing")
     assert [r["variant"] for r in rows] == ["mccl", "no_mcc"] and calls == ["test", "test"]
     assert rows[0]["assignment_hit"] == "0.25" and rows[1]["assignment_hit"] == ""
@@ -174,18 +184,18 @@ def test_pointing_experiment_against_the_api(tiny_demo, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pointing_experiment_with_the_real_pointing_game(tiny_demo, tmp_path):
+def test_pointing_experiment_with_the_real_pointing_game(tiny_demo, models_dir, tmp_path):
     pytest.importorskip("mccl_core.explain.pointing")
     out = tmp_path / "exp" / "pointing"
     assert _main("pointing", "--params", str(_params(tiny_demo, tmp_path)), "--out", str(out), "--no-tracking",
-                 "--variants", "mccl") == 0  # fmt: skip
+                 "--variants", "mccl", "--models-dir", str(models_dir)) == 0  # fmt: skip
     (row,) = _outputs(out, "pointing")
     assert int(row["pairs"]) > 0 and 0 <= float(row["attention_hit"]) <= 1 and 0 < float(row["random_hit"]) < 1
     assert 0 <= float(row["assignment_hit"]) <= 1
 
 
 @pytest.mark.slow
-def test_tracking_parent_and_nested_runs(tiny_demo, tmp_path, monkeypatch):
+def test_tracking_parent_and_nested_runs(tiny_demo, models_dir, tmp_path, monkeypatch):
     """One parent run per experiment, one nested run per variant with params and metrics."""
     from mlflow import MlflowClient
 
@@ -193,7 +203,7 @@ def test_tracking_parent_and_nested_runs(tiny_demo, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = _params(tiny_demo, tmp_path, tracking={"enabled": True, "experiment": "exp-test", "tracking_uri": uri})
     assert _main("robustness", "--params", str(params), "--out", str(tmp_path / "exp" / "robustness"),
-                 "--corruptions", "noise0.10") == 0  # fmt: skip
+                 "--corruptions", "noise0.10", "--models-dir", str(models_dir)) == 0  # fmt: skip
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("exp-test")
     runs = client.search_runs([experiment.experiment_id])
@@ -213,7 +223,8 @@ def test_tracking_parent_and_nested_runs(tiny_demo, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_runs_without_mlflow(tiny_demo, tmp_path):
-    """--no-tracking never imports mlflow (nor great_expectations): the GPU machine has neither."""
+    """--no-tracking never imports mlflow (nor great_expectations): the GPU machine has neither.
+    Its own model cache: the training path itself must run without them."""
     params = _params(tiny_demo, tmp_path)
     out = tmp_path / "exp" / "stages"
     code = (

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = Path(__file__).parent / "fixtures" / "k8s"
@@ -349,31 +348,15 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def upstream(tiny_demo, tmp_path_factory) -> tuple[dict, dict[str, Path]]:
-    """validate -> extract -> cluster on the tiny demo, once for this module."""
-    from mccl_core.steps.contract import run_step
-    from mccl_core.tracking.steps import TrackingOptions
-
-    root = tmp_path_factory.mktemp("launch_upstream")
-    params = {"data": {"source": "demo", "root": str(tiny_demo)}, "validate": {"workers": 2},
-              "extract": {"batch_size": 64, "tokens_per_image": 8, "shard_size": 64, "device": "cpu"},
-              "cluster": {"device": "cpu"}, "model": copy.deepcopy(TINY_MODEL),
-              "train": {"image_size": 32, "num_workers": 0, "device": "cpu"}}  # fmt: skip
-    folders: dict[str, Path] = {}
-    for name, inputs in (("validate", {}), ("extract", {"validate"}), ("cluster", {"validate", "extract"})):
-        folders[name] = root / name
-        run_step(name, params, {k: folders[k] for k in inputs}, folders[name], TrackingOptions(enabled=False))
-    return params, folders
+def upstream(tiny_upstream) -> tuple[dict, dict[str, Path]]:
+    """validate -> extract -> cluster on the tiny demo (the session's, read-only)."""
+    return tiny_upstream
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from services import SeaweedS3
-
-    server = SeaweedS3(tmp_path_factory.mktemp("launch_s3"), "launchkey", "launchsecret123", buckets=["mccl"])
-    server.start()
-    yield server
-    server.stop()
+def s3(s3_server):
+    """The session's S3 server; these tests write under s3://mccl/{staging,restart,nodes}."""
+    return s3_server
 
 
 def _train(upstream, out: Path, cluster: LocalCluster, launch: dict, **train: Any) -> Any:
@@ -480,8 +463,8 @@ def _prototype_gap(single: dict, multi: dict) -> list[tuple[str, float, float]]:
 
 @pytest.mark.slow
 def test_two_node_processes_give_the_one_node_result(upstream, s3, tmp_path, monkeypatch):
-    """A 2-node TrainJob (2 node processes on 127.0.0.1, static rendezvous from PET_*) trains the
-    same model as 1 node with the same global batch."""
+    """A 2-node PyTorchJob (2 node processes on 127.0.0.1, static rendezvous from PET_*) trains the
+    same model as a 1-node TrainJob with the same global batch."""
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -489,7 +472,10 @@ def test_two_node_processes_give_the_one_node_result(upstream, s3, tmp_path, mon
     common = dict(epochs=2, augment=False, ema_decay=0.0, deterministic=False, freeze_bn_stats=True, lr=2e-3)
     one = _train(upstream, tmp_path / "one", LocalCluster(tmp_path / "p1", env), _launch("s3://mccl/nodes"), **common)
     cluster = LocalCluster(tmp_path / "p2", env)
-    two = _train(upstream, tmp_path / "two", cluster, _launch("s3://mccl/nodes", nnodes=2), **common)
+    # The 2 nodes as a Training Operator v1 PyTorchJob (1 master + 1 worker): both launchers' manifests
+    # run end to end, the TrainJob's in the tests above.
+    two = _train(upstream, tmp_path / "two", cluster, _launch("s3://mccl/nodes", nnodes=2, backend="pytorchjob"),
+                 **common)  # fmt: skip
     assert [r["epoch"] for r in two.history] == [0, 1]
     assert [r["replica_prototype_max_diff"] for r in two.history] == [pytest.approx(0.0, abs=1e-6)] * 2
     for s, d in zip(one.history, two.history):

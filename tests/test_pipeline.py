@@ -1,21 +1,18 @@
 """Kubeflow pipeline: the committed YAML is current, its structure, the components are adapters
-over the step contract, the pod entry point run as a PyTorchJob pod (staging on a real S3 server;
-manifests and the other launcher tests are in test_launch.py), the submit CLI without a cluster,
-and the whole DAG run locally with kfp.local.SubprocessRunner."""
+over the step contract, and the submit CLI without a cluster. The whole DAG run locally with
+kfp.local.SubprocessRunner is in test_dvc.py (one run, compared with `dvc repro`'s); the pods of
+a TrainJob / PyTorchJob run on a real S3 server in test_launch.py."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipeline" / "mccl_pipeline.yaml"
@@ -137,107 +134,3 @@ def test_submit_without_a_reachable_endpoint_fails_clearly(capsys):
     assert main(["submit", "--host", "http://127.0.0.1:9", "--package", str(COMPILED), "--param", "num_nodes=2"]) == 1
     err = capsys.readouterr().err
     assert "endpoint http://127.0.0.1:9 is not reachable" in err
-
-
-@pytest.mark.slow
-def test_whole_dag_runs_locally_with_the_subprocess_runner(tmp_path, monkeypatch):
-    """demo -> validate -> extract -> cluster -> train -> evaluate -> register, one MLflow parent."""
-    from kfp import local
-    from mlflow import MlflowClient
-
-    from pipeline.pipeline import mccl_pipeline
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model = copy.deepcopy(TINY_MODEL)
-    mccl_pipeline(
-        demo_params={"seed": 3, "n_train": 96, "n_val": 48, "n_test": 48, "image_size": 32, "workers": 1},
-        data={"source": "demo", "root": "data/demo"},
-        validate_params={"workers": 2},
-        extract_params={"batch_size": 48, "tokens_per_image": 8, "shard_size": 64, "device": "cpu"},
-        cluster_params={"device": "cpu"},
-        model=model,
-        train_params={"epochs": 1, "batch_size": 16, "lr": 1e-3, "image_size": 32, "num_workers": 0, "device": "cpu"},
-        launch={"nproc_per_node": 1},
-        evaluate_params={"batch_size": 48, "device": "cpu", "plots": True},
-        register_params={"model_name": "mccl-kfp-test", "alias": "champion"},
-        tracking={"experiment": "mccl-kfp"},
-        mlflow_tracking_uri=tracking_uri,
-        accelerators_per_node=1,
-    )
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("mccl-kfp")  # the tracking section reaches Kubeflow too
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"pipeline", *STEPS}  # the demo step's run too, adopted by train
-    parent_id = runs["pipeline"].info.run_id
-    for step in STEPS:
-        assert runs[step].data.tags.get("mlflow.parentRunId") == parent_id, step  # cached-step runs adopted
-        assert runs[step].info.status == "FINISHED"
-    assert runs["pipeline"].info.status == "FINISHED"  # every step ends it
-    assert "official/test/macro_f1" in runs["evaluate"].data.metrics
-    assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "train_loss")] == [0]
-    version = client.get_model_version_by_alias("mccl-kfp-test", "champion")
-    assert str(version.version) == "1" and float(version.tags["test_macro_f1"]) >= 0.0
-    assert runs["register"].data.tags["mccl.dvc.data_hash"].startswith("sha256:")
-    summaries = list((tmp_path / "kfp").rglob("validate/summary"))
-    assert summaries and "Data validation: PASSED" in summaries[0].read_text()
-    reports = list((tmp_path / "kfp").rglob("evaluate/report"))
-    assert reports and "<h2>MCCL evaluation</h2>" in reports[0].read_text()
-    explained = list((tmp_path / "kfp").rglob("explain/summary"))
-    assert explained and "| pointing_random |" in explained[0].read_text()
-    assert "pointing_attention" in runs["explain"].data.metrics
-
-
-@pytest.mark.slow
-def test_pytorchjob_pod_runs_the_train_step_from_staged_inputs(
-    tiny_demo, tiny_demo_label_embeddings, tmp_path, monkeypatch
-):
-    """What the train step stages for a PyTorchJob, a pod (python -m mccl_core.launch.pytorchjob,
-    with the PET_* environment of the Training Operator) downloads, trains and uploads (real S3)."""
-    import subprocess
-    import sys
-
-    from services import SeaweedS3
-
-    from mccl_core.launch.staging import download_prefix, upload_dir
-    from mccl_core.steps.contract import run_step
-    from mccl_core.tracking.steps import TrackingOptions
-
-    off = TrackingOptions(enabled=False)
-    params = {"data": {"source": "demo", "root": str(tiny_demo)}, "validate": {"workers": 2},
-              "extract": {"batch_size": 64, "tokens_per_image": 8, "shard_size": 64, "device": "cpu"},
-              "cluster": {"device": "cpu"}, "model": copy.deepcopy(TINY_MODEL),
-              "train": {"epochs": 1, "batch_size": 16, "image_size": 32, "num_workers": 0, "device": "cpu"}}  # fmt: skip
-    folders = {}
-    for name, inputs in (("validate", {}), ("extract", {"validate"}), ("cluster", {"validate", "extract"})):
-        folders[name] = tmp_path / name
-        run_step(name, params, {k: folders[k] for k in inputs}, folders[name], off)
-    server = SeaweedS3(tmp_path / "seaweed", "stagingkey", "stagingsecret123", buckets=["mccl"])
-    server.start()
-    try:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
-        staged = tmp_path / "staged"
-        for name in ("validate", "extract", "cluster"):
-            shutil.copytree(folders[name], staged / name)
-        (staged / "params.yaml").write_text(yaml.safe_dump({"model": params["model"], "train": params["train"]}))
-        upload_dir(staged, "minio://mccl/run1/inputs")
-        env = {**os.environ, **server.env(), "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0",
-               "OMP_NUM_THREADS": "2"}  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", "mccl_core.launch.pytorchjob", "--staging-uri", "s3://mccl/run1",
-                               "--workspace", str(tmp_path / "pod")], env=env, capture_output=True, text=True, check=False)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        assert download_prefix("s3://mccl/run1/outputs", tmp_path / "fetched") > 0
-        history = json.loads((tmp_path / "fetched" / "history.json").read_text())
-        assert [r["epoch"] for r in history] == [0]
-        assert (tmp_path / "fetched" / "model" / "bundle.json").is_file()
-        assert (tmp_path / "fetched" / "checkpoints" / "inputs.json").is_file()  # the resume guard's record
-        # A restarted pod of the same job resumes from the uploaded checkpoint: nothing left to train.
-        again = subprocess.run([sys.executable, "-m", "mccl_core.launch.pytorchjob", "--staging-uri", "s3://mccl/run1",
-                                "--workspace", str(tmp_path / "pod2")], env=env, capture_output=True, text=True, check=False)  # fmt: skip
-        assert again.returncode == 0, again.stderr[-4000:]
-        assert "resuming from" in again.stderr and "same inputs" in again.stderr
-    finally:
-        server.stop()

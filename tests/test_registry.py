@@ -9,7 +9,6 @@ import math
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from services import MlflowServer
 
 from mccl_core.serving import CANDIDATE_TAG, PROMOTED_TAG, SCORE_TAG, promote_if_better
 from mccl_core.serving.registry import (
@@ -28,6 +27,8 @@ from mccl_core.serving.registry import (
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def client(request, tmp_path_factory) -> MlflowClient:
+    """An embedded SQLite store, or the session's real MLflow server (its model names are this
+    module's own)."""
     folder = tmp_path_factory.mktemp(f"mlflow-registry-{request.param}")
     if request.param == "sqlite":
         uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -36,11 +37,8 @@ def client(request, tmp_path_factory) -> MlflowClient:
         client.create_experiment("registry-test", artifact_location=(folder / "artifacts").as_uri())
         yield client
         return
-    server = MlflowServer(folder).start()
-    try:
-        yield MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-    finally:
-        server.stop()
+    server = request.getfixturevalue("mlflow_server")
+    yield MlflowClient(tracking_uri=server.url, registry_uri=server.url)
 
 
 def _new_version(client: MlflowClient, name: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import secrets
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from services import MlflowServer, SeaweedS3, venv_executable
 
 from mccl_core.launch.s3 import ensure_bucket, list_keys, s3_client_from_env
@@ -25,8 +25,9 @@ from mccl_core.tracking import ResilientTracker, TrackerConfig
 # servers are real processes: never let a hang block the suite
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
-ACCESS_KEY = "mccl" + secrets.token_hex(4)
-SECRET_KEY = secrets.token_urlsafe(24)
+#: The session's S3 server (conftest.s3_server) and its random credentials; this module writes
+#: only to its own bucket.
+ACCESS_KEY, SECRET_KEY = S3_ACCESS_KEY, S3_SECRET_KEY
 BUCKET = "mccl-artifacts"
 
 ECHO_MODEL_CODE = '''
@@ -50,12 +51,10 @@ def _clean_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory):
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"), ACCESS_KEY, SECRET_KEY, buckets=[BUCKET])
-    server.start()
-    yield server
-    server.stop()
-    assert SECRET_KEY not in server.log_text()
+def s3(s3_server: SeaweedS3) -> SeaweedS3:
+    """The session's server (its teardown checks that the secret is in none of its logs)."""
+    assert BUCKET in s3_server.buckets
+    return s3_server
 
 
 def _assert_secret_absent(*texts: str | bytes) -> None:

@@ -145,9 +145,11 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(served_bundle, bare_scores, tmp_path_factory) -> Served:
+def served(served_bundle, bare_scores, mlflow_server, tmp_path_factory) -> Served:
+    """The session's MLflow server holds the registered champion; `mlflow models serve` is this
+    module's own process."""
     workdir = tmp_path_factory.mktemp("serving-mlflow")
-    server = MlflowServer(workdir).start()
+    server = mlflow_server
     process = None
     # A threshold inside the score range, so "intents" is neither always empty nor always all classes.
     threshold = float(np.median(bare_scores))
@@ -181,7 +183,6 @@ def served(served_bundle, bare_scores, tmp_path_factory) -> Served:
     finally:
         if process is not None:
             process.stop()
-        server.stop()
 
 
 def _post(url: str, payload: dict | None = None, raw: str | None = None) -> requests.Response:

@@ -36,20 +36,19 @@ pytestmark = pytest.mark.timeout(300)
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
 
 
-@pytest.fixture(scope="module")
-def server_holder(tmp_path_factory: pytest.TempPathFactory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture()
+def server(mlflow_server: MlflowServer) -> MlflowServer:
+    """The session's server (each test here has its own experiment name)."""
+    return mlflow_server
 
 
 @pytest.fixture()
-def server(server_holder: MlflowServer) -> MlflowServer:
-    """The module's server, restarted (same port and database) if a test crashed it."""
-    if not server_holder.service.running:
-        server_holder.start()
-    return server_holder
+def crashable_server(tmp_path: Path):
+    """A server of this test's own: the test kills it and starts it again."""
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -208,8 +207,9 @@ def test_system_metrics_toggle(server: MlflowServer, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a real mlflow server
 def test_server_killed_mid_run_keeps_going_and_journals(
-    server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    crashable_server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server = crashable_server
     (tmp_path / "late.txt").write_text("late artifact")
     journal = tmp_path / "journal.jsonl"
     config = TrackerConfig(project_dir=tmp_path, experiment_name="crash", tracking_uri=server.url,
