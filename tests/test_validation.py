@@ -176,19 +176,20 @@ def test_bad_record_fails_naming_the_record(case: str, images: Path, tmp_path: P
     assert "bad" in report.to_markdown() and "FAIL" in report.to_markdown()
 
 
-def test_duplicate_ids_flag_every_copy(images: Path) -> None:
+def test_duplicate_ids_flag_the_later_copies(images: Path) -> None:
+    """Only the second and later copies fail: quarantining the first too would lose a good record."""
     frame = _good_frame(images)
     frame.loc[5, "image_id"] = "id4"  # both val rows now share id4
     frame.loc[7, "image_id"] = "id0"  # a test row reuses a train id
     with pytest.raises(DataValidationError) as caught:
         _validate(frame, images)
     report = caught.value.report
-    assert [r.image_id for r in report.offending] == ["id0", "id4", "id4", "id0"]
+    assert [r.image_id for r in report.offending] == ["id4", "id0"]
     by_check = {e.check: e for e in report.expectations}
-    assert by_check["image_id_unique"].failing_rows == [0, 4, 5, 7]
-    assert by_check["image_id_unique_per_split"].failing_rows == [4, 5]
-    assert "duplicate image_id 'id4' within split 'val'" in report.offending[1].problem
-    assert "duplicate image_id 'id0' (2 records share it)" in str(caught.value)
+    assert by_check["image_id_unique"].failing_rows == [5, 7]
+    assert by_check["image_id_unique_per_split"].failing_rows == [5]
+    assert "duplicate image_id 'id4' within split 'val'" in report.offending[0].problem
+    assert "duplicate image_id 'id0' (2 records share it; the first, row 0, is kept)" in str(caught.value)
 
 
 def test_decompression_bomb_guard_does_not_decode(images: Path) -> None:
@@ -552,10 +553,14 @@ def test_step_quarantine_policy_sets_exactly_the_bad_record_aside(case: str, tmp
     report = json.loads((out / "report.json").read_text())
     assert report["usable"] is True and {r["image_id"] for r in report["offending_records"]} == {bad_id}
     kept = _validated_ids(out)
-    assert all(bad_id not in ids for ids in kept.values())
-    expected_ids = {s: [i for i, _ in rows if i != bad_id] for s, rows in STEP_LAYOUT.items()}
+    # A duplicate sets only its later copy aside: the first record is good and stays (issue 21).
+    first_stays = case in ("manifest duplicate id", "json duplicate annotation")
+    assert all(bad_id not in ids for ids in kept.values()) or first_stays
+    expected_ids = {s: [i for i, _ in rows if i != bad_id or first_stays] for s, rows in STEP_LAYOUT.items()}
     if cfg.source == "manifest":
         expected_ids = {s: [f"img/{i}.jpg" for i in ids] for s, ids in expected_ids.items()}
+        if first_stays:
+            expected_ids["train"].append(bad_id)
     assert kept == expected_ids  # every other record is there, in order
 
 

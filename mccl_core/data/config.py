@@ -44,6 +44,9 @@ class DataConfig:
             ``{split}`` for one file per split. Relative to the working directory.
         class_list: class-list file for ``manifest`` (one name per line or JSON).
         max_image_pixels: images above this many pixels are refused (decompression bombs).
+        allowed_roots: more folders image paths may resolve into. Validation refuses every image
+            whose path resolves (after symlinks) outside ``root``, the manifest's folder and
+            these: DVC watches only those, and nothing else should be read.
     """
 
     source: Source = "demo"
@@ -54,6 +57,8 @@ class DataConfig:
     manifest: Path | None = None
     class_list: Path | None = None
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
+    #: Folders besides ``root`` (and a manifest's folder) that image paths may resolve into.
+    allowed_roots: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -66,6 +71,7 @@ class DataConfig:
         self.mdid_splits_file = Path(self.mdid_splits_file) if self.mdid_splits_file is not None else None
         self.manifest = Path(self.manifest) if self.manifest is not None else None
         self.class_list = Path(self.class_list) if self.class_list is not None else None
+        self.allowed_roots = [Path(p) for p in self.allowed_roots or []]
         if self.source == "mdid" and not 0 <= self.mdid_split_index < MDID_NUM_SPLITS:
             raise ConfigError(
                 f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}"
@@ -88,7 +94,7 @@ class DataConfig:
             "manifest": str(self.manifest) if self.manifest else None,
             "class_list": str(self.class_list) if self.class_list else None,
             "max_image_pixels": self.max_image_pixels,
-        }
+        } | ({"allowed_roots": [str(p) for p in self.allowed_roots]} if self.allowed_roots else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:

@@ -51,6 +51,8 @@ class CheckedRecord:
     split: str
     label_ids: tuple[int, ...] | None
     problems: tuple[str, ...] = ()
+    #: The record's line in its file (what the problems quote as "line N"), where it has one.
+    line: int | None = None
 
 
 #: (every record of the asked splits, class names, class descriptions)
@@ -121,7 +123,7 @@ def _checked_manifest(cfg: DataConfig, splits: Sequence[str]) -> CheckedSplits:
     records = [
         CheckedRecord(
             row.image_id, row.image_path, row.split, row.label_ids,
-            tuple(f"manifest {str(path)!r}: {p}" for p in row.problems),
+            tuple(f"manifest {str(path)!r}: {p}" for p in row.problems), row.line_number,
         )
         for path, row in rows
     ]  # fmt: skip

@@ -137,6 +137,9 @@ class _SourceRows:
 
 
 MANIFEST_COLUMNS = [*REQUIRED_COLUMNS, ANNOTATION_PROBLEMS]
+#: A record's line in its manifest file (manifest sources): the "line N" its problems quote.
+#: ``row_number`` in quarantine.csv is something else: the 0-based position among all records.
+LINE_COLUMN = "line"
 
 
 def _intentonomy_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
@@ -193,10 +196,14 @@ def _checked_rows(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
     records, names, descriptions = reader(data_cfg, splits)
     rows = [
         {"image_id": r.image_id, "image_path": None if r.image_path is None else str(r.image_path), "split": r.split,
-         "label_ids": None if r.label_ids is None else list(r.label_ids), ANNOTATION_PROBLEMS: list(r.problems)}
+         "label_ids": None if r.label_ids is None else list(r.label_ids), LINE_COLUMN: r.line,
+         ANNOTATION_PROBLEMS: list(r.problems)}
         for r in records
     ]  # fmt: skip
-    return _SourceRows(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), names, descriptions, {})
+    # Records with a line in their file keep it: quarantine.csv then says "line" as the reasons do.
+    columns = MANIFEST_COLUMNS if all(r.line is None for r in records) else [*REQUIRED_COLUMNS, LINE_COLUMN,
+                                                                             ANNOTATION_PROBLEMS]  # fmt: skip
+    return _SourceRows(pd.DataFrame(rows, columns=columns), names, descriptions, {})
 
 
 def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
@@ -204,6 +211,13 @@ def build_manifest(data_cfg: DataConfig, splits: list[str]) -> _SourceRows:
     if data_source(data_cfg).intentonomy_schema:
         return _intentonomy_rows(data_cfg, splits)
     return _checked_rows(data_cfg, splits)
+
+
+def allowed_roots(data_cfg: DataConfig) -> list[Path]:
+    """Where image paths may resolve: ``data.root``, the source's image folder (a manifest's
+    folder) and ``data.allowed_roots``. DVC watches these; a file elsewhere is never read."""
+    roots = [data_cfg.root, Path(data_source(data_cfg).data_dir(data_cfg)), *data_cfg.allowed_roots]
+    return list(dict.fromkeys(roots))
 
 
 def data_hash_of(data_cfg: DataConfig, splits: list[str], project_dir: Path) -> str:
@@ -361,6 +375,7 @@ def run_validate(
                 quarantine_path=quarantine_path,
                 min_train_images_per_class=cfg.min_train_images_per_class,
                 workers=cfg.workers,
+                allowed_roots=allowed_roots(data_cfg),
             )
         except DataValidationError as error:
             _write_report(out_dir, error.report, data_cfg, splits, data_hash)

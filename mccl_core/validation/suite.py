@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -86,6 +88,7 @@ def _derive_rows(
     limits: ImageLimits,
     image_root: Path | None,
     workers: int,
+    allowed_roots: Sequence[Path] | None = None,
 ) -> tuple[pd.DataFrame, list[ImageInspection]]:
     rows = pd.DataFrame(
         {
@@ -97,6 +100,9 @@ def _derive_rows(
             "split": manifest["split"].to_numpy(dtype=object),
         }
     )
+    ids = rows["image_id"]
+    rows["image_id_first"] = ~(ids.duplicated(keep="first") & ids.notna())
+    rows["image_id_first_in_split"] = ~(rows.duplicated(subset=["split", "image_id"], keep="first") & ids.notna())
     labels = [_label_columns(v, num_classes) for v in manifest["label_ids"].tolist()]
     rows["labels_wellformed"] = [x[0] for x in labels]
     rows["n_labels"] = np.array([x[1] for x in labels], dtype=np.int64)
@@ -106,12 +112,33 @@ def _derive_rows(
         problems = [_problem_list(v) for v in manifest[ANNOTATION_PROBLEMS].tolist()]
         rows["annotation_ok"] = [not p for p in problems]
         rows["_annotation_problems"] = ["; ".join(p) for p in problems]
+    paths = [_resolve(p, image_root) for p in manifest["image_path"].tolist()]
+    outside: list[str | None] = [None] * len(paths)
+    if allowed_roots is not None:
+        outside = [outside_roots(p, allowed_roots) for p in paths]
+        rows["inside_root"] = [o is None for o in outside]
+        rows["_outside_root"] = [o or "" for o in outside]
     inspections: list[ImageInspection] = []
     if check_images:
-        paths = [_resolve(p, image_root) for p in manifest["image_path"].tolist()]
-        inspections = inspect_paths(paths, limits, workers)
+        # A path outside the roots is never opened: its only problem is where it points.
+        inspections = inspect_paths([None if o else p for p, o in zip(paths, outside)], limits, workers)
+        inspections = [ImageInspection(Path(str(p)), None, None, None) if o else i
+                       for i, p, o in zip(inspections, paths, outside)]  # fmt: skip
         add_image_columns(rows, inspections)
     return rows, inspections
+
+
+def outside_roots(path: Path | None, roots: Sequence[Path]) -> str | None:
+    """``None`` when ``path`` resolves (symlinks followed, ``..`` collapsed) inside one of
+    ``roots``; else the problem, naming the resolved path. Only resolves: nothing is opened."""
+    if path is None:
+        return None
+    resolved = Path(os.path.realpath(path))
+    if any(resolved.is_relative_to(Path(os.path.realpath(root))) for root in roots):
+        return None
+    shown = ", ".join(str(Path(os.path.realpath(r))) for r in roots)
+    return (f"image path {str(path)!r} resolves to {str(resolved)!r}, outside the data root(s) [{shown}]: "
+            "not opened (keep images under data.root, or list their folder in data.allowed_roots)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +155,11 @@ class _Check:
 
 
 def _row_checks(
-    num_classes: int, check_images: bool, limits: ImageLimits, annotation_problems: bool = False
+    num_classes: int,
+    check_images: bool,
+    limits: ImageLimits,
+    annotation_problems: bool = False,
+    inside_roots: bool = False,
 ) -> list[_Check]:
     import great_expectations as gx
     from great_expectations.expectations.row_conditions import Column
@@ -139,10 +170,12 @@ def _row_checks(
                E.ExpectTableRowCountToBeBetween(min_value=1)),
         _Check("image_id_present", "row", "image_id is set",
                E.ExpectColumnValuesToNotBeNull(column="image_id")),
-        _Check("image_id_unique", "row", "image ids are unique over the whole manifest",
-               E.ExpectColumnValuesToBeUnique(column="image_id")),
-        _Check("image_id_unique_per_split", "row", "image ids are unique within each split",
-               E.ExpectCompoundColumnsToBeUnique(column_list=["split", "image_id"])),
+        # A repeated id fails on its later copies only: the first record is fine, and setting it
+        # aside too (quarantine) would lose a good record.
+        _Check("image_id_unique", "row", "image ids are unique over the whole manifest (later copies fail)",
+               E.ExpectColumnValuesToBeInSet(column="image_id_first", value_set=[True])),
+        _Check("image_id_unique_per_split", "row", "image ids are unique within each split (later copies fail)",
+               E.ExpectColumnValuesToBeInSet(column="image_id_first_in_split", value_set=[True])),
         _Check("image_path_present", "row", "image_path is set",
                E.ExpectColumnValuesToNotBeNull(column="image_path")),
         _Check("split_valid", "row", f"split is one of {list(SPLITS)}",
@@ -160,6 +193,11 @@ def _row_checks(
             1,
             _Check("annotation_valid", "row", "the annotation reader found no problem in the record",
                    E.ExpectColumnValuesToBeInSet(column="annotation_ok", value_set=[True]))
+        )  # fmt: skip
+    if inside_roots:
+        checks.insert(
+            1, _Check("image_inside_root", "row", "the image path resolves inside the data root(s)",
+                      E.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True]))
         )  # fmt: skip
     if check_images:
         # The verdicts come from the image inspector (the loader's own checks); GX asserts them.
@@ -276,12 +314,19 @@ def _outcome(check: _Check, gx_result: Any, index_column: str | None) -> Expecta
 
 
 def _problem_text(
-    check: str, row: pd.Series, id_counts: dict[Any, int], num_classes: int, inspection: ImageInspection | None
+    check: str,
+    row: pd.Series,
+    id_counts: dict[Any, int],
+    num_classes: int,
+    inspection: ImageInspection | None,
+    first_rows: dict[Any, int] | None = None,
 ) -> str:
+    first_rows = first_rows or {}
     if check == "image_id_present":
         return "image_id is missing"
     if check == "image_id_unique":
-        return f"duplicate image_id {row['image_id']!r} ({id_counts.get(row['image_id'], 0)} records share it)"
+        return (f"duplicate image_id {row['image_id']!r} ({id_counts.get(row['image_id'], 0)} records share it; "
+                f"the first, row {first_rows.get(row['image_id'])}, is kept)")  # fmt: skip
     if check == "image_id_unique_per_split":
         return f"duplicate image_id {row['image_id']!r} within split {row['split']!r}"
     if check == "image_path_present":
@@ -296,6 +341,8 @@ def _problem_text(
         return f"{row['split']} record has no labels (val/test records need at least one)"
     if check == "annotation_valid":
         return str(row["_annotation_problems"])
+    if check == "image_inside_root":
+        return str(row["_outside_root"])
     if check in IMAGE_CHECKS and inspection is not None:
         return image_problem(check, inspection)
     return f"failed check {check}"
@@ -305,6 +352,9 @@ def _offending_records(
     outcomes: list[ExpectationOutcome], rows: pd.DataFrame, num_classes: int, inspections: list[ImageInspection]
 ) -> list[OffendingRecord]:
     id_counts = rows["image_id"].value_counts(dropna=True).to_dict()
+    first_rows: dict[Any, int] = {}
+    for position, image_id in enumerate(rows["image_id"].tolist()):
+        first_rows.setdefault(image_id, position)
     by_row: dict[int, OffendingRecord] = {}
     for outcome in outcomes:
         if outcome.level != "row":
@@ -322,7 +372,7 @@ def _offending_records(
                     problems=[],
                 )
             inspection = inspections[row_number] if inspections else None
-            text = _problem_text(outcome.check, row, id_counts, num_classes, inspection)
+            text = _problem_text(outcome.check, row, id_counts, num_classes, inspection, first_rows)
             record.checks.append(outcome.check)
             if text not in record.problems:
                 record.problems.append(text)
@@ -357,6 +407,7 @@ def validate_manifest(
     quarantine_path: Path | None = None,
     min_train_images_per_class: int = 1,
     workers: int = 4,
+    allowed_roots: Sequence[Path] | None = None,
 ) -> ValidationReport:
     """Validate ``manifest`` (columns: see :mod:`mccl_core.validation.schema`) with GX.
 
@@ -369,6 +420,9 @@ def validate_manifest(
     the records that failed row-level checks to ``quarantine_path`` (``.csv``/``.json``, with the
     reason), logs them and returns the remaining rows as ``report.clean_manifest``; table-level
     failures (missing columns, empty manifest, a class with no valid train image) still raise.
+
+    ``allowed_roots``: every image path must resolve (after symlinks) inside one of these folders;
+    one that does not is a row problem naming its resolved path, and is never opened.
     """
     if policy not in ("fail", "quarantine"):
         raise ValueError(f"policy must be 'fail' or 'quarantine', got {policy!r}")
@@ -393,8 +447,9 @@ def validate_manifest(
         )  # fmt: skip
         raise DataValidationError(_error_message(report), report)
 
-    rows, inspections = _derive_rows(manifest, num_classes, check_images, limits, image_root, workers)
-    row_checks = _row_checks(num_classes, check_images, limits, ANNOTATION_PROBLEMS in manifest.columns)
+    rows, inspections = _derive_rows(manifest, num_classes, check_images, limits, image_root, workers, allowed_roots)
+    row_checks = _row_checks(num_classes, check_images, limits, ANNOTATION_PROBLEMS in manifest.columns,
+                             allowed_roots is not None)  # fmt: skip
     text_columns = [c for c in rows.columns if c.startswith("_")]  # problem texts: not for GX
     row_results = _run_suite(
         context, "manifest_rows", rows.drop(columns=text_columns), row_checks, index_column=ROW_NUMBER
