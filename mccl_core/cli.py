@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mccl_core.data.cli", "generate the demo dataset, download Intentonomy images, check images"),
     "score": ("mccl_core.metrics.score", "score a predictions file the official Intentonomy way"),
     "train": ("mccl_core.training.cli", "train MCCL (use torchrun for several processes)"),
+    "predict": ("mccl_core.serving.batch", "score a folder, manifest or s3:// prefix of images (CSV / Parquet)"),
     "explain": ("mccl_core.explain.cli", "explain one image's intents: attention and prototype maps (PNG + JSON)"),
     "experiment": ("mccl_core.experiments.cli", "the open-question experiments: stages, text, robustness, pointing"),
     "step": (

@@ -16,36 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mccl_core.serving.batch import resolve_bundle
+
 log = logging.getLogger(__name__)
-
-
-def resolve_bundle(model: str, work_dir: Path, tracking_uri: str | None = None) -> Path:
-    """A bundle folder for ``model``: a folder as is, or a registered ``models:/<name>@<alias>``
-    (or ``models:/<name>/<version>``, ``runs:/...``) MLflow pyfunc model downloaded to ``work_dir``."""
-    if "://" in model or model.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        from mccl_core.models.bundle import META_FILE
-        from mccl_core.serving.pyfunc import BUNDLE_ARTIFACT
-        from mccl_core.tracking.reaper import sweep
-        from mccl_core.tracking.tracker import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(Path.cwd(), tracking_uri)
-        sweep(uri)  # a command that reads the store shows no run of a dead process as RUNNING
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=model, dst_path=str(work_dir), tracking_uri=uri, registry_uri=uri
-            )
-        )
-        candidates = [p.parent for p in sorted(local.rglob(META_FILE))]
-        preferred = [c for c in candidates if c.name == BUNDLE_ARTIFACT] or candidates
-        if not preferred:
-            raise FileNotFoundError(f"{model}: the downloaded model holds no MCCL bundle ({META_FILE})")
-        return preferred[0]
-    path = Path(model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model bundle folder {str(path)!r} not found")
-    return path
 
 
 def _parser() -> argparse.ArgumentParser:
