@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mccl_core.metrics.score", "score a predictions file the official Intentonomy way"),
     "train": ("mccl_core.training.cli", "train MCCL (use torchrun for several processes)"),
     "predict": ("mccl_core.serving.batch", "score a folder, manifest or s3:// prefix of images (CSV / Parquet)"),
+    "serve": ("mccl_core.serving.app", "serve a logged model (MLflow's scoring server, error bodies without echoes)"),
     "explain": ("mccl_core.explain.cli", "explain one image's intents: attention and prototype maps (PNG + JSON)"),
     "experiment": ("mccl_core.experiments.cli", "the open-question experiments: stages, text, robustness, pointing"),
     "step": (

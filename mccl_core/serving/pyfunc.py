@@ -59,12 +59,14 @@ environment variable (JSON, e.g. ``'{"max_request_pixels": 200000000}'``) of the
 The request body as a whole is not size-limited by the scoring server: put a reverse proxy with a
 body-size limit in front of it in production.
 
-Error messages never contain the request's image data. MLflow's scoring server prefixes the
-message of an exception raised by ``predict`` with ``str()`` of the whole input frame ("Failed to
-predict data '<frame>'"), which would echo 50 base64 characters of each of up to 60 rows back to
-the client: :class:`RequestRejected` keeps its own message. Two echoes happen in MLflow before the
-model is called and cannot be avoided from here: a body that is not valid JSON comes back *in
-full* in the 400, and a schema failure (e.g. no ``image`` column) carries that frame prefix.
+Error messages never contain the request's data: rows are named by number, a bad params value
+by its type when it is not a short scalar, a missing column by the number of columns the frame
+has (a headerless CSV's "column names" are its first row's base64). MLflow's scoring server
+prefixes the message of an exception raised by ``predict`` with ``str()`` of the whole input frame
+("Failed to predict data '<frame>'"), which would echo 50 base64 characters of each of up to 60
+rows back to the client: :class:`RequestRejected` keeps its own message. The echoes MLflow writes
+itself, before our code runs (a params or input schema failure, a body that is not JSON, CSV or
+Parquet), are listed in :mod:`mccl_core.serving.app`, whose ``mccl serve`` removes them.
 """
 
 from __future__ import annotations
@@ -302,6 +304,14 @@ def _rejected(problems: list[str], rows: int) -> MlflowException:
     return _invalid(f"{len(problems)} of {rows} images rejected: {listed}{more}")
 
 
+def _shown(value: Any) -> str:
+    """A params value for an error message: a short scalar as is, anything else by its type only."""
+    text = repr(value)
+    if isinstance(value, (bool, int, float, str, np.generic)) and len(text) <= 20:
+        return text
+    return f"a {type(value).__name__}"
+
+
 def explain_top_k(params: Mapping[str, Any] | None) -> int | None:
     """The request's inference ``params`` -> clues per intent when explanations are asked for, else None.
 
@@ -314,14 +324,14 @@ def explain_top_k(params: Mapping[str, Any] | None) -> int | None:
     if explain is None:
         explain = False
     if not isinstance(explain, (bool, np.bool_)):
-        raise _invalid(f"params.{EXPLAIN_PARAM} must be true or false, got {explain!r}")
+        raise _invalid(f"params.{EXPLAIN_PARAM} must be true or false, got {_shown(explain)}")
     if not explain:
         return None
     top_k = params.get(TOP_K_PARAM, DEFAULT_TOP_K)
     if top_k is None:
         top_k = DEFAULT_TOP_K
     if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
-        raise _invalid(f"params.{TOP_K_PARAM} must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        raise _invalid(f"params.{TOP_K_PARAM} must be an integer from 1 to {MAX_TOP_K}, got {_shown(top_k)}")
     return int(top_k)
 
 
@@ -422,7 +432,7 @@ class MCCLIntentModel(PythonModel):
             )
         if IMAGE_COLUMN not in frame.columns:
             raise _invalid(
-                f"the request has no column {IMAGE_COLUMN!r} (columns: {[str(c) for c in frame.columns]}); "
+                f"the request has no column {IMAGE_COLUMN!r} (it has {len(frame.columns)} other column(s)); "
                 f"send one base64-encoded image per row in column {IMAGE_COLUMN!r}"
             )
         return frame
