@@ -189,7 +189,8 @@ def test_truncated_last_resumes_from_prev_to_the_uninterrupted_result(
         r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "unreadable" in r.getMessage()
     )
     assert str(last) in warning and str(prev) in warning
-    assert f"resumed from {prev} after epoch 0" in caplog.text
+    assert f"resumed from {prev} after epoch 1/3" in caplog.text  # what the fallback warning says
+    assert f"{prev} (after epoch 1/3)" in warning and not list(out.glob("checkpoints/*.tmp"))
     # 1-based, as in the epoch line "epoch 3/3".
     assert f"checkpoint written: {last} (after epoch 3/3)" in caplog.text
     assert len(list(out.glob("checkpoints/last.pt.corrupt-*"))) == 1  # kept for inspection

@@ -49,6 +49,7 @@ from mccl_core.steps.common import (
 )
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
+from mccl_core.training.checkpoint import TRAINER_ERROR_PREFIX, set_aside_stale
 from mccl_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
             log.info("resuming from %s (same inputs)", ckpt_dir / "last.pt")
             return True
         for path in found:
-            os.replace(path, path.with_name(path.stem + ".stale.pt"))
+            set_aside_stale(path)  # numbered when an earlier *.stale.pt exists: never overwritten
         log.warning("checkpoints in %s were written for other inputs or params (fingerprint %s, this run %s): "
                     "not resuming them; moved aside as *.stale.pt and training from scratch",
                     ckpt_dir, (previous or "missing")[:16], digest[:16])  # fmt: skip
@@ -405,15 +406,29 @@ def _launch_torchrun(
         env[LOCK_FD_ENV] = str(lock_fd)
     returncode, output = run_streaming(command, env, pass_fds=(lock_fd,) if lock_fd is not None else ())
     if returncode != 0:
-        raise StepError(
-            f"training failed (exit code {returncode}); re-running the step resumes from "
-            f"{out_dir / CHECKPOINT_DIR / 'last.pt'} if an epoch finished. Last output:\n" + "\n".join(output[-40:])
-        )
+        raise training_failure(returncode, output, out_dir / CHECKPOINT_DIR / "last.pt")
     if launch.node_rank != 0:
         return [], {}, output
     history = json.loads((out_dir / HISTORY_FILE).read_text())
     final = json.loads((out_dir / SUMMARY_FILE).read_text())
     return history, final, output
+
+
+def training_failure(returncode: int, output: list[str], last: Path) -> StepError:
+    """The step's error for a failed training process.
+
+    When the trainer reported an error a person must resolve (its one ``mccl train: ...`` line: a
+    refused or unreadable checkpoint, a busy folder), that line is the error - re-running would
+    hit it again, so no "re-run resumes" hint and no second copy of the output. Otherwise (a
+    crash) the output's tail, and re-running resumes from ``last`` if an epoch finished.
+    """
+    reported = [line for line in output if line.startswith(TRAINER_ERROR_PREFIX)]
+    if reported:
+        return StepError(f"training stopped (exit code {returncode}): {reported[-1][len(TRAINER_ERROR_PREFIX) :]}")
+    return StepError(
+        f"training failed (exit code {returncode}); re-running the step resumes from {last} if an epoch "
+        "finished. Last output:\n" + "\n".join(output[-40:])
+    )
 
 
 def staging_key(fingerprint: dict[str, Any]) -> str:

@@ -41,6 +41,10 @@ RESTART_HINT = (
     "to train from scratch instead, run with --restart (params: train.resume: false), which moves the checkpoints aside"
 )
 
+#: How ``mccl train`` starts the one line it prints for an error a person must resolve (a busy
+#: output folder, a checkpoint it refuses or cannot read); the train step quotes that line.
+TRAINER_ERROR_PREFIX = "mccl train: "
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or not a checkpoint of this format."""
@@ -115,6 +119,10 @@ def _atomic_copy(source: Path, target: Path) -> None:
     """``target`` becomes a copy of ``source`` in one rename (a hard link where possible: no I/O)."""
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)
+    # Already the same file (last.pt restored from prev.pt by a hard link): rename(2) of two links
+    # to one inode does nothing and would leave ``tmp`` behind, so there is nothing to do.
+    if target.exists() and os.path.samefile(source, target):
+        return
     try:
         os.link(source, tmp)
     except OSError:  # no hard links on this filesystem
@@ -149,9 +157,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         _atomic_copy(path, previous_path(path))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-    epochs = (payload.get("train_config") or {}).get("epochs")
-    done = f"{int(payload['epoch']) + 1}/{epochs}" if epochs else str(int(payload["epoch"]) + 1)
-    log.info("checkpoint written: %s (after epoch %s)", path, done)
+    log.info("checkpoint written: %s (after epoch %s)", path, epochs_done(payload))
+
+
+def epochs_done(state: dict[str, Any]) -> str:
+    """``"2/8"``: a checkpoint's finished epochs, 1-based like the epoch lines, for every log line
+    that names one (written, fallen back to, resumed from) - so they agree."""
+    epochs = (state.get("train_config") or {}).get("epochs")
+    return f"{int(state['epoch']) + 1}/{epochs}" if epochs else str(int(state["epoch"]) + 1)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -173,8 +186,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UnsafeCheckpointError(
             f"refusing to load checkpoint {path}: it holds Python objects that only a full unpickle "
             f"could build ({detail}), and unpickling can run code. "
-            f"This training loop never writes such files (an older mccl version, or tampered with). "
-            f"Inspect or remove it; {RESTART_HINT}."
+            f"This training loop never writes such files (an older mccl version, or tampered with), and "
+            f"re-running resumes from the same file: inspect it and move it out of {path.parent}, or "
+            f"{RESTART_HINT}."
         ) from exc
     except Exception as exc:  # truncated zip, empty file, I/O error: say which file
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): {exc}") from exc
@@ -196,6 +210,23 @@ def _aside(path: Path, tag: str) -> Path:
         n += 1
         target = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
     os.replace(path, target)
+    return target
+
+
+def set_aside_stale(path: Path) -> Path:
+    """Rename ``path`` (``last.pt``) to ``last.stale.pt``, or ``last.2.stale.pt``, ``last.3.stale.pt``...
+    when that is taken: a second foreign run set aside never overwrites the first (both may be
+    someone's only copy of a training). The name always ends in ``.stale.pt``."""
+    target = path.with_name(f"{path.stem}.stale{path.suffix}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.stem}.{n}.stale{path.suffix}")
+    os.replace(path, target)
+    if n > 1:
+        log.warning("moved checkpoint %s to %s (the earlier %s kept)", path, target, path.stem + ".stale.pt")
+    else:
+        log.warning("moved checkpoint %s to %s", path, target)
     return target
 
 
@@ -238,11 +269,11 @@ def load_latest(last: Path, repair: bool = True) -> tuple[dict[str, Any], Path] 
                 f"{RESTART_HINT[0].upper()}{RESTART_HINT[1:]}."
             ) from prev_error
         log.warning(
-            "checkpoint %s is unreadable (%s); resuming from the previous one, %s (after epoch %d)",
+            "checkpoint %s is unreadable (%s); resuming from the previous one, %s (after epoch %s)",
             last,
             last_error,
             prev,
-            int(state["epoch"]) + 1,
+            epochs_done(state),
         )
         if repair:
             bad = _aside(last, "corrupt")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from mccl_core.config import load_params, section
 from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
+from mccl_core.training.checkpoint import TRAINER_ERROR_PREFIX, CheckpointError, UnsafeCheckpointError
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import init_distributed, shutdown_distributed
 from mccl_core.training.lock import TrainerBusyError, is_global_rank_zero, trainer_lock
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _main(args)
-    except TrainerBusyError as error:
-        print(f"mccl train: {error}", file=sys.stderr)
+    except (TrainerBusyError, CheckpointError, UnsafeCheckpointError) as error:
+        # Conditions a person resolves (the message says how), not bugs: one line, no traceback.
+        print(f"{TRAINER_ERROR_PREFIX}{error}", file=sys.stderr)
         return 1
 
 

@@ -34,6 +34,7 @@ from mccl_core.training.checkpoint import (
     LAST_NAME,
     capture_rng_state,
     discard_checkpoints,
+    epochs_done,
     load_latest,
     previous_path,
     restore_rng_state,
@@ -302,7 +303,7 @@ def _train(
         start_epoch = int(state["epoch"]) + 1
         resumed_from = int(state["epoch"])
         if ctx.is_main:
-            log.info("resumed from %s after epoch %d", loaded_from, resumed_from)
+            log.info("resumed from %s after epoch %s", loaded_from, epochs_done(state))  # 1-based, as written
 
     train_model: nn.Module = model
     if ctx.enabled:
