@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("mccl_core.serving.app", "serve a logged model (MLflow's scoring server, error bodies without echoes)"),
     "explain": ("mccl_core.explain.cli", "explain one image's intents: attention and prototype maps (PNG + JSON)"),
     "experiment": ("mccl_core.experiments.cli", "the open-question experiments: stages, text, robustness, pointing"),
+    "mdid": ("mccl_core.steps.mdid_protocol", "mdid protocol: the 5 MDID splits through the steps, mean +- std"),
     "step": (
         "mccl_core.steps.cli",
         "run one pipeline step (demo, validate, extract, cluster, train, evaluate, explain, register)",
