@@ -184,3 +184,58 @@ def test_attention_forward_gives_the_same_logits_and_a_distribution_over_all_tok
         torch.testing.assert_close(logits, decoder(tokens, grids, queries))
     assert attention.shape == (2, 3, 8)
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 3))
+
+
+def _reference_decoder(dim: int, heads: int, ff_dim: int, dropout: float, layers: int) -> torch.nn.TransformerDecoder:
+    """What ClueDecoder used before its own layer: PyTorch's post-norm Transformer decoder."""
+    layer = torch.nn.TransformerDecoderLayer(dim, heads, ff_dim, dropout, batch_first=True)
+    return torch.nn.TransformerDecoder(layer, num_layers=layers, norm=torch.nn.LayerNorm(dim))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_decoder_stack_equals_pytorchs_transformer_decoder(training):
+    """Same state-dict keys and initial weights for a seed (old bundles load, training starts where
+    it did) and the same output, in training mode with dropout too (same dropout RNG order)."""
+    from mccl_core.models.pki import DecoderStack
+
+    torch.manual_seed(3)
+    reference = _reference_decoder(16, 2, 32, 0.2, 2)
+    torch.manual_seed(3)
+    ours = DecoderStack(16, 2, 32, 0.2, 2)
+    ref_state, our_state = reference.state_dict(), ours.state_dict()
+    assert list(our_state) == list(ref_state)
+    for key, value in ref_state.items():
+        torch.testing.assert_close(our_state[key], value, rtol=0, atol=0)
+    reference.train(training)
+    ours.train(training)
+    target, memory = torch.randn(3, 5, 16), torch.randn(3, 9, 16)
+    torch.manual_seed(7)
+    expected = reference(target, memory)
+    torch.manual_seed(7)
+    got, weights = ours(target, memory)
+    assert weights is None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if training:  # the dropout masks really differ between seeds: the comparison above is not vacuous
+        torch.manual_seed(8)
+        assert not torch.allclose(ours(target, memory)[0], expected, atol=1e-3)
+        got.sum().backward()
+        expected.sum().backward()
+        for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_explicit_attention_equals_the_fused_kernel_and_needs_eval_mode():
+    from mccl_core.models.pki import multi_head_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True).eval()
+    query, memory = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    fused, none = multi_head_attention(attn, query, memory)
+    explicit, weights = multi_head_attention(attn, query, memory, need_weights=True)
+    assert none is None and weights is not None
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-6)
+    expected_out, expected_weights = attn(query, memory, memory, need_weights=True)
+    torch.testing.assert_close(fused, expected_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        multi_head_attention(attn.train(), query, memory, need_weights=True)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
@@ -385,10 +387,7 @@ class ClueDecoder(nn.Module):
         self.stage_embed = nn.Parameter(torch.zeros(len(stage_channels), dim))
         nn.init.normal_(self.stage_embed, std=0.02)
         self.position = PositionEmbeddingSine2D(dim)
-        layer = nn.TransformerDecoderLayer(
-            d_model=dim, nhead=heads, dim_feedforward=ff_dim, dropout=dropout, batch_first=True
-        )
-        self.decoder = nn.TransformerDecoder(layer, num_layers=layers, norm=nn.LayerNorm(dim))
+        self.decoder = DecoderStack(dim, heads, ff_dim, dropout, layers)
         self.head = GroupWiseLinear(num_classes, dim)
 
     def stage_weights(self) -> Tensor | None:
@@ -413,7 +412,7 @@ class ClueDecoder(nn.Module):
     def forward(self, stage_tokens: Sequence[Tensor], grid_sizes: Sequence[tuple[int, int]], queries: Tensor) -> Tensor:
         memory = self.memory(stage_tokens, grid_sizes)
         target = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
-        hidden = self.decoder(target, memory)
+        hidden, _ = self.decoder(target, memory)
         return self.head(hidden)
 
     def forward_with_attention(
@@ -421,21 +420,105 @@ class ClueDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Logits ``[B, C]`` and the last layer's cross-attention ``[B, C, sum N_s]`` (mean over heads).
 
-        The decoder layers are run one by one with the same modules as :meth:`forward` (post-norm
-        ``nn.TransformerDecoderLayer``), asking the cross-attention for its weights; in eval mode
-        the logits equal :meth:`forward`'s (tested).
+        Same modules and weights as :meth:`forward`; only the last layer's cross-attention is
+        computed explicitly (softmax(QK^T) materialised) instead of by the fused kernel, so in
+        eval mode the logits equal :meth:`forward`'s to float tolerance (tested).
         """
         memory = self.memory(stage_tokens, grid_sizes)
-        x = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
-        attention = memory.new_zeros(memory.shape[0], x.shape[1], memory.shape[1])
-        for layer in self.decoder.layers:
-            if layer.norm_first:
-                raise NotImplementedError("attention maps are implemented for post-norm decoder layers")
-            x = layer.norm1(x + layer._sa_block(x, None, None))
-            attended, weights = layer.multihead_attn(x, memory, memory, need_weights=True, average_attn_weights=True)
-            attention = weights
-            x = layer.norm2(x + layer.dropout2(attended))
-            x = layer.norm3(x + layer._ff_block(x))
-        if self.decoder.norm is not None:
-            x = self.decoder.norm(x)
-        return self.head(x), attention
+        target = queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)
+        hidden, attention = self.decoder(target, memory, need_weights=True)
+        assert attention is not None
+        return self.head(hidden), attention
+
+
+def multi_head_attention(
+    attn: nn.MultiheadAttention, query: Tensor, key_value: Tensor, need_weights: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """``attn``'s attention of ``query [B, L, E]`` over ``key_value [B, S, E]`` -> ``[B, L, E]``.
+
+    Uses the module's public parameters (``in_proj_weight/bias``, ``out_proj``) so checkpoints of
+    ``nn.MultiheadAttention`` load unchanged. Without ``need_weights`` the heads go through
+    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA, traceable by
+    ``torch.compile``) with the module's dropout in training, as ``nn.MultiheadAttention`` itself
+    does. With ``need_weights`` (explanations, eval only) softmax(QK^T/sqrt(d)) is materialised
+    and also returned, averaged over heads: ``[B, L, S]``.
+    """
+    batch, length, dim = query.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    if query is key_value:  # self-attention: one projection GEMM for q, k, v
+        q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+    else:
+        q = F.linear(query, weight[:dim], None if bias is None else bias[:dim])
+        k, v = F.linear(key_value, weight[dim:], None if bias is None else bias[dim:]).chunk(2, dim=-1)
+    q = q.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [B, H, L, d]
+    k = k.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+    v = v.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+    weights = None
+    if need_weights:
+        if attn.training and attn.dropout > 0:
+            raise RuntimeError("attention weights are computed in eval mode only (no attention dropout)")
+        probs = torch.softmax((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(head_dim)), dim=-1)
+        out = probs @ v
+        weights = probs.mean(dim=1)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    # Sequence-first like nn.MultiheadAttention's output ([L, B, E] seen as [B, L, E]): dropout
+    # draws its mask in memory order, so this layout keeps training with dropout bit-identical.
+    out = out.permute(2, 0, 1, 3).reshape(length, batch, dim)
+    return attn.out_proj(out).transpose(0, 1), weights
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm Transformer decoder layer (self-attention, cross-attention, ReLU feed-forward).
+
+    Computes what ``nn.TransformerDecoderLayer(batch_first=True)`` computes, with the same
+    submodule names, construction order (so a seed gives the same initial weights) and dropout
+    order, but its attention goes through :func:`multi_head_attention`: fused SDPA for training
+    and an explicit path that also returns the cross-attention map for explanations, without
+    reaching into ``nn.TransformerDecoderLayer``'s private blocks.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(dim, ff_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(ff_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``x [B, L, E]``, ``memory [B, S, E]`` -> ``x'`` and the cross-attention ``[B, L, S]``
+        (None unless ``need_weights``)."""
+        attended, _ = multi_head_attention(self.self_attn, x, x)
+        x = self.norm1(x + self.dropout1(attended))
+        attended, weights = multi_head_attention(self.multihead_attn, x, memory, need_weights)
+        x = self.norm2(x + self.dropout2(attended))
+        x = self.norm3(x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        return x, weights
+
+
+class DecoderStack(nn.Module):
+    """``layers`` copies of one :class:`DecoderLayer` (identical initial weights, as
+    ``nn.TransformerDecoder`` clones its layer) and a final LayerNorm; state-dict keys match
+    ``nn.TransformerDecoder``'s, so existing bundles and checkpoints load."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, layers: int) -> None:
+        super().__init__()
+        layer = DecoderLayer(dim, heads, ff_dim, dropout)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Hidden states ``[B, L, E]`` and (with ``need_weights``) the last layer's cross-attention."""
+        weights = None
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, memory, need_weights and i == len(self.layers) - 1)
+        return self.norm(x), weights

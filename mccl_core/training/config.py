@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import from_dict
+from mccl_core.config import ConfigError, from_dict
 
 
 @dataclass
@@ -50,6 +50,14 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: channels_last memory format (CUDA only; it slows CPU convolutions).
     channels_last: bool = True
+    #: ``torch.compile`` the model's train forward (MCC assignment included) and the MCC
+    #: prototype update: ``false`` (eager), ``default`` or ``max-autotune`` (longer compile, faster
+    #: GPU kernels). The first steps pay the compilation; numbers equal eager's to float tolerance.
+    compile: Literal[False, "default", "max-autotune"] = False
+    #: Where train images are decoded and augmented: ``cpu`` (PIL in the DataLoader workers) or
+    #: ``cuda`` (nvJPEG ``decode_jpeg`` + resize/crop/flip/normalise on the GPU in the train step,
+    #: see :mod:`mccl_core.data.gpu_decode`; CUDA only, JPEG files only).
+    decode_device: Literal["cpu", "cuda"] = "cpu"
     #: Convert BatchNorm to SyncBatchNorm when more than one process trains.
     sync_batchnorm: bool = False
     #: Keep BatchNorm layers on their running statistics during training (affine weights still
@@ -67,6 +75,18 @@ class TrainConfig:
     #: before, when ``last.pt`` is unreadable). False: move existing checkpoints aside
     #: (``*.discarded-<time>``, never deleted) and train from scratch (``mccl train --restart``).
     resume: bool = True
+
+    def __post_init__(self) -> None:
+        # YAML ``false`` is the bool False; 0 or True would pass the Literal check (0 == False).
+        if self.compile is not False and self.compile not in ("default", "max-autotune"):
+            raise ConfigError(f"train.compile={self.compile!r}: must be false, 'default' or 'max-autotune'")
+        if self.decode_device not in ("cpu", "cuda"):
+            raise ConfigError(f"train.decode_device={self.decode_device!r}: must be 'cpu' or 'cuda'")
+
+    @property
+    def compile_mode(self) -> str | None:
+        """The ``torch.compile`` mode (None: eager, no compilation)."""
+        return None if self.compile is False else str(self.compile)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from mccl_core.data.gpu_decode import EncodedImages, GpuBatchDecoder, collate_encoded
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 from mccl_core.models.bundle import BundleMeta, save_bundle
@@ -163,6 +164,17 @@ def _train_loader(dataset: IntentDataset, cfg: TrainConfig, ctx: DistContext, ep
     sampler.set_epoch(epoch)
     # A per-epoch generator fixes the worker seeds, so a resumed epoch sees the same augmentations.
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + ctx.rank)
+    if cfg.decode_device == "cuda":  # workers read JPEG bytes; the step decodes them on the GPU
+        return DataLoader(
+            EncodedImages(dataset),
+            batch_size=_per_rank_batch(cfg, ctx),
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            collate_fn=collate_encoded,
+            generator=generator,
+            persistent_workers=False,
+        )
     return DataLoader(
         dataset,
         batch_size=_per_rank_batch(cfg, ctx),
@@ -240,6 +252,11 @@ def train(
     when EMA is on (what is evaluated each epoch), so evaluation and serving rebuild it alone.
     """
     ctx = ctx or init_distributed(cfg.device)
+    if cfg.decode_device == "cuda" and ctx.device.type != "cuda":
+        raise ValueError(
+            f"train.decode_device=cuda decodes JPEGs with nvJPEG and needs CUDA, but training runs on {ctx.device}; "
+            "set train.decode_device: cpu"
+        )
     # Library callers (experiments, benchmarks) get the one-trainer-per-folder lock too; under the
     # CLI it is held already (a no-op here).
     with trainer_lock(Path(cfg.output_dir), is_main=ctx.is_main):
@@ -280,7 +297,7 @@ def _train(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     groups = _param_groups(model, cfg)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **adamw_kernel(ctx.device))
     steps_per_epoch = _steps_per_epoch(inputs.train_set, cfg, ctx)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
@@ -295,6 +312,8 @@ def _train(
         state, loaded_from = loaded
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a checkpoint carries the kernel flags of its device
+            group.update(adamw_kernel(ctx.device))
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -305,6 +324,8 @@ def _train(
         if ctx.is_main:
             log.info("resumed from %s after epoch %s", loaded_from, epochs_done(state))  # 1-based, as written
 
+    if cfg.compile_mode is not None:
+        compile_model(model, cfg.compile_mode, distributed=ctx.enabled)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = DistributedDataParallel(
@@ -405,6 +426,24 @@ def _resume_state(ckpt_path: Path, resume: bool, ctx: DistContext) -> tuple[dict
     return loaded
 
 
+def adamw_kernel(device: torch.device) -> dict[str, Any]:
+    """AdamW's multi-tensor kernels: ``fused`` (one CUDA kernel for all parameters) on CUDA,
+    ``foreach`` elsewhere (PyTorch's CPU default is a Python loop over the parameters). Same
+    update rule; results equal the loop's to float tolerance."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def compile_model(model: MCCLModel | BaselineModel, mode: str, distributed: bool) -> None:
+    """``torch.compile`` the train forward in place (``nn.Module.compile``: parameter names, the
+    state dict and the DDP wrapping stay as in eager) and, single-process, the MCC prototype update.
+
+    Under DDP the update keeps its eager form: its all-reduce is one call per step either way.
+    """
+    model.compile(mode=None if mode == "default" else mode)
+    if isinstance(model, MCCLModel) and model.clues is not None and not distributed:
+        model.clues.compile_update(None if mode == "default" else mode)
+
+
 def _param_groups(model: MCCLModel | BaselineModel, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Backbone parameters at ``lr * backbone_lr_scale``, the rest (MCC has none; PKI, decoder,
     head) at ``lr``: pretrained weights are usually fine-tuned more gently than new layers."""
@@ -447,21 +486,27 @@ def _train_one_epoch(
     loader = _train_loader(inputs.train_set, cfg, ctx, epoch)
     use_channels_last = cfg.channels_last and ctx.device.type == "cuda"
     loss_sum = torch.zeros((), device=ctx.device)
+    watch = _LossWatch(ctx.device, epoch)
     seen = 0
     start = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.is_main, leave=False)
+    decoder = None
+    if cfg.decode_device == "cuda":
+        decoder = GpuBatchDecoder(inputs.train_set.transform, ctx.device, inputs.train_set.max_pixels)
     for step, batch in enumerate(loader):
         if step >= steps_per_epoch:
             break
-        images = batch["image"].to(ctx.device, non_blocking=True)
+        if decoder is not None:
+            images = decoder(batch["jpeg"])
+        else:
+            images = batch["image"].to(ctx.device, non_blocking=True)
         labels = batch["labels"].to(ctx.device, non_blocking=True)
         if use_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(ctx.device, cfg.precision):
             output = train_model(images)
         loss = model.loss(output, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        watch.observe(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -474,8 +519,9 @@ def _train_one_epoch(
         loss_sum += loss.detach()
         seen += images.shape[0]
         bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
+        if (step + 1) % HOST_READ_EVERY == 0:
+            bar.set_postfix(loss=f"{watch.read():.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
+    watch.read()
     bar.close()
     if ctx.enabled:
         torch.distributed.all_reduce(loss_sum)
@@ -490,6 +536,43 @@ def _train_one_epoch(
         prototype_health={k: float(v) for k, v in model.prototype_health(reset=False).items()},
         stage_gate=model.stage_gate_weights() if isinstance(model, MCCLModel) else {},
     )
+
+
+#: Steps between the train step's host reads (the non-finite loss check and the progress bar's
+#: loss): each read waits for the GPU to drain its queue, so one per step costs throughput.
+HOST_READ_EVERY = 10
+
+
+class _LossWatch:
+    """Finds a non-finite loss on the device and reports it at the next :meth:`read`.
+
+    The first bad step and its loss are kept as device tensors (``torch.where``, no sync); the loop
+    reads them every :data:`HOST_READ_EVERY` steps and at the end of the epoch, so a non-finite
+    loss still fails the run with its epoch and step, at most ``HOST_READ_EVERY - 1`` steps later
+    (before any checkpoint of that epoch is written).
+    """
+
+    def __init__(self, device: torch.device, epoch: int) -> None:
+        self.epoch = epoch
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.last = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        self.last = loss.detach().float()
+        newly = (self.first_bad < 0) & ~torch.isfinite(self.last)
+        self.first_bad = torch.where(newly, step, self.first_bad)
+        self.bad_loss = torch.where(newly, self.last, self.bad_loss)
+
+    def read(self) -> float:
+        """One host sync: raises FloatingPointError on a non-finite loss seen so far, else
+        returns the last step's loss."""
+        first_bad, bad_loss, last = torch.stack(
+            [self.first_bad.double(), self.bad_loss.double(), self.last.double()]
+        ).tolist()
+        if first_bad >= 0:
+            raise FloatingPointError(f"non-finite loss {bad_loss} at epoch {self.epoch + 1}, step {int(first_bad) + 1}")
+        return float(last)
 
 
 def _format_epoch(record: EpochRecord, epochs: int) -> str:
