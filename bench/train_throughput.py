@@ -12,16 +12,23 @@ Both archs the project ships as defaults are measured in the same run: Efficient
 offline demo default) and ResNet-101 (the paper). A light backbone makes the decoder and MCC
 relatively heavier, so the split says where the time goes whenever the ratio falls below 0.8.
 
-Target: MCCL >= 0.90x the plain backbone's train throughput at 224 px (printed as PASS/FAIL;
-the exit code is 0 either way). Defaults are small CPU settings; on a GPU use e.g.
+Each arch runs in each of ``--modes``: ``eager`` and ``compiled`` (``torch.compile`` of both
+models' forward and MCCL's prototype update, as ``train.compile`` does; the split pass is eager
+only, compiled kernels fuse across its boundaries). Optimisers use the training loop's AdamW
+kernel (fused on CUDA, foreach elsewhere). On CUDA each model's peak memory is reported.
 
-    python bench/train_throughput.py --image-size 224 --batch-size 128 --precision bf16 --channels-last
+Target: MCCL >= 0.90x the plain backbone's train throughput at 224 px (printed as PASS/FAIL;
+the exit code is 0 either way). Defaults are small CPU settings; the prepared GPU run is
+
+    python bench/train_throughput.py --image-size 224 --batch-size 128 --precision bf16 \
+        --channels-last --modes eager,compiled --results-name <card>-<date>
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import platform
@@ -37,11 +44,14 @@ import torch
 from torch import Tensor, nn
 
 from mccl_core.models import ARCHS, MCCLModel, ModelConfig, ModelOutput, MultiLabelBCELoss, build_model
+from mccl_core.training.loop import adamw_kernel, compile_model
 
 TARGET_RATIO = 0.90
 #: Below this ratio the report says which component takes the extra time.
 PROFILE_RATIO = 0.80
 DEFAULT_ARCHS = ("efficientnet_lite0", "resnet101")
+MODES = ("eager", "compiled")
+RESULTS = Path(__file__).resolve().parent / "results"
 SPLIT_KEYS = ("backbone", "mcc", "decoder", "loss", "optimizer", "prototype_update")
 
 
@@ -64,6 +74,12 @@ class BenchSettings:
     seed: int = 0
     #: CPU intra-op threads (None: torch's default). 1 gives stable numbers on a shared machine.
     threads: int | None = None
+    #: ``eager`` or ``compiled`` (torch.compile with ``compile_mode``).
+    mode: str = "eager"
+    compile_mode: str = "default"
+    #: Also time the step as it was before issue 23 (nn.TransformerDecoder, AdamW's default
+    #: kernel, a host sync per step for the finiteness check), interleaved: eager mode only.
+    before: bool = False
 
 
 class _Clock:
@@ -171,6 +187,33 @@ def _mccl_split_step(
     }
 
 
+class _LegacyDecoderStack(nn.Module):
+    """The decoder as it ran before issue 23: ``nn.TransformerDecoder`` (same state-dict keys)."""
+
+    def __init__(self, stack: nn.Module) -> None:
+        super().__init__()
+        first = stack.layers[0]
+        layer = nn.TransformerDecoderLayer(
+            first.linear1.in_features,
+            first.self_attn.num_heads,
+            first.linear1.out_features,
+            first.dropout.p,
+            batch_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(
+            layer, num_layers=len(stack.layers), norm=nn.LayerNorm(layer.linear1.in_features)
+        )
+        self.decoder.load_state_dict(stack.state_dict())
+
+    def forward(self, x: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, None]:
+        return self.decoder(x, memory), None
+
+
+def _with_legacy_decoder(model: MCCLModel) -> MCCLModel:
+    model.decoder.decoder = _LegacyDecoderStack(model.decoder.decoder)
+    return model
+
+
 def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     """Run the interleaved comparison and the split pass; returns a JSON-serialisable dict."""
     if settings.device == "auto":
@@ -206,7 +249,22 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
     models: dict[str, nn.Module] = {"plain": plain, "mccl": mccl}
     for model in models.values():
         model.to(device=device, memory_format=memory_format).train()
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-2) for name, m in models.items()}
+    optimizers = {
+        name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-2, **adamw_kernel(device))
+        for name, m in models.items()
+    }
+    if settings.before:
+        if settings.mode != "eager":
+            raise ValueError("the before-variant is timed in eager mode only")
+        models["plain_before"] = copy.deepcopy(plain)
+        models["mccl_before"] = _with_legacy_decoder(copy.deepcopy(mccl))
+        for name in ("plain_before", "mccl_before"):  # AdamW's default kernel choice
+            optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4, weight_decay=1e-2)
+    if settings.mode == "compiled":
+        for model in models.values():
+            compile_model(model, settings.compile_mode, distributed=False)  # type: ignore[arg-type]
+    elif settings.mode != "eager":
+        raise ValueError(f"mode must be one of {MODES}, got {settings.mode!r}")
 
     g = torch.Generator().manual_seed(settings.seed)
     images = torch.randn(settings.batch_size, 3, settings.image_size, settings.image_size, generator=g)
@@ -231,18 +289,53 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         mccl.update_prototypes(output, labels)
 
     steps = {"plain": plain_step, "mccl": mccl_step}
-    for name in ("plain", "mccl"):
+    if settings.before:
+        counter = [0]
+
+        def before_step(name: str) -> Callable[[], None]:
+            model = models[name]
+
+            def step() -> None:
+                with autocast():
+                    output = model(images)
+                loss = bce(output.logits, labels) if name == "plain_before" else model.loss(output, labels)
+                if not torch.isfinite(loss):  # the old per-step host sync
+                    raise FloatingPointError("non-finite loss")
+                optimizers[name].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[name].step()
+                model.update_prototypes(output, labels)
+                counter[0] += 1
+                if counter[0] % 10 == 0:
+                    loss.item()  # the old progress bar read
+
+            return step
+
+        steps.update({name: before_step(name) for name in ("plain_before", "mccl_before")})
+    names = list(steps)
+    peak_memory: dict[str, float | None] = {name: None for name in names}
+    compile_seconds: dict[str, float | None] = {name: None for name in names}
+    for name in names:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if settings.mode == "compiled":  # the first step compiles: timed apart from the warm-up
+            compile_seconds[name] = _time_block(steps[name], 1, clock)
         _time_block(steps[name], settings.warmup, clock)
-    rates: dict[str, list[float]] = {"plain": [], "mccl": []}
+        if device.type == "cuda":
+            peak_memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(settings.repeats):
-        for name in ("plain", "mccl"):
+        for name in names:
             seconds = _time_block(steps[name], settings.steps, clock)
             rates[name].append(settings.steps * settings.batch_size / seconds)
 
-    splits = [
-        _mccl_split_step(mccl, optimizers["mccl"], images, labels, autocast, clock) for _ in range(settings.split_steps)
-    ]
-    split_ms = {k: statistics.median(s[k] for s in splits) for k in (*SPLIT_KEYS, "total")}
+    split_ms = None
+    if settings.mode == "eager":  # compiled kernels fuse across the split's boundaries
+        splits = [
+            _mccl_split_step(mccl, optimizers["mccl"], images, labels, autocast, clock)
+            for _ in range(settings.split_steps)
+        ]
+        split_ms = {k: statistics.median(s[k] for s in splits) for k in (*SPLIT_KEYS, "total")}
 
     plain_rate = statistics.median(rates["plain"])
     mccl_rate = statistics.median(rates["mccl"])
@@ -262,8 +355,19 @@ def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
         "target_ratio": TARGET_RATIO,
         "target_applies": settings.image_size == 224,
         "verdict": "PASS" if ratio >= TARGET_RATIO else "FAIL",
-        "needs_profile": ratio < PROFILE_RATIO,
+        "needs_profile": ratio < PROFILE_RATIO and split_ms is not None,
         "mccl_split_ms": split_ms,
+        "before": None
+        if not settings.before
+        else {
+            "plain_images_per_s": statistics.median(rates["plain_before"]),
+            "mccl_images_per_s": statistics.median(rates["mccl_before"]),
+            "ratio": statistics.median(rates["mccl_before"]) / statistics.median(rates["plain_before"]),
+            "plain_images_per_s_repeats": rates["plain_before"],
+            "mccl_images_per_s_repeats": rates["mccl_before"],
+        },
+        "peak_memory_gib": peak_memory,
+        "compile_seconds": compile_seconds,
         "mccl_parameters": sum(p.numel() for p in mccl.parameters()),
         "plain_parameters": sum(p.numel() for p in plain.parameters()),
     }
@@ -273,14 +377,28 @@ def format_report(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
         f"device: {result['device']}  torch {result['torch']}",
-        f"{s['arch']}  {s['image_size']}px  batch {s['batch_size']}  {s['precision']}"
+        f"{s['arch']}  {s['mode']}  {s['image_size']}px  batch {s['batch_size']}  {s['precision']}"
         f"{'  channels_last' if s['channels_last'] else ''}  ({s['repeats']} repeats x {s['steps']} steps, interleaved)",
         f"plain        : {result['plain_images_per_s']:9.2f} images/s  (repeats {', '.join(f'{r:.2f}' for r in result['plain_images_per_s_repeats'])})",
         f"MCCL         : {result['mccl_images_per_s']:9.2f} images/s  (repeats {', '.join(f'{r:.2f}' for r in result['mccl_images_per_s_repeats'])})",
         f"ratio MCCL/plain: {result['ratio']:.3f}  target >= {result['target_ratio']:.2f} -> {result['verdict']}"
         + ("" if result["target_applies"] else "  (target is defined at 224 px)"),
-        "MCCL step split (median ms, forward + backward per component):",
     ]
+    if result["before"] is not None:
+        before = result["before"]
+        lines.append(
+            f"before (same run): plain {before['plain_images_per_s']:.2f}, MCCL {before['mccl_images_per_s']:.2f} "
+            f"images/s, ratio {before['ratio']:.3f}  (now {result['ratio']:.3f})"
+        )
+    peak = result["peak_memory_gib"]
+    if peak["mccl"] is not None:
+        lines.append(f"peak GPU memory: plain {peak['plain']:.2f} GiB, MCCL {peak['mccl']:.2f} GiB")
+    if result["compile_seconds"]["mccl"] is not None:
+        seconds = result["compile_seconds"]
+        lines.append(f"first (compiling) step: plain {seconds['plain']:.1f} s, MCCL {seconds['mccl']:.1f} s")
+    if result["mccl_split_ms"] is None:
+        return "\n".join(lines)
+    lines.append("MCCL step split (median ms, forward + backward per component):")
     if result["needs_profile"]:
         split = {k: v for k, v in result["mccl_split_ms"].items() if k not in ("total", "backbone")}
         heaviest = max(split, key=split.get)
@@ -312,13 +430,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 10 CPU / 5 CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--split-steps", type=int, default=defaults.split_steps)
+    parser.add_argument("--modes", default="eager", help=f"comma-separated, of {MODES}")
+    parser.add_argument(
+        "--before", action="store_true", help="also time the pre-issue-23 step, interleaved (eager mode)"
+    )
+    parser.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default")
     parser.add_argument("--json-out", type=Path, default=Path("outputs/bench/train_throughput.json"))
+    parser.add_argument(
+        "--results-name", default=None, help="also write the JSON to bench/results/<name>/train_throughput.json"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; valid: {list(MODES)}")
     results = []
-    for arch in args.archs.split(","):
+    for arch, mode in [(a.strip(), m) for a in args.archs.split(",") for m in modes]:
         settings = BenchSettings(
-            arch=arch.strip(),
+            mode=mode,
+            compile_mode=args.compile_mode,
+            before=args.before and mode == "eager",
+            arch=arch,
             image_size=args.image_size,
             batch_size=args.batch_size,
             precision=args.precision,
@@ -334,9 +467,20 @@ def main(argv: list[str] | None = None) -> int:
         result = run_benchmark(settings)
         print(format_report(result), flush=True)
         results.append(result)
-    print("summary: " + ", ".join(f"{r['settings']['arch']} MCCL/plain {r['ratio']:.3f}" for r in results))
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(results, indent=2))
+    print(
+        "summary: "
+        + ", ".join(
+            f"{r['settings']['arch']} {r['settings']['mode']} MCCL/plain {r['ratio']:.3f} "
+            f"({r['mccl_images_per_s']:.1f} vs {r['plain_images_per_s']:.1f} img/s)"
+            for r in results
+        )
+    )
+    outputs = [args.json_out]
+    if args.results_name:
+        outputs.append(RESULTS / args.results_name / "train_throughput.json")
+    for out in outputs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
     return 0
 
 
