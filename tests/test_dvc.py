@@ -115,7 +115,7 @@ def test_killed_repro_continues_from_what_was_done(project):
     for stage in ("demo", "validate", "extract", "cluster"):
         assert f"Stage '{stage}' didn't change, skipping" in output
     # ... and training resumed from its checkpoint instead of starting over.
-    assert "resumed from" in output and "after epoch 0" in output
+    assert "resumed from" in output and "after epoch 1/2" in output
     history = json.loads((root / "outputs" / "train" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1]
 
@@ -239,8 +239,8 @@ def test_kubeflow_dag_gives_what_dvc_repro_gave(project, tmp_path, monkeypatch):
     dvc_out = {name: root / "outputs" / name for name in STAGES if name != "demo"} | {"demo": root / "data" / "demo"}
     for name in STAGES:
         dvc_files, kfp_files = _files(dvc_out[name]), _files(kfp_out[name])
-        if name == "train":  # the stale-checkpoint aside exists only where a run was resumed
-            dvc_files.discard("checkpoints/last.stale.pt")
+        if name == "train":  # the stale checkpoints set aside exist only where a run was resumed
+            dvc_files = {f for f in dvc_files if not (f.startswith("checkpoints/") and ".stale" in f)}
         assert dvc_files == kfp_files, (name, dvc_files ^ kfp_files)
     for name, files in (("validate", ["metrics.json"]), ("extract", ["extract.json"]), ("cluster", ["cluster.json"]),
                         ("train", ["metrics.json", "history.json"]), ("evaluate", ["metrics.json", "report.json"])):  # fmt: skip
@@ -347,7 +347,8 @@ def test_exp_run_sweep_retrains_only_what_depends_on_it_and_compares_with_number
     assert "0.003" in scores and all(0.0 <= v <= 1.0 for v in scores.values())
     text = _dvc("exp", "show", "--no-pager", "--md", cwd=root).stdout
     assert "test_macro_f1" in text and "0.003" in text and " ! " not in text
-    diff = json.loads(_dvc("metrics", "diff", "HEAD", "--json", cwd=root).stdout)
+    # --all: a tiny model can land on the baseline's macro-F1, and plain `diff` lists changes only.
+    diff = json.loads(_dvc("metrics", "diff", "HEAD", "--all", "--json", cwd=root).stdout)
     assert isinstance(diff["metrics/evaluate.json"]["test_macro_f1"]["new"], float)
 
 

@@ -97,7 +97,13 @@ def test_two_real_trainers_on_one_folder(tiny_demo, tiny_demo_label_embeddings, 
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_pid(out / LOCK_FILE, first.pid)
-        second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        # Paused while the second starts, so two tiny epochs cannot end before it arrives (a
+        # stopped process keeps its flock); it then finishes alone.
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         output, _ = first.communicate(timeout=600)
     finally:
         if first.poll() is None:

@@ -100,7 +100,7 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tiny_demo, tiny_dem
         capture_output=True,
         text=True,
     )
-    assert f"resumed from {ckpt} after epoch {killed_after}" in resumed.stderr
+    assert f"resumed from {ckpt} after epoch {killed_after + 1}/" in resumed.stderr
 
     ref_state, resumed_state = _bundle_state(ref_out), _bundle_state(killed_out)
     assert ref_state.keys() == resumed_state.keys()

@@ -93,16 +93,39 @@ class TrainerLock:
         self.release()
 
 
+def _ancestor_pids() -> set[int]:
+    """PIDs of this process's ancestors (Linux ``/proc``; empty where it is not available)."""
+    pids: set[int] = set()
+    pid = os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def inherited_lock(out_dir: Path) -> bool:
-    """Whether ``$MCCL_TRAINER_LOCK_FD`` is an open descriptor of ``<out_dir>/train.lock``
-    (handed down by the launcher that holds the lock for us)."""
+    """Whether the launcher that started this trainer holds ``<out_dir>/train.lock`` for us:
+    ``$MCCL_TRAINER_LOCK_FD`` is an open descriptor of that file, or - where a process in between
+    closed it (``torchrun`` starts its workers with ``close_fds``) - the PID written in the lock
+    file is one of this process's ancestors."""
     raw = os.environ.get(LOCK_FD_ENV, "")
     if not raw.isdigit():
         return False
+    path = Path(out_dir) / LOCK_FILE
     try:
-        return os.fstat(int(raw)).st_ino == os.stat(Path(out_dir) / LOCK_FILE).st_ino
+        if os.fstat(int(raw)).st_ino == os.stat(path).st_ino:
+            return True
     except OSError:
+        pass
+    try:
+        holder = int(path.read_text().strip() or "0")
+    except (OSError, ValueError):
         return False
+    return holder in _ancestor_pids()
 
 
 @contextmanager
