@@ -246,6 +246,20 @@ class _HttpRetryEnv:
             self.release()
 
 
+def short_http_retries(timeout_s: int = 5, max_retries: int = 0) -> Any:
+    """Context manager: MLflow HTTP calls inside fail fast (no retry, ``timeout_s`` per request)
+    unless the user set those variables; for housekeeping that must not hold up a command when
+    the server is down."""
+    return _HttpRetryEnv(
+        {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        }
+    ).applied()
+
+
 # --------------------------------------------------------------------------------------------
 # Tracker
 # --------------------------------------------------------------------------------------------

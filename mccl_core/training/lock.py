@@ -17,6 +17,7 @@ entry point (which runs the train step). Two trainers on one folder both resume 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -110,17 +111,18 @@ def _ancestor_pids() -> set[int]:
 def inherited_lock(out_dir: Path) -> bool:
     """Whether the launcher that started this trainer holds ``<out_dir>/train.lock`` for us:
     ``$MCCL_TRAINER_LOCK_FD`` is an open descriptor of that file, or - where a process in between
-    closed it (``torchrun`` starts its workers with ``close_fds``) - the PID written in the lock
-    file is one of this process's ancestors."""
+    closed it (``torchrun`` starts its workers with ``close_fds``), so the number is no open
+    descriptor at all - the PID written in the lock file is one of this process's ancestors. A
+    descriptor open on anything else is refused."""
     raw = os.environ.get(LOCK_FD_ENV, "")
     if not raw.isdigit():
         return False
     path = Path(out_dir) / LOCK_FILE
     try:
-        if os.fstat(int(raw)).st_ino == os.stat(path).st_ino:
-            return True
-    except OSError:
-        pass
+        return os.fstat(int(raw)).st_ino == os.stat(path).st_ino  # an open descriptor must be the lock
+    except OSError as error:
+        if error.errno != errno.EBADF or not path.is_file():  # closed on the way down: ask the file
+            return False
     try:
         holder = int(path.read_text().strip() or "0")
     except (OSError, ValueError):
