@@ -35,7 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from mccl_core.config import ConfigError, from_dict, section, to_plain
-from mccl_core.launch.supervise import LOCK_FD_ENV, TrainerLock
+from mccl_core.launch.supervise import TrainerLock
 from mccl_core.models import ModelConfig
 from mccl_core.steps.common import (
     VALIDATED_ANNOTATIONS_DIR,
@@ -51,6 +51,7 @@ from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.training.checkpoint import TRAINER_ERROR_PREFIX, set_aside_stale
 from mccl_core.training.config import TrainConfig
+from mccl_core.training.lock import handover_env
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def _launch_torchrun(
     log.info("launching: %s", " ".join(command))
     env.setdefault("TQDM_MININTERVAL", "5")  # progress lines in logs, not a flood
     if lock_fd is not None:  # the trainer holds the step's lock instead of locking against it
-        env[LOCK_FD_ENV] = str(lock_fd)
+        env.update(handover_env(lock_fd))
     returncode, output = run_streaming(command, env, pass_fds=(lock_fd,) if lock_fd is not None else ())
     if returncode != 0:
         raise training_failure(returncode, output, out_dir / CHECKPOINT_DIR / "last.pt")

@@ -17,7 +17,6 @@ entry point (which runs the train step). Two trainers on one folder both resume 
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -30,6 +29,9 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "train.lock"
 #: The descriptor number of a lock inherited from the process that started this trainer.
 LOCK_FD_ENV = "MCCL_TRAINER_LOCK_FD"
+#: ``<pid>:<inode>`` of the launcher's lock, for trainers whose descriptor was closed on the way
+#: down (``torchrun`` starts its workers with ``close_fds``).
+LOCK_HOLDER_ENV = "MCCL_TRAINER_LOCK_HOLDER"
 
 #: Lock files this process holds already (resolved paths): re-entering is a no-op, not a conflict.
 _HELD: set[Path] = set()
@@ -108,26 +110,34 @@ def _ancestor_pids() -> set[int]:
     return pids
 
 
+def handover_env(lock_fd: int) -> dict[str, str]:
+    """What a launcher holding the lock on ``lock_fd`` puts in its trainer's environment (with
+    ``pass_fds=(lock_fd,)``)."""
+    return {LOCK_FD_ENV: str(lock_fd), LOCK_HOLDER_ENV: f"{os.getpid()}:{os.fstat(lock_fd).st_ino}"}
+
+
 def inherited_lock(out_dir: Path) -> bool:
     """Whether the launcher that started this trainer holds ``<out_dir>/train.lock`` for us:
     ``$MCCL_TRAINER_LOCK_FD`` is an open descriptor of that file, or - where a process in between
-    closed it (``torchrun`` starts its workers with ``close_fds``), so the number is no open
-    descriptor at all - the PID written in the lock file is one of this process's ancestors. A
-    descriptor open on anything else is refused."""
-    raw = os.environ.get(LOCK_FD_ENV, "")
-    if not raw.isdigit():
-        return False
+    closed it (``torchrun`` starts its workers with ``close_fds``, and the number may be reused) -
+    ``$MCCL_TRAINER_LOCK_HOLDER`` names the live lock file's inode and an ancestor of this process.
+    A descriptor number alone that points elsewhere is refused."""
     path = Path(out_dir) / LOCK_FILE
-    try:
-        return os.fstat(int(raw)).st_ino == os.stat(path).st_ino  # an open descriptor must be the lock
-    except OSError as error:
-        if error.errno != errno.EBADF or not path.is_file():  # closed on the way down: ask the file
-            return False
-    try:
-        holder = int(path.read_text().strip() or "0")
-    except (OSError, ValueError):
+    raw = os.environ.get(LOCK_FD_ENV, "")
+    if raw.isdigit():
+        try:
+            if os.fstat(int(raw)).st_ino == os.stat(path).st_ino:
+                return True
+        except OSError:
+            pass
+    pid, _, inode = os.environ.get(LOCK_HOLDER_ENV, "").partition(":")
+    if not (pid.isdigit() and inode.isdigit()):
         return False
-    return holder in _ancestor_pids()
+    try:
+        same_file = os.stat(path).st_ino == int(inode)
+    except OSError:
+        return False
+    return same_file and int(pid) in _ancestor_pids()
 
 
 @contextmanager
