@@ -180,7 +180,8 @@ def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, mo
     rows = _outputs(out, "pointing")
     assert [r["variant"] for r in rows] == ["mccl", "no_mcc"] and calls == ["test", "test"]
     assert rows[0]["assignment_hit"] == "0.25" and rows[1]["assignment_hit"] == ""
-    assert "| no_mcc | 0.500 | – |" in (out / "pointing.md").read_text()
+    assert "| no_mcc | 0 | 0.500 | – |" in (out / "pointing.md").read_text()  # per-seed table
+    assert "| no_mcc | 0 | 0.500 | – | 0.100 |" in (out / "pointing.md").read_text()  # summary: mean, no std
 
 
 @pytest.mark.slow
@@ -196,14 +197,15 @@ def test_pointing_experiment_with_the_real_pointing_game(tiny_demo, models_dir, 
 
 @pytest.mark.slow
 def test_tracking_parent_and_nested_runs(tiny_demo, models_dir, tmp_path, monkeypatch):
-    """One parent run per experiment, one nested run per variant with params and metrics."""
+    """One parent run per experiment, one nested run per (variant, seed) with params and
+    metrics, the seed summary on the parent and in the JSON (grouped per corruption)."""
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = _params(tiny_demo, tmp_path, tracking={"enabled": True, "experiment": "exp-test", "tracking_uri": uri})
     assert _main("robustness", "--params", str(params), "--out", str(tmp_path / "exp" / "robustness"),
-                 "--corruptions", "noise0.10", "--models-dir", str(models_dir)) == 0  # fmt: skip
+                 "--corruptions", "noise0.10", "--models-dir", str(models_dir), "--seeds", "0,1") == 0  # fmt: skip
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("exp-test")
     runs = client.search_runs([experiment.experiment_id])
@@ -212,13 +214,24 @@ def test_tracking_parent_and_nested_runs(tiny_demo, models_dir, tmp_path, monkey
     assert parents[0].info.status == "FINISHED"
     children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id),
                       key=lambda r: r.info.run_name)  # fmt: skip
-    assert [r.info.run_name for r in children] == ["baseline_asl", "mccl"]
+    assert [r.info.run_name for r in children] == ["baseline_asl seed 0", "baseline_asl seed 1", "mccl seed 0",
+                                                   "mccl seed 1"]  # fmt: skip
     for child in children:
         assert {"test_macro_f1", "test_map_clean", "test_macro_f1_noise0.10", "val_macro_f1"} <= set(child.data.metrics)
         assert child.data.params["train.epochs"] == "1" and "model.fingerprint" in child.data.params
+        assert child.data.params["train.seed"] == child.data.tags["mccl.experiment.seed"] == child.info.run_name[-1]
     assert children[0].data.params["model.variant"] == "baseline"
+    assert children[0].data.params["model.fingerprint"] != children[1].data.params["model.fingerprint"]
+    parent_metrics = parents[0].data.metrics
+    assert {"clean.mccl.test_map_mean", "clean.mccl.test_map_std", "noise0.10.baseline_asl.diff_map",
+            "noise0.10.baseline_asl.diff_map_low"} <= set(parent_metrics)  # fmt: skip
     record = json.loads((tmp_path / "exp" / "robustness" / "robustness.json").read_text())
-    assert record["mlflow_parent_run_id"] == parents[0].info.run_id
+    assert record["mlflow_parent_run_id"] == parents[0].info.run_id and record["seeds"] == [0, 1]
+    summary = {(r["group"], r["variant"]): r for r in record["summary"]}
+    assert set(summary) == {(g, v) for g in ("clean", "noise0.10") for v in ("mccl", "baseline_asl")}
+    assert summary[("clean", "baseline_asl")]["verdict_map"] in ("better", "worse", "within noise")
+    assert summary[("clean", "mccl")]["test_map_mean"] == pytest.approx(parent_metrics["clean.mccl.test_map_mean"])
+    assert "± " in (tmp_path / "exp" / "robustness" / "robustness.md").read_text()
 
 
 @pytest.mark.slow

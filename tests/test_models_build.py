@@ -96,6 +96,22 @@ def test_every_variant_trains_one_step(name, data):
         assert updated == {} and health == {}
 
 
+def test_frozen_backbone_is_a_linear_probe(data):
+    """``backbone.frozen``: no backbone parameter trains (the optimiser never sees them), the head does."""
+    from mccl_core.training.config import TrainConfig
+    from mccl_core.training.loop import _param_groups
+
+    images, labels, cooccurrence, embeddings, bank = data
+    model = build_model(_cfg(variant="baseline", backbone={"frozen": True}), NUM_CLASSES, embeddings, cooccurrence, bank)
+    model.loss(model(images), labels).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    groups = _param_groups(model, TrainConfig(lr=0.1))
+    assert len(groups) == 1 and {id(p) for p in groups[0]["params"]} == {
+        id(p) for n, p in model.named_parameters() if not n.startswith("backbone.")
+    }
+    assert all(p.grad is not None for p in groups[0]["params"])
+
+
 def test_baseline_is_pool_linear_bce_on_the_deepest_stage(data):
     images, labels, *_ = data
     model = build_model(_cfg(variant="baseline"), NUM_CLASSES, None, None, None)

@@ -1,13 +1,16 @@
 """``mccl experiment stages|text|robustness|pointing``: one command per open question.
 
     mccl experiment stages                                   # params.yaml, all variants
+    mccl experiment stages --seeds 0,1,2                     # one model per (variant, seed), mean ± std
     mccl experiment text --set train.epochs=2 --variants description,onehot
     mccl experiment robustness --params profiles/x.yaml --out outputs/experiments/robustness_x
     mccl experiment pointing --no-tracking
 
 Outputs go to ``--out`` (default ``outputs/experiments/<name>``); trained models are cached in
 ``--models-dir`` (default ``<out>/../models``, shared by the experiments) and label embeddings
-in ``--cache-dir`` (default ``<out>/../cache``).
+in ``--cache-dir`` (default ``<out>/../cache``). With ``--seeds`` the table gives mean ± std over
+the seeds and, against ``--reference`` (default: the first variant), the paired difference with
+a 95 % bootstrap interval and a verdict (better / worse / within noise).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a params value for every variant, e.g. train.epochs=4")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default outputs/experiments/<name>")
     parser.add_argument("--variants", default="", help="comma-separated subset of the experiment's variants")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds, e.g. 0,1,2 (default: train.seed)")
+    parser.add_argument("--reference", default=None, help="variant the others are compared against (default: first)")
     parser.add_argument("--models-dir", type=Path, default=None, help="model cache (default <out>/../models)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="label-embedding cache (default <out>/../cache)")
     parser.add_argument("--corruptions", default="", help="robustness only: comma-separated subset, e.g. jpeg30,down4")
@@ -63,6 +68,7 @@ def prepare_label_caches(params: dict, cache_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     from mccl_core.experiments.experiments import EXPERIMENTS, ExperimentContext, run_robustness, select
     from mccl_core.experiments.runner import experiment_tracking
+    from mccl_core.experiments.seeds import parse_seeds
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         experiment = EXPERIMENTS[args.name]
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         variants = select(experiment.variants(params), wanted)
+        seeds = parse_seeds(args.seeds, int(section(params, "train", required=False).get("seed", 0)))
+        if args.reference is not None and args.reference not in {v.name for v in variants}:
+            raise ConfigError(
+                f"--reference {args.reference!r} is not among the variants run: {[v.name for v in variants]}"
+            )
     except ConfigError as error:
         print(f"error: {error}")
         return 2
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"label embeddings: {path}")
         return 0
     with experiment_tracking(args.name, params, enabled=not args.no_tracking) as tracking:
-        ctx = ExperimentContext(args.name, params, out, models_dir, cache_dir, tracking)
+        ctx = ExperimentContext(args.name, params, out, models_dir, cache_dir, tracking, seeds, args.reference)
         if args.name == "robustness" and args.corruptions:
             paths = run_robustness(ctx, variants, [c.strip() for c in args.corruptions.split(",") if c.strip()])
         else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from mccl_core.experiments.runner import (
     resolve_params,
     train_or_reuse,
 )
+from mccl_core.experiments.seeds import SeedRun, summarise, summary_table, with_seed
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ class ExperimentContext:
     models_dir: Path
     cache_dir: Path
     tracking: ExperimentTracking
+    #: One model per (variant, seed); None: the params' ``train.seed`` only.
+    seeds: list[int] | None = None
+    #: The variant the others are compared against (default: the first one run).
+    reference: str | None = None
+    #: Every evaluated (variant, seed[, group]) with its test scores, for the summary.
+    runs: list[SeedRun] = field(default_factory=list)
+
+    def seeded(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """``(seed, params)`` per seed, seed-major (a stopped run has every variant at the first seeds)."""
+        if not self.seeds:
+            return [(None, self.params)]
+        return [(seed, with_seed(self.params, seed)) for seed in self.seeds]
 
 
 @dataclass(frozen=True)
@@ -127,8 +140,8 @@ def select(variants: list[Variant], wanted: Sequence[str] | None) -> list[Varian
 # --------------------------------------------------------------------------------------------
 
 
-def _base_row(variant: Variant, trained: TrainedModel) -> dict[str, Any]:
-    row: dict[str, Any] = {"variant": variant.name, "description": variant.description,
+def _base_row(variant: Variant, trained: TrainedModel, seed: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"variant": variant.name, "seed": seed, "description": variant.description,
                            "train_seconds": trained.train_seconds, "cached": trained.cached,
                            "fingerprint": trained.fingerprint}  # fmt: skip
     for stage, weight in trained.stage_gate.items():
@@ -150,25 +163,32 @@ def _free() -> None:
 
 def evaluate_variants(ctx: ExperimentContext, variants: list[Variant],
                       extra: Callable[[LoadedModel, Variant], dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Train (or reuse) each variant, official protocol on val/test, optional extra metrics."""
+    """Train (or reuse) each variant for each seed, official protocol on val/test, optional
+    extra metrics; one row per (variant, seed), seed-major."""
     rows = []
-    for variant in variants:
-        resolved = resolve_params(ctx.params, variant)
-        trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
-        loaded = load_trained(trained, resolved)
-        truth_val, scores_val, _ = loaded.scores("val")
-        truth_test, scores_test, _ = loaded.scores("test")
-        row = _base_row(variant, trained)
-        row.update(official_row(truth_val, scores_val, truth_test, scores_test))
-        if extra is not None:
-            row.update(extra(loaded, variant))
-        del loaded
-        _free()
-        row["mlflow_run_id"] = ctx.tracking.log_variant(variant, resolved, trained, row)
-        rows.append(row)
-        log.info("%s / %s: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
-                 row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
+    for seed, params in ctx.seeded():
+        for variant in variants:
+            resolved = resolve_params(params, variant)
+            trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
+            loaded = load_trained(trained, resolved)
+            truth_val, scores_val, _ = loaded.scores("val")
+            truth_test, scores_test, _ = loaded.scores("test")
+            row = _base_row(variant, trained, loaded_seed(resolved))
+            row.update(official_row(truth_val, scores_val, truth_test, scores_test))
+            if extra is not None:
+                row.update(extra(loaded, variant))
+            del loaded
+            _free()
+            row["mlflow_run_id"] = ctx.tracking.log_variant(variant, resolved, trained, row, seed=seed)
+            rows.append(row)
+            ctx.runs.append(SeedRun(variant.name, row["seed"], row, truth_test, scores_test))
+            log.info("%s / %s seed %d: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
+                     row["seed"], row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
     return rows
+
+
+def loaded_seed(resolved: Mapping[str, Any]) -> int:
+    return int(section(resolved, "train").get("seed", 0))
 
 
 OFFICIAL_COLUMNS = [("val_macro_f1", "val macro-F1"), ("threshold", "threshold"), ("test_macro_f1", "test macro-F1"),
@@ -176,25 +196,39 @@ OFFICIAL_COLUMNS = [("val_macro_f1", "val macro-F1"), ("threshold", "threshold")
 F1_MAP = [("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]
 
 
+SUMMARY_KEYS = [("val_macro_f1", "val macro-F1"), ("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]
+
+
 def _write(ctx: ExperimentContext, rows: list[dict[str, Any]], columns: list[tuple[str, str]], notes: list[str],
-           plot: Callable[[Path], None]) -> list[Path]:  # fmt: skip
+           plot: Callable[[Path], None], summary_keys: list[tuple[str, str]] = SUMMARY_KEYS) -> list[Path]:  # fmt: skip
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{ctx.name}.{ext}" for ext in ("csv", "md", "png", "json")]
     report.write_csv(paths[0], rows, [k for k, _ in columns])
     budget = section(ctx.params, "train")
+    seeds = ",".join(map(str, ctx.seeds)) if ctx.seeds else str(budget.get("seed", 0))
     header = [f"# Experiment `{ctx.name}`", "",
               f"Data: `{section(ctx.params, 'data').get('source')}` ({section(ctx.params, 'data').get('root')}); "
               f"equal budget for every variant: epochs {budget.get('epochs')}, batch {budget.get('batch_size')}, "
-              f"lr {budget.get('lr')}, image size {budget.get('image_size')}, seed {budget.get('seed', 0)}. "
+              f"lr {budget.get('lr')}, image size {budget.get('image_size')}, seeds {seeds}. "
               "Official protocol: one threshold tuned on val, applied to test.", ""]  # fmt: skip
+    reference = ctx.reference or (ctx.runs[0].variant if ctx.runs else None)
+    summaries = summarise(ctx.runs, reference, [k for k, _ in summary_keys])
+    summary = summary_table(summaries, reference, summary_keys)
+    explain = (f"Mean ± std over seeds {seeds}; Δ: mean paired difference against `{reference}` (same seeds, "
+               "same test images) with a 95 % bootstrap interval over seeds and test images"
+               + (" (one seed: the interval holds test-image noise only, not seed noise)" if len(seeds.split(",")) < 2
+                  else "") + "; verdict better / worse only when the interval excludes 0.")  # fmt: skip
     body = report.markdown_table(rows, columns)
-    paths[1].write_text("\n".join([*header, body, "", *[f"{n}\n" for n in notes]]).rstrip() + "\n", encoding="utf-8")
+    text = [*header, summary, "", explain, "", "Per seed:", "", body, "", *[f"{n}\n" for n in notes]]
+    paths[1].write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
     plot(paths[2])
-    report.write_json(paths[3], {"experiment": ctx.name, "rows": rows, "notes": notes,
+    report.write_json(paths[3], {"experiment": ctx.name, "seeds": ctx.seeds, "reference": reference,
+                                 "summary": [s.row() for s in summaries], "rows": rows, "notes": notes,
                                  "mlflow_parent_run_id": ctx.tracking.parent_run_id})  # fmt: skip
+    ctx.tracking.log_summary([s.row() for s in summaries])
     ctx.tracking.log_artifacts(paths)
-    print(body, flush=True)
+    print(summary + "\n\n" + body, flush=True)
     return paths
 
 
@@ -210,7 +244,8 @@ def run_stages(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
         row["stages"] = row.pop("description")
         gate = [f"{s}={row[f'gate_{s}']:.2f}" for s in stages if f"gate_{s}" in row]
         row["stage_gate"] = " ".join(gate) if gate else None
-    columns = [("variant", "variant"), ("stages", "stages"), *OFFICIAL_COLUMNS, ("stage_gate", "learned gate")]
+    columns = [("variant", "variant"), ("seed", "seed"), ("stages", "stages"), *OFFICIAL_COLUMNS,
+               ("stage_gate", "learned gate")]  # fmt: skip
     notes = ["The gate row lists the softmax stage weights of the last epoch."] if stages else []
     return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, F1_MAP, "backbone stages"))
 
@@ -219,7 +254,7 @@ def run_text(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
     rows = evaluate_variants(ctx, variants)
     for row in rows:
         row["label_text"] = row.pop("description") or row["variant"]
-    columns = [("variant", "pki.label_text"), *OFFICIAL_COLUMNS]
+    columns = [("variant", "pki.label_text"), ("seed", "seed"), *OFFICIAL_COLUMNS]
     return _write(ctx, rows, columns, [ENCODER_SWAP_NOTE],
                   lambda p: report.bar_plot(p, rows, F1_MAP, "label text"))  # fmt: skip
 
@@ -234,36 +269,40 @@ def run_robustness(
         names = ["clean", *[n for n in names if n != "clean"]]
     suite = [get_corruption(n) for n in names]
     rows: list[dict[str, Any]] = []
+    for seed, params in ctx.seeded():
+        for variant in variants:
+            resolved = resolve_params(params, variant)
+            trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
+            loaded = load_trained(trained, resolved)
+            truth_val, scores_val, _ = loaded.scores("val")
+            metrics: dict[str, Any] = {"train_seconds": trained.train_seconds}
+            clean: dict[str, float] = {}
+            mine: list[dict[str, Any]] = []
+            for corruption in suite:
+                transform = corrupted_transform(corruption, loaded.meta.eval_transform())
+                truth_test, scores_test, _ = loaded.scores("test", transform)
+                official = official_row(truth_val, scores_val, truth_test, scores_test)
+                clean = clean or official
+                row = {"variant": variant.name, "seed": loaded_seed(resolved), "corruption": corruption.name,
+                       **official, "drop_macro_f1": clean["test_macro_f1"] - official["test_macro_f1"],
+                       "drop_map": clean["test_map"] - official["test_map"]}  # fmt: skip
+                mine.append(row)
+                ctx.runs.append(SeedRun(variant.name, loaded_seed(resolved), row, truth_test, scores_test,
+                                        corruption.name))  # fmt: skip
+                metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
+                metrics[f"test_map_{corruption.name}"] = official["test_map"]
+                metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
+            metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
+            del loaded
+            _free()
+            run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics, seed=seed)
+            rows += [{**row, "mlflow_run_id": run_id} for row in mine]
+    # the plots show the mean over seeds of each (model, corruption)
     series: dict[str, dict[str, list[tuple[str, float]]]] = {"test_macro_f1": {}, "test_map": {}}
-    for variant in variants:
-        resolved = resolve_params(ctx.params, variant)
-        trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
-        loaded = load_trained(trained, resolved)
-        truth_val, scores_val, _ = loaded.scores("val")
-        metrics: dict[str, Any] = {"train_seconds": trained.train_seconds}
-        clean: dict[str, float] = {}
-        for corruption in suite:
-            transform = corrupted_transform(corruption, loaded.meta.eval_transform())
-            truth_test, scores_test, _ = loaded.scores("test", transform)
-            official = official_row(truth_val, scores_val, truth_test, scores_test)
-            clean = clean or official
-            row = {"variant": variant.name, "corruption": corruption.name, **official,
-                   "drop_macro_f1": clean["test_macro_f1"] - official["test_macro_f1"],
-                   "drop_map": clean["test_map"] - official["test_map"]}  # fmt: skip
-            rows.append(row)
-            for key in series:
-                series[key].setdefault(variant.name, []).append((corruption.name, official[key]))
-            metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
-            metrics[f"test_map_{corruption.name}"] = official["test_map"]
-            metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
-        metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
-        del loaded
-        _free()
-        run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics)
-        for row in rows:
-            if row["variant"] == variant.name:
-                row["mlflow_run_id"] = run_id
-    columns = [("variant", "model"), ("corruption", "corruption"), ("test_macro_f1", "test macro-F1"),
+    for summary in summarise(ctx.runs, None):
+        for key in series:
+            series[key].setdefault(summary.variant, []).append((summary.group, summary.spread[key][0]))
+    columns = [("variant", "model"), ("seed", "seed"), ("corruption", "corruption"), ("test_macro_f1", "test macro-F1"),
                ("drop_macro_f1", "drop"), ("test_map", "test mAP"), ("drop_map", "drop")]  # fmt: skip
     notes = ["Threshold tuned on clean val and applied to every corrupted test set; drop = clean - corrupted. "
              "Both models use the same loss (equal loss) and budget. Plot: `robustness.png` (macro-F1), "
@@ -292,7 +331,7 @@ def run_pointing(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
                 "assignment_hit": result.assignment, "random_hit": result.random}  # fmt: skip
 
     rows = evaluate_variants(ctx, variants, extra)
-    columns = [("variant", "variant"), ("attention_hit", "attention hit rate"),
+    columns = [("variant", "variant"), ("seed", "seed"), ("attention_hit", "attention hit rate"),
                ("assignment_hit", "assignment hit rate"), ("random_hit", "random"), ("pairs", "pairs"),
                ("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]  # fmt: skip
     notes = ["Hit rate: share of (image, true intent) pairs whose attention / prototype-assignment peak lies "
@@ -301,7 +340,10 @@ def run_pointing(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
              "(– without it). `mccl_core.explain.pointing.pointing_game` on the test split."]  # fmt: skip
     notes += [f"No pointing game: {p}" for p in problems]
     metrics = [("attention_hit", "attention"), ("assignment_hit", "assignment"), ("random_hit", "random")]
-    return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, metrics, "pointing game"))
+    summary_keys = [("attention_hit", "attention hit"), ("assignment_hit", "assignment hit"),
+                    ("random_hit", "random"), *SUMMARY_KEYS[1:]]  # fmt: skip
+    return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, metrics, "pointing game"),
+                  summary_keys)  # fmt: skip
 
 
 EXPERIMENTS: dict[str, Experiment] = {

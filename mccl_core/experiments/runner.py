@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -268,12 +269,18 @@ class ExperimentTracking:
         return getattr(self.parent, "run_id", None)
 
     def log_variant(self, variant: Variant, resolved: Mapping[str, Any], trained: TrainedModel | None,
-                    metrics: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
-        """A nested run for ``variant``: resolved params, fingerprint, metrics, per-epoch curves."""
+                    metrics: Mapping[str, Any], tags: Mapping[str, Any] | None = None,
+                    seed: int | None = None) -> str | None:  # fmt: skip
+        """A nested run for ``variant`` (and ``seed``): resolved params, fingerprint, metrics,
+        per-epoch curves."""
         if self.tracker is None:
             return None
         run_tags = {"mccl.experiment.variant": variant.name, **(tags or {})}
-        with self.tracker.step_run(variant.name, parent=self.parent, tags=run_tags) as run:
+        name = variant.name
+        if seed is not None:
+            run_tags["mccl.experiment.seed"] = str(seed)
+            name = f"{variant.name} seed {seed}"
+        with self.tracker.step_run(name, parent=self.parent, tags=run_tags) as run:
             params = {k: v for k, v in flatten(dict(resolved)).items() if not k.startswith("tracking.")}
             params["variant"] = variant.name
             params["variant.overrides"] = json.dumps(to_plain(dict(variant.overrides)), sort_keys=True, default=str)
@@ -285,6 +292,18 @@ class ExperimentTracking:
             for epoch, record in enumerate(trained.history if trained is not None else []):
                 self.tracker.log_metrics(numeric_metrics(record), step=epoch, run=run)
             return run.run_id
+
+    def log_summary(self, rows: list[Mapping[str, Any]]) -> None:
+        """The per-variant summary (mean, std, paired difference) as parent-run metrics named
+        ``<variant>.<metric>`` (``<group>.<variant>.<metric>`` when grouped)."""
+        if self.tracker is None:
+            return
+        metrics: dict[str, float] = {}
+        for row in rows:
+            prefix = ".".join(str(row[k]) for k in ("group", "variant") if row.get(k))
+            prefix = re.sub(r"[^0-9A-Za-z_\-. /]", "_", prefix)  # MLflow's metric-name alphabet
+            metrics.update({f"{prefix}.{k}": v for k, v in numeric_metrics(row).items() if k != "n_seeds"})
+        self.tracker.log_metrics(metrics, run=self.parent)
 
     def log_artifacts(self, paths: list[Path]) -> None:
         if self.tracker is None:

@@ -68,6 +68,8 @@ class Backbone(nn.Module):
         if cfg.weights.strip().lower() != "none":
             state, self.weights_origin = resolve_weights(spec, cfg.weights)
             load_matching(self.trunk, state, self.weights_origin)
+        if cfg.frozen:
+            self.trunk.requires_grad_(False)
 
     @property
     def stages(self) -> tuple[str, ...]:

