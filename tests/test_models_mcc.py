@@ -236,3 +236,76 @@ def test_hard_update_keeps_a_class_prototypes_on_their_clusters_where_soft_colla
     assert soft_between > 0.95  # both drifted to the class mean (e0 + e1) / sqrt(2)
     with pytest.raises(ValueError, match="update"):
         CompositionalClues(bank, update="sinkhorn")
+
+
+def test_owner_hit_and_its_chance_level():
+    """Patches equal to a prototype of a carried class hit their owner; of an absent class, never."""
+    bank = _bank()
+    mcc = CompositionalClues(bank, temperature=0.05)
+    owners = mcc.owners("layer3")
+    k = mcc.num_prototypes("layer3")
+    proto_of = {c: int((owners == c).nonzero()[0]) for c in range(NUM_CLASSES)}
+    tokens, _ = _batch(3)
+    tokens[0] = mcc.prototypes("layer3")[proto_of[1]].expand_as(tokens[0]).clone()
+    for carried, expected in (((1,), 1.0), ((0, 2), 0.0)):
+        labels = torch.zeros(tokens[0].shape[0], NUM_CLASSES)
+        labels[:, list(carried)] = 1.0
+        _, state = mcc(tokens)
+        mcc.update_prototypes(state, labels)
+        report = mcc.health(reset=True)
+        assert report["layer3/owner_hit"] == pytest.approx(expected)
+        share = float(sum((owners == c).sum() for c in carried)) / k
+        assert report["layer3/owner_hit_chance"] == pytest.approx(share)
+
+
+def test_the_guard_names_a_collapsed_stage_and_passes_a_healthy_one():
+    from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings
+
+    bank = _bank()
+    mcc = CompositionalClues(bank, temperature=0.1)
+    healthy_tokens, labels = _batch(7, batch=8)
+    # healthy: image i carries class i % 4 and its patches lie near that class's prototypes
+    owners = mcc.owners("layer3")
+    labels = F.one_hot(torch.arange(8) % NUM_CLASSES, NUM_CLASSES).float()
+    for i in range(8):
+        own = mcc.prototypes("layer3")[owners == i % NUM_CLASSES]
+        near = own[torch.arange(16) % len(own)] + 0.01 * torch.randn(16, own.shape[1])
+        healthy_tokens[0][i] = near
+    _, state = mcc(healthy_tokens)
+    mcc.update_prototypes(state, labels)
+    healthy = mcc.health(reset=True)
+    assert healthy["layer3/owner_hit"] == 1.0 and healthy["layer3/never_assigned"] == 0
+    assert [w for w in mcc_warnings(healthy) if "layer3" in w] == []
+    # every layer3 patch on one prototype of a class no image carries: collapse + owner hit 0
+    absent = 3
+    tokens = [t.clone() for t in healthy_tokens]
+    tokens[0] = mcc.prototypes("layer3")[int((owners == absent).nonzero()[0])].expand_as(tokens[0]).clone()
+    labels[:, absent] = 0.0
+    labels[:, 0] = 1.0
+    _, state = mcc(tokens)
+    mcc.update_prototypes(state, labels)
+    (warning,) = [w for w in mcc_warnings(mcc.health()) if "layer3" in w]
+    k = mcc.num_prototypes("layer3")
+    assert f"{k - 1} of {k} prototypes were never a patch's nearest" in warning
+    assert "usage entropy 0.0" in warning and "owner hit 0.000 against" in warning
+    assert "learn_residual" in MCC_ADVICE and "bench/ablations.py" in MCC_ADVICE
+
+
+def test_learned_residual_starts_at_the_configured_value_and_trains():
+    from mccl_core.config import ConfigError
+    from mccl_core.models import ModelConfig
+
+    mcc = CompositionalClues(_bank(), temperature=0.1, residual=0.25, learn_residual=True)
+    assert mcc.residual_weights() == pytest.approx({"layer3": 0.25, "layer4": 0.25})
+    tokens, labels = _batch(2)
+    rebuilt, state = mcc(tokens)
+    fixed, _ = CompositionalClues(_bank(), temperature=0.1, residual=0.25)(tokens)
+    for a, b in zip(rebuilt, fixed):
+        torch.testing.assert_close(a, b)
+    sum(r.sum() for r in rebuilt).backward()
+    assert mcc.residual_logits is not None and mcc.residual_logits.grad is not None
+    assert mcc.residual_logits.grad.abs().min() > 0
+    mcc.update_prototypes(state, labels)
+    assert mcc.health()["layer4/residual"] == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="learn_residual needs a starting mcc.residual in"):
+        ModelConfig.from_dict({"mcc": {"learn_residual": True, "residual": 0.0}})

@@ -21,6 +21,7 @@ from conftest import tiny_train_params
 from mccl_core.data import DataConfig
 from mccl_core.models import ModelConfig
 from mccl_core.models.bundle import load_bundle, read_meta
+from mccl_core.models.mcc import mcc_warnings
 from mccl_core.training.checkpoint import load_checkpoint
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import DistContext
@@ -207,11 +208,12 @@ def test_bundle_reloads_to_identical_predictions(tiny_trained_bundle):
         {"mcc": {"enabled": False}},
         {"pki": {"use_gcn": False}},
         {"variant": "baseline"},
+        {"mcc": {"learn_residual": True, "residual": 0.5}},
     ],
-    ids=["no_cpi", "no_mcc", "no_gcn", "baseline"],
+    ids=["no_cpi", "no_mcc", "no_gcn", "baseline", "learned_residual"],
 )
 @pytest.mark.slow
-def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, tmp_path, overrides):
+def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, tmp_path, overrides, caplog):
     params = _params(tiny_demo, tmp_path / "out", epochs=1, max_steps_per_epoch=2, deterministic=False)
     model_section = params["model"]
     for key, value in overrides.items():
@@ -227,11 +229,19 @@ def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, 
         train_cfg,
         TrainArtifacts(label_embeddings=tiny_demo_label_embeddings),
     )
-    result = train(model_cfg, train_cfg, inputs)
+    with caplog.at_level("WARNING", logger="mccl_core.training.loop"):
+        result = train(model_cfg, train_cfg, inputs)
     record = result.history[0]
     assert np.isfinite(record.train_loss) and record.val_map is not None
     model, _ = load_bundle(result.model_path)
     assert model.__class__.__name__ == ("BaselineModel" if overrides.get("variant") == "baseline" else "MCCLModel")
+    # the MCC guard ran on the first epoch's health, and said what it found
+    assert record.mcc_warnings == mcc_warnings(record.prototype_health)
+    for warning in record.mcc_warnings:
+        assert warning in caplog.text
+    if model_cfg.mcc.learn_residual:
+        assert set(model.clues.residual_weights()) == set(model_cfg.backbone.stages)
+        assert all(0 < record.prototype_health[f"{s}/residual"] != 0.5 for s in model_cfg.backbone.stages)  # trained
 
 
 def test_batch_not_divisible_by_processes_is_a_clear_error():

@@ -126,8 +126,12 @@ class MCCConfig:
     #: Weights of the momentum update: ``soft`` (assignment-weighted, see docs/model.md) or
     #: ``hard`` (each patch updates only its nearest eligible prototype: online k-means).
     update: Literal["soft", "hard"] = "soft"
+    #: Learn the residual weight per stage, started at ``residual`` (then in (0, 1)).
+    learn_residual: bool = False
 
     def __post_init__(self) -> None:
+        if self.learn_residual and not 0.0 < self.residual < 1.0:
+            raise ConfigError(f"mcc.learn_residual needs a starting mcc.residual in (0, 1), got {self.residual}")
         if self.update not in ("soft", "hard"):
             raise ConfigError(f"mcc.update={self.update!r}: must be 'soft' or 'hard'")
         if self.temperature <= 0:
@@ -238,7 +242,7 @@ class ModelConfig:
         if self.variant == "mccl" and self.mcc.enabled:
             # Pretrained tokens are distinct enough for the paper's pure rebuild; random-init tokens
             # are nearly parallel, the soft assignment is near uniform and a pure rebuild erases them.
-            if self.backbone.pretrained and self.mcc.residual > 0:
+            if self.backbone.pretrained and self.mcc.residual > 0 and not self.mcc.learn_residual:
                 logger.warning(
                     "mcc.residual=%s with pretrained backbone weights (%s): the paper passes on the pure "
                     "clue rebuild (residual 0); residual > 0 is meant for random-init backbones",

@@ -4,8 +4,9 @@ Each patch token x_n of a stage is softly assigned to the stage's class-owned pr
 
     a_{n,k} = softmax_k( cos(x_n, p_k) / t ),     x_hat_n = sum_k a_{n,k} p_k,
 
-and the rebuilt token x_hat (optionally mixed with the normalised token by ``residual``) is what
-the decoder sees, so every token is expressed as a composition of class clues.
+and the rebuilt token x_hat (optionally mixed with the normalised token by ``residual``, fixed or
+learned per stage) is what the decoder sees, so every token is expressed as a composition of
+class clues.
 
 Prototypes are buffers, not parameters: they receive no gradient and move only by the online
 clustering update after each optimiser step (ProtoSeg / PIP-Net lineage). For prototype k owned by
@@ -58,6 +59,9 @@ class CompositionalClues(nn.Module):
         bank: initial prototypes (CPI or random) and owner class per prototype, per stage.
         temperature: softmax temperature t of the cosine assignment.
         residual: weight r of the normalised input token in ``(1 - r) x_hat + r x``.
+        learn_residual: r is ``sigmoid(w_s)``, one learned ``w_s`` per stage started at ``residual``
+            (which must then lie in (0, 1)): when the clue rebuild loses what the decoder needs (many
+            classes, few patches per image), training can hand the token back instead of stalling.
         momentum: l in ``p <- l p + (1 - l) m`` (1.0 freezes the prototypes).
         update: how patches weigh in ``m_k``: ``soft`` by their assignment ``a_{n,k}`` (the formula
             above), ``hard`` only for their nearest prototype among the carried classes' (online
@@ -73,6 +77,7 @@ class CompositionalClues(nn.Module):
         residual: float = 0.0,
         momentum: float = 0.999,
         update: str = "soft",
+        learn_residual: bool = False,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -85,6 +90,12 @@ class CompositionalClues(nn.Module):
         self.temperature = float(temperature)
         self.residual = float(residual)
         self.momentum = float(momentum)
+        self.residual_logits: nn.Parameter | None = None
+        if learn_residual:
+            if not 0.0 < residual < 1.0:
+                raise ValueError(f"learn_residual needs a starting residual in (0, 1), got {residual}")
+            start = math.log(residual / (1.0 - residual))
+            self.residual_logits = nn.Parameter(torch.full((len(bank.stages),), start))
         for stage in self.stages:
             protos = F.normalize(bank.prototypes[stage].detach().float().clone(), dim=1)
             owners = bank.owners[stage].detach().long().clone()
@@ -96,6 +107,8 @@ class CompositionalClues(nn.Module):
             k = protos.shape[0]
             self.register_buffer(f"usage_sum_{stage}", torch.zeros(k, dtype=torch.float64), persistent=False)
             self.register_buffer(f"argmax_hits_{stage}", torch.zeros(k, dtype=torch.float64), persistent=False)
+            # patches whose nearest prototype belongs to a class of their image, and that count's chance level
+            self.register_buffer(f"owner_hits_{stage}", torch.zeros(2, dtype=torch.float64), persistent=False)
             self.register_buffer(f"epoch_start_{stage}", protos.clone(), persistent=False)
         self.register_buffer("_patches_seen", torch.zeros(len(self.stages), dtype=torch.float64), persistent=False)
         self._updates_since_reset = 0
@@ -118,6 +131,12 @@ class CompositionalClues(nn.Module):
     def num_prototypes(self, stage: str) -> int:
         return int(self.prototypes(stage).shape[0])
 
+    def residual_weights(self) -> dict[str, float]:
+        """The residual weight r per stage (the learned value under ``learn_residual``)."""
+        if self.residual_logits is None:
+            return {s: self.residual for s in self.stages}
+        return {s: float(torch.sigmoid(w)) for s, w in zip(self.stages, self.residual_logits.detach().cpu())}
+
     def export_bank(self, template: PrototypeBank) -> PrototypeBank:
         """Current prototypes as a :class:`PrototypeBank` (e.g. for interpretability reports)."""
         return PrototypeBank(
@@ -137,13 +156,16 @@ class CompositionalClues(nn.Module):
         rebuilt_all: list[Tensor] = []
         tokens_all: list[Tensor] = []
         assign_all: list[Tensor] = []
-        for stage, tokens in zip(self.stages, stage_tokens):
+        for i, (stage, tokens) in enumerate(zip(self.stages, stage_tokens)):
             with torch.autocast(device_type=tokens.device.type, enabled=False):
                 protos = self.prototypes(stage)
                 x = F.normalize(tokens.float(), dim=-1)
                 assignments = torch.softmax((x @ protos.T) / self.temperature, dim=-1)
                 rebuilt = assignments @ protos
-                if self.residual > 0:
+                if self.residual_logits is not None:
+                    r = torch.sigmoid(self.residual_logits[i].float())
+                    rebuilt = (1.0 - r) * rebuilt + r * x
+                elif self.residual > 0:
                     rebuilt = (1.0 - self.residual) * rebuilt + self.residual * x
             rebuilt_all.append(rebuilt)
             tokens_all.append(x.detach())
@@ -213,10 +235,15 @@ class CompositionalClues(nn.Module):
                 counts = owner_present.sum(0)  # images carrying the owner class
                 usage = a.sum(dim=(0, 1))  # [K]
                 # argmax hits via comparison with the row max (deterministic on CUDA, no scatter)
-                hits = (a >= a.amax(dim=-1, keepdim=True)).sum(dim=(0, 1)).float()
+                top = (a >= a.amax(dim=-1, keepdim=True)).float()  # [B, N, K]
+                hits = top.sum(dim=(0, 1))
+                # owner hit: the top prototype's class is one the image carries; chance: the share of
+                # prototypes owned by carried classes (a uniformly random top prototype)
+                owner_hit = (top * owner_present[:, None, :]).sum().reshape(1)
+                owner_chance = (owner_present.sum(1) * (a.shape[1] / k)).sum().reshape(1)
                 # new_full is a device fill; torch.tensor(..., device=cuda) would be a blocking copy
                 patches = a.new_full((1,), float(a.shape[0] * a.shape[1]))
-                packed += [sums.flatten(), counts, usage, hits, patches]
+                packed += [sums.flatten(), counts, usage, hits, owner_hit, owner_chance, patches]
                 shapes.append((k, c))
             flat = torch.cat(packed)
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -231,8 +258,9 @@ class CompositionalClues(nn.Module):
                 usage = flat[offset + k : offset + 2 * k]
                 hits = flat[offset + 2 * k : offset + 3 * k]
                 offset += 3 * k
-                patches = flat[offset]
-                offset += 1
+                owner = flat[offset : offset + 2]
+                patches = flat[offset + 2]
+                offset += 3
 
                 protos = self.prototypes(stage)
                 norms = sums.norm(dim=1, keepdim=True)
@@ -244,6 +272,7 @@ class CompositionalClues(nn.Module):
 
                 getattr(self, f"usage_sum_{stage}").add_(usage.double())
                 getattr(self, f"argmax_hits_{stage}").add_(hits.double())
+                getattr(self, f"owner_hits_{stage}").add_(owner.double())
                 self._patches_seen[i] += patches.double()
         return updated
 
@@ -256,7 +285,10 @@ class CompositionalClues(nn.Module):
         ``{stage}/usage_entropy_norm``: the same divided by log K (1 = uniform use);
         ``{stage}/never_assigned``: prototypes that were never any patch's argmax (collapse);
         ``{stage}/mean_drift``, ``{stage}/max_drift``: L2 distance of prototypes from their value
-        at the first update after the reset (0 = static prototypes). NaN entropy = no updates yet.
+        at the first update after the reset (0 = static prototypes). NaN entropy = no updates yet;
+        ``{stage}/owner_hit``: share of patches whose nearest prototype belongs to a class of their
+        image, ``{stage}/owner_hit_chance`` the same for a uniformly random prototype;
+        ``{stage}/residual``: the learned residual weight (``learn_residual`` only).
         With ``reset=True`` the accumulators are cleared and the next update re-snapshots.
         """
         report: dict[str, float] = {"updates": float(self._updates_since_reset)}
@@ -282,6 +314,12 @@ class CompositionalClues(nn.Module):
             report[f"{stage}/mean_drift"] = float(drift.mean())
             report[f"{stage}/max_drift"] = float(drift.max())
             report[f"{stage}/patches"] = patches
+            owner = getattr(self, f"owner_hits_{stage}")
+            report[f"{stage}/owner_hit"] = float(owner[0]) / patches if patches > 0 else math.nan
+            report[f"{stage}/owner_hit_chance"] = float(owner[1]) / patches if patches > 0 else math.nan
+        if self.residual_logits is not None:
+            for stage, r in self.residual_weights().items():
+                report[f"{stage}/residual"] = r
         if reset:
             self.reset_health()
         return report
@@ -290,15 +328,52 @@ class CompositionalClues(nn.Module):
         for stage in self.stages:
             getattr(self, f"usage_sum_{stage}").zero_()
             getattr(self, f"argmax_hits_{stage}").zero_()
+            getattr(self, f"owner_hits_{stage}").zero_()
         self._patches_seen.zero_()
         self._updates_since_reset = 0
         self._epoch_start_valid = False
 
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{s}: {self.num_prototypes(s)}x{c}" for s, c in zip(self.stages, self.stage_channels))
-        return (
-            f"prototypes=({sizes}), temperature={self.temperature}, residual={self.residual}, momentum={self.momentum}"
-        )
+        residual = f"learned from {self.residual}" if self.residual_logits is not None else str(self.residual)
+        return f"prototypes=({sizes}), temperature={self.temperature}, residual={residual}, momentum={self.momentum}"
+
+
+#: Thresholds of :func:`mcc_warnings` (after the first epoch).
+NEVER_ASSIGNED_LIMIT = 0.5  # share of a stage's prototypes that were never any patch's nearest
+USAGE_ENTROPY_LIMIT = 0.5  # normalised entropy of prototype usage (1 = uniform)
+OWNER_HIT_FACTOR = 1.5  # owner hit below this multiple of its chance level: assignment ignores the labels
+
+MCC_ADVICE = (
+    "MCC may be erasing what the decoder needs (seen with many classes and few patches per image). Try "
+    "model.mcc.learn_residual: true (the decoder keeps the token next to its rebuild), fewer prototypes "
+    "(model.cpi.prototypes_per_class), a larger train.image_size (more patches per image) or "
+    "model.mcc.enabled: false, and compare on val: python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
+)
+
+
+def mcc_warnings(health: dict[str, float]) -> list[str]:
+    """What is wrong with MCC, per stage, from one epoch's :meth:`CompositionalClues.health`:
+    prototypes never assigned, usage entropy, owner hit near chance. Empty when healthy."""
+    problems = []
+    stages = sorted({k.split("/")[0] for k in health if k.endswith("/prototypes")})
+    for stage in stages:
+        k = health[f"{stage}/prototypes"]
+        never = health.get(f"{stage}/never_assigned", math.nan)
+        entropy = health.get(f"{stage}/usage_entropy_norm", math.nan)
+        hit = health.get(f"{stage}/owner_hit", math.nan)
+        chance = health.get(f"{stage}/owner_hit_chance", math.nan)
+        found = []
+        if never > NEVER_ASSIGNED_LIMIT * k:
+            found.append(f"{never:.0f} of {k:.0f} prototypes were never a patch's nearest")
+        if entropy < USAGE_ENTROPY_LIMIT:
+            found.append(f"usage entropy {entropy:.2f} (1 = every prototype used alike)")
+        if hit < OWNER_HIT_FACTOR * chance:
+            found.append(f"owner hit {hit:.3f} against {chance:.3f} by chance (a patch's nearest prototype "
+                         "rarely belongs to a class of its image)")  # fmt: skip
+        if found:
+            problems.append(f"MCC stage {stage}: " + "; ".join(found))
+    return problems
 
 
 def _invalidate_health_after_load(module: nn.Module, incompatible_keys: object) -> None:

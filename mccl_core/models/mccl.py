@@ -316,7 +316,8 @@ def _assemble_mccl(
 ) -> MCCLModel:
     clues = None
     if bank is not None:
-        clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum, cfg.mcc.update)
+        clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum, cfg.mcc.update,
+                                   cfg.mcc.learn_residual)  # fmt: skip
     queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers)
     decoder = ClueDecoder(
         backbone.stage_channels,

@@ -31,6 +31,7 @@ from mccl_core.data.gpu_decode import EncodedImages, GpuBatchDecoder, collate_en
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 from mccl_core.models.bundle import BundleMeta, save_bundle
+from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings
 from mccl_core.training.checkpoint import (
     LAST_NAME,
     capture_rng_state,
@@ -86,6 +87,8 @@ class EpochRecord:
     stage_gate: dict[str, float] = field(default_factory=dict)
     #: Under DDP: largest |difference| between any rank's prototypes and rank 0's (0 = identical).
     replica_prototype_max_diff: float | None = None
+    #: What the MCC guard found wrong after this run's first epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
+    mcc_warnings: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric view (for MLflow / DVC), fixed names across runs."""
@@ -352,9 +355,13 @@ def _train(
             record.val_map = float(tuned.average_precision.map)
         if ctx.enabled:
             record.replica_prototype_max_diff = _replica_prototype_diff(model, ctx)
+        if epoch == start_epoch:  # the guard: an MCC that stopped learning shows after one epoch
+            record.mcc_warnings = mcc_warnings(record.prototype_health)
         history.append(record)
         if ctx.is_main:
             log.info(_format_epoch(record, cfg.epochs))
+            for warning in record.mcc_warnings:
+                log.warning("%s. %s", warning, MCC_ADVICE)
             save_checkpoint(
                 ckpt_path,
                 {
