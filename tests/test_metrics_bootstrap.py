@@ -36,7 +36,9 @@ def test_weighted_metrics_equal_the_project_metrics_at_unit_weights_and_on_a_res
     rng = np.random.default_rng(1)
     idx = rng.integers(0, len(labels), len(labels))
     weights = np.bincount(idx, minlength=len(labels))[None, :].astype(float)
-    assert weighted_map(labels, scores, weights)[0] == pytest.approx(mean_average_precision(labels[idx], scores[idx]).map)
+    assert weighted_map(labels, scores, weights)[0] == pytest.approx(
+        mean_average_precision(labels[idx], scores[idx]).map
+    )
     assert weighted_macro_f1(labels, scores > 0.4, weights)[0] == pytest.approx(
         f1_report(labels[idx], scores[idx], 0.4).macro_f1
     )

@@ -102,7 +102,9 @@ def test_frozen_backbone_is_a_linear_probe(data):
     from mccl_core.training.loop import _param_groups
 
     images, labels, cooccurrence, embeddings, bank = data
-    model = build_model(_cfg(variant="baseline", backbone={"frozen": True}), NUM_CLASSES, embeddings, cooccurrence, bank)
+    model = build_model(
+        _cfg(variant="baseline", backbone={"frozen": True}), NUM_CLASSES, embeddings, cooccurrence, bank
+    )
     model.loss(model(images), labels).backward()
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
     groups = _param_groups(model, TrainConfig(lr=0.1))
