@@ -164,6 +164,9 @@ class PKIConfig:
     tau: float = 0.1
     p: float = 0.2
     gcn_layers: int = 2
+    #: How the GCN's biases start: ``uniform`` (ML-GCN's +-1/sqrt(dim)) or ``zero``. At the decoder's
+    #: small dims ML-GCN's bias dominates the first queries (mean cosine between classes ~0.96).
+    gcn_bias_init: Literal["uniform", "zero"] = "uniform"
     dim: int = 512
     decoder_layers: int = 2
     heads: int = 8
@@ -187,6 +190,8 @@ class PKIConfig:
             raise ConfigError(f"pki.label_text={self.label_text!r}: choose one of {list(LABEL_TEXT_MODES)}")
         if self.stage_gate not in STAGE_GATES:
             raise ConfigError(f"pki.stage_gate={self.stage_gate!r}: choose one of {list(STAGE_GATES)}")
+        if self.gcn_bias_init not in ("uniform", "zero"):
+            raise ConfigError(f"pki.gcn_bias_init={self.gcn_bias_init!r}: choose 'uniform' or 'zero'")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"pki.dropout={self.dropout}: must be in [0, 1)")
 

@@ -318,7 +318,7 @@ def _assemble_mccl(
     if bank is not None:
         clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum, cfg.mcc.update,
                                    cfg.mcc.learn_residual)  # fmt: skip
-    queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers)
+    queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers, cfg.pki.gcn_bias_init)
     decoder = ClueDecoder(
         backbone.stage_channels,
         num_classes,

@@ -261,13 +261,16 @@ def build_label_graph(cooccurrence: np.ndarray, tau: float = 0.1, p: float = 0.2
 class GraphConvolution(nn.Module):
     """``A @ (X @ W) + b`` (Kipf & Welling; ML-GCN's layer)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias_init: str = "uniform") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.empty(out_features))
         bound = 1.0 / math.sqrt(out_features)
         nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        if bias_init == "zero":
+            nn.init.zeros_(self.bias)
+        else:
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, nodes: Tensor, adjacency: Tensor) -> Tensor:
         return adjacency @ (nodes @ self.weight) + self.bias
@@ -280,11 +283,13 @@ class LabelGCN(nn.Module):
     serving needs no co-occurrence statistics.
     """
 
-    def __init__(self, adjacency: Tensor | np.ndarray, in_dim: int, dim: int, layers: int = 2) -> None:
+    def __init__(
+        self, adjacency: Tensor | np.ndarray, in_dim: int, dim: int, layers: int = 2, bias_init: str = "uniform"
+    ) -> None:
         super().__init__()
         self.register_buffer("adjacency", torch.as_tensor(np.asarray(adjacency), dtype=torch.float32).clone())
         dims = [in_dim] + [dim] * layers
-        self.layers = nn.ModuleList(GraphConvolution(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(GraphConvolution(a, b, bias_init) for a, b in zip(dims[:-1], dims[1:]))
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, embeddings: Tensor) -> Tensor:
@@ -301,7 +306,12 @@ class LabelQueries(nn.Module):
     for the "no GCN" ablation."""
 
     def __init__(
-        self, label_embeddings: Tensor | np.ndarray, dim: int, graph: LabelGraph | None, gcn_layers: int = 2
+        self,
+        label_embeddings: Tensor | np.ndarray,
+        dim: int,
+        graph: LabelGraph | None,
+        gcn_layers: int = 2,
+        gcn_bias_init: str = "uniform",
     ) -> None:
         super().__init__()
         emb = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32).clone()
@@ -309,7 +319,7 @@ class LabelQueries(nn.Module):
         self.gcn: LabelGCN | None = None
         self.proj: nn.Linear | None = None
         if graph is not None:
-            self.gcn = LabelGCN(graph.adjacency, emb.shape[1], dim, gcn_layers)
+            self.gcn = LabelGCN(graph.adjacency, emb.shape[1], dim, gcn_layers, gcn_bias_init)
         else:
             self.proj = nn.Linear(emb.shape[1], dim)
 
