@@ -251,3 +251,35 @@ def test_runs_without_mlflow(tiny_demo, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["variant"] for r in _outputs(out, "stages")] == ["L3-L4"]
+
+
+def test_data_size_cuts_only_the_training_split_nested_and_keeps_every_class(tiny_demo):
+    from mccl_core.data import DataConfig, load_split
+
+    full = load_split(DataConfig(source="demo", root=tiny_demo), "train")
+    cuts = {f: load_split(DataConfig(source="demo", root=tiny_demo, train_fraction=f), "train") for f in (0.1, 0.5)}
+    ids = {f: {r.image_id for r in d.records} for f, d in cuts.items()}
+    assert ids[0.1] < ids[0.5] < {r.image_id for r in full.records}  # nested
+    assert len(ids[0.5]) >= round(0.5 * len(full)) and len(ids[0.1]) < len(ids[0.5])
+    for cut in cuts.values():
+        assert cut.label_matrix().sum(0).min() >= 1  # every class keeps an image
+    for split in ("val", "test"):
+        assert len(load_split(DataConfig(source="demo", root=tiny_demo, train_fraction=0.1), split)) == len(
+            load_split(DataConfig(source="demo", root=tiny_demo), split)
+        )
+    with pytest.raises(ConfigError, match="train_fraction"):
+        DataConfig(source="demo", root=tiny_demo, train_fraction=0)
+
+
+def test_data_size_experiment(tiny_demo, models_dir, tmp_path):
+    out = tmp_path / "exp" / "data-size"
+    assert _main("data-size", "--params", str(_params(tiny_demo, tmp_path)), "--out", str(out), "--no-tracking",
+                 "--variants", "mccl,baseline_asl", "--fractions", "0.5,1", "--models-dir", str(models_dir)) == 0  # fmt: skip
+    rows = _outputs(out, "data-size")
+    assert [(r["train_share"], r["variant"]) for r in rows] == [("50%", "mccl"), ("50%", "baseline_asl"),
+                                                                ("100%", "mccl"), ("100%", "baseline_asl")]  # fmt: skip
+    record = json.loads((out / "data-size.json").read_text())
+    groups = [(r["group"], r["variant"]) for r in record["summary"]]
+    assert groups == [("50%", "mccl"), ("50%", "baseline_asl"), ("100%", "mccl"), ("100%", "baseline_asl")]
+    assert record["summary"][1]["verdict_map"] in ("better", "worse", "within noise")
+    assert _main("data-size", "--params", str(_params(tiny_demo, tmp_path)), "--fractions", "0", "--list") == 2

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,12 +14,14 @@ import torch
 from PIL import Image
 
 from mccl_core.config import ConfigError, from_dict
-from mccl_core.data.dataset import SPLITS, IntentDataset
+from mccl_core.data.dataset import SPLITS, ImageRecord, IntentDataset
 from mccl_core.data.images import DEFAULT_MAX_PIXELS
 from mccl_core.data.intentonomy import ANNOTATION_FILENAMES
 from mccl_core.data.mdid import MDID_NUM_SPLITS
 from mccl_core.data.sources import SOURCES as SOURCE_REGISTRY
 from mccl_core.data.sources import data_source
+
+logger = logging.getLogger(__name__)
 
 Source = Literal["demo", "intentonomy", "mdid", "manifest"]
 #: The registered sources (:mod:`mccl_core.data.sources`); ``Source`` spells them for type checkers.
@@ -59,6 +64,10 @@ class DataConfig:
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
     #: Folders besides ``root`` (and a manifest's folder) that image paths may resolve into.
     allowed_roots: list[Path] = field(default_factory=list)
+    #: Share of the training split kept (label efficiency, ``mccl experiment data-size``): a fixed
+    #: subset - the images with the smallest SHA-256 of their id, so 10 % lies inside 25 % inside
+    #: 50 % - topped up so that every class keeps an image. Val and test are never cut.
+    train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -76,6 +85,9 @@ class DataConfig:
             raise ConfigError(
                 f"DataConfig.mdid_split_index must be 0..{MDID_NUM_SPLITS - 1}, got {self.mdid_split_index}"
             )
+        if not 0.0 < float(self.train_fraction) <= 1.0:
+            raise ConfigError(f"DataConfig.train_fraction must be in (0, 1], got {self.train_fraction}")
+        self.train_fraction = float(self.train_fraction)
         if self.source == "manifest" and (self.manifest is None or self.class_list is None):
             raise ConfigError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
 
@@ -94,7 +106,9 @@ class DataConfig:
             "manifest": str(self.manifest) if self.manifest else None,
             "class_list": str(self.class_list) if self.class_list else None,
             "max_image_pixels": self.max_image_pixels,
-        } | ({"allowed_roots": [str(p) for p in self.allowed_roots]} if self.allowed_roots else {})
+        } | ({"allowed_roots": [str(p) for p in self.allowed_roots]} if self.allowed_roots else {}) | (
+            {"train_fraction": self.train_fraction} if self.train_fraction != 1.0 else {}
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
@@ -117,6 +131,31 @@ def load_split(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     records, names, descriptions, name = data_source(cfg).load(cfg, split)
+    if split == "train" and cfg.train_fraction < 1.0:
+        kept = train_subset(records, cfg.train_fraction, len(names))
+        logger.info("train split cut to %d of %d images (data.train_fraction %g)", len(kept), len(records),
+                    cfg.train_fraction)  # fmt: skip
+        records = kept
     return IntentDataset(
         records, names, descriptions, transform, name=name, split=split, max_pixels=cfg.max_image_pixels
     )
+
+
+def train_subset(records: Sequence[ImageRecord], fraction: float, num_classes: int) -> list[ImageRecord]:
+    """The ``fraction`` of ``records`` with the smallest SHA-256 of their image id (nested across
+    fractions, independent of file order), plus for every class missing from it its first image
+    in that order; returned in the original order."""
+    def key(record: ImageRecord) -> str:
+        return hashlib.sha256(record.image_id.encode("utf-8")).hexdigest()
+
+    ranked = sorted(range(len(records)), key=lambda i: key(records[i]))
+    keep = set(ranked[: max(1, math.ceil(fraction * len(records)))])
+    covered = {c for i in keep for c in records[i].labels}
+    for i in ranked:
+        missing = set(records[i].labels) - covered
+        if missing:
+            keep.add(i)
+            covered |= missing
+        if len(covered) == num_classes:
+            break
+    return [records[i] for i in sorted(keep)]

@@ -1,7 +1,8 @@
-"""``mccl experiment stages|text|robustness|pointing``: one command per open question.
+"""``mccl experiment stages|text|robustness|pointing|data-size``: one command per open question.
 
     mccl experiment stages                                   # params.yaml, all variants
     mccl experiment stages --seeds 0,1,2                     # one model per (variant, seed), mean ± std
+    mccl experiment data-size --seeds 0,1,2 --fractions 0.1,0.25,0.5,1
     mccl experiment text --set train.epochs=2 --variants description,onehot
     mccl experiment robustness --params profiles/x.yaml --out outputs/experiments/robustness_x
     mccl experiment pointing --no-tracking
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=Path, default=None, help="model cache (default <out>/../models)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="label-embedding cache (default <out>/../cache)")
     parser.add_argument("--corruptions", default="", help="robustness only: comma-separated subset, e.g. jpeg30,down4")
+    parser.add_argument("--fractions", default="", help="data-size only: shares of the training split, e.g. 0.25,1")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow (mlflow is not imported)")
     parser.add_argument("--prepare-cache", action="store_true",
                         help="only write the label-embedding caches (description, name) to --cache-dir, e.g. "
@@ -65,8 +67,22 @@ def prepare_label_caches(params: dict, cache_dir: Path) -> list[Path]:
     return paths
 
 
+def parse_fractions(text: str) -> list[float]:
+    """``"0.25,1"`` -> ``[0.25, 1.0]`` (each in (0, 1]); empty -> ``[]`` (the experiment's default)."""
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"--fractions: {item!r} is not a number (expected e.g. 0.1,0.25,0.5,1)") from None
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"--fractions: {value} is not in (0, 1]")
+        out.append(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    from mccl_core.experiments.experiments import EXPERIMENTS, ExperimentContext, run_robustness, select
+    from mccl_core.experiments.experiments import EXPERIMENTS, ExperimentContext, run_data_size, run_robustness, select
     from mccl_core.experiments.runner import experiment_tracking
     from mccl_core.experiments.seeds import parse_seeds
 
@@ -78,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         variants = select(experiment.variants(params), wanted)
         seeds = parse_seeds(args.seeds, int(section(params, "train", required=False).get("seed", 0)))
+        fractions = parse_fractions(args.fractions)
         if args.reference is not None and args.reference not in {v.name for v in variants}:
             raise ConfigError(
                 f"--reference {args.reference!r} is not among the variants run: {[v.name for v in variants]}"
@@ -105,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = ExperimentContext(args.name, params, out, models_dir, cache_dir, tracking, seeds, args.reference)
         if args.name == "robustness" and args.corruptions:
             paths = run_robustness(ctx, variants, [c.strip() for c in args.corruptions.split(",") if c.strip()])
+        elif args.name == "data-size" and fractions:
+            paths = run_data_size(ctx, variants, fractions)
         else:
             paths = experiment.run(ctx, variants)
     print("wrote " + ", ".join(str(p) for p in paths))

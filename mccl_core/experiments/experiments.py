@@ -7,7 +7,12 @@
 * ``robustness``: MCCL vs the plain backbone at equal loss under JPEG, downscaling and noise
   (:mod:`mccl_core.data.corruptions`), threshold from clean val;
 * ``pointing``: does the model look at the right place - the pointing game of
-  :mod:`mccl_core.explain.pointing` for MCCL and for MCCL without MCC.
+  :mod:`mccl_core.explain.pointing` for MCCL and for MCCL without MCC;
+* ``data-size``: label efficiency - MCCL, MCC off and the plain backbone on 10 / 25 / 50 / 100 %
+  of the training split (``data.train_fraction``), the same val and test.
+
+With ``--seeds`` every variant trains once per seed and the tables give mean ± std and the paired
+difference against the reference variant (:mod:`mccl_core.experiments.seeds`).
 
 Each experiment writes ``<name>.csv``, ``<name>.md``, ``<name>.png`` and ``<name>.json`` to its
 output folder (see :mod:`mccl_core.experiments.runner` for caching and tracking).
@@ -15,6 +20,7 @@ output folder (see :mod:`mccl_core.experiments.runner` for caching and tracking)
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +37,7 @@ from mccl_core.experiments.runner import (
     TrainedModel,
     Variant,
     load_trained,
+    merge,
     official_row,
     resolve_params,
     train_or_reuse,
@@ -117,6 +124,13 @@ def _loss(params: Mapping[str, Any]) -> dict[str, Any]:
 def robustness_variants(params: Mapping[str, Any]) -> list[Variant]:
     loss = _loss(params)
     return [Variant("mccl", {}, "the params model"),
+            Variant(f"baseline_{loss.get('kind', 'asl')}", {"model.variant": "baseline", "model.loss": loss},
+                    "plain backbone, same loss")]  # fmt: skip
+
+
+def data_size_variants(params: Mapping[str, Any]) -> list[Variant]:
+    loss = _loss(params)
+    return [Variant("mccl", {}, "the params model"), Variant("no_mcc", {"model.mcc.enabled": False}, "MCC off"),
             Variant(f"baseline_{loss.get('kind', 'asl')}", {"model.variant": "baseline", "model.loss": loss},
                     "plain backbone, same loss")]  # fmt: skip
 
@@ -346,6 +360,36 @@ def run_pointing(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
                   summary_keys)  # fmt: skip
 
 
+#: Shares of the training split of the data-size experiment (val and test stay whole).
+DATA_SIZE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def run_data_size(ctx: ExperimentContext, variants: list[Variant], fractions: Sequence[float] | None = None
+                  ) -> list[Path]:  # fmt: skip
+    """Label efficiency: every variant (and seed) on nested shares of the training split
+    (``data.train_fraction``), same val and test; the summary compares variants per share."""
+    shares = sorted({float(f) for f in (fractions or DATA_SIZE_FRACTIONS)})
+    rows: list[dict[str, Any]] = []
+    for share in shares:
+        group = f"{100 * share:g}%"
+        sub = dataclasses.replace(ctx, params=merge(ctx.params, {"data": {"train_fraction": share}}), runs=[])
+        for row in evaluate_variants(sub, variants):
+            row["train_share"] = group
+            rows.append(row)
+        for run in sub.runs:
+            run.group = group
+            ctx.runs.append(run)
+    series: dict[str, list[tuple[str, float]]] = {}
+    for summary in summarise(ctx.runs, None):
+        series.setdefault(summary.variant, []).append((summary.group, summary.spread["test_macro_f1"][0]))
+    columns = [("train_share", "train share"), ("variant", "variant"), ("seed", "seed"), *OFFICIAL_COLUMNS]
+    notes = ["Each share is a fixed subset of the training split (the images with the smallest hash of their "
+             "id, topped up so every class keeps an image; 10 % lies inside 25 % inside 50 %); val, test, "
+             "epochs and schedule are the same for every share, so a smaller share also means fewer steps."]  # fmt: skip
+    return _write(ctx, rows, columns, notes,
+                  lambda p: report.line_plot(p, series, "test macro-F1 (mean over seeds)", "label efficiency"))  # fmt: skip
+
+
 EXPERIMENTS: dict[str, Experiment] = {
     "stages": Experiment("stages", "which backbone stages (and a learned stage gate)", stages_variants, run_stages),
     "text": Experiment("text", "what the label queries start from (pki.label_text)", text_variants, run_text),
@@ -353,4 +397,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         "robustness", "MCCL vs plain backbone under corruptions", robustness_variants, run_robustness
     ),  # fmt: skip
     "pointing": Experiment("pointing", "pointing game, MCC on vs off", pointing_variants, run_pointing),
+    "data-size": Experiment(
+        "data-size",
+        "MCCL, MCC off and the plain backbone on 10-100 % of the training split",
+        data_size_variants,
+        run_data_size,
+    ),  # fmt: skip
 }
