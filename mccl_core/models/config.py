@@ -164,9 +164,10 @@ class PKIConfig:
     tau: float = 0.1
     p: float = 0.2
     gcn_layers: int = 2
-    #: How the GCN's biases start: ``uniform`` (ML-GCN's +-1/sqrt(dim)) or ``zero``. At the decoder's
-    #: small dims ML-GCN's bias dominates the first queries (mean cosine between classes ~0.96).
-    gcn_bias_init: Literal["uniform", "zero"] = "uniform"
+    #: How the GCN's biases start: ``zero`` or ``uniform`` (ML-GCN's +-1/sqrt(dim)). ML-GCN's bias
+    #: dominates the first queries (every class starts from almost the same query, mean cosine
+    #: ~0.96) and on real photos (MSRC, 3 seeds) cost 0.09 macro-F1; zero is the default.
+    gcn_bias_init: Literal["uniform", "zero"] = "zero"
     dim: int = 512
     decoder_layers: int = 2
     heads: int = 8

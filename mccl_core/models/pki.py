@@ -311,7 +311,7 @@ class LabelQueries(nn.Module):
         dim: int,
         graph: LabelGraph | None,
         gcn_layers: int = 2,
-        gcn_bias_init: str = "uniform",
+        gcn_bias_init: str = "zero",
     ) -> None:
         super().__init__()
         emb = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32).clone()
