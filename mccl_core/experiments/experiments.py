@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,29 +175,37 @@ def _free() -> None:
         pass
 
 
-def evaluate_variants(ctx: ExperimentContext, variants: list[Variant],
-                      extra: Callable[[LoadedModel, Variant], dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Train (or reuse) each variant for each seed, official protocol on val/test, optional
-    extra metrics; one row per (variant, seed), seed-major."""
-    rows = []
+def trained_variants(ctx: ExperimentContext, variants: list[Variant]
+                     ) -> Iterator[tuple[int | None, Variant, dict[str, Any], TrainedModel, LoadedModel]]:  # fmt: skip
+    """``(seed, variant, resolved params, trained, loaded)`` per (seed, variant), seed-major; each
+    model is trained or taken from the cache, loaded, and released after the caller's turn."""
     for seed, params in ctx.seeded():
         for variant in variants:
             resolved = resolve_params(params, variant)
             trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
             loaded = load_trained(trained, resolved)
-            truth_val, scores_val, _ = loaded.scores("val")
-            truth_test, scores_test, _ = loaded.scores("test")
-            row = _base_row(variant, trained, loaded_seed(resolved))
-            row.update(official_row(truth_val, scores_val, truth_test, scores_test))
-            if extra is not None:
-                row.update(extra(loaded, variant))
+            yield seed, variant, resolved, trained, loaded
             del loaded
             _free()
-            row["mlflow_run_id"] = ctx.tracking.log_variant(variant, resolved, trained, row, seed=seed)
-            rows.append(row)
-            ctx.runs.append(SeedRun(variant.name, row["seed"], row, truth_test, scores_test))
-            log.info("%s / %s seed %d: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
-                     row["seed"], row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
+
+
+def evaluate_variants(ctx: ExperimentContext, variants: list[Variant],
+                      extra: Callable[[LoadedModel, Variant], dict[str, Any]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Train (or reuse) each variant for each seed, official protocol on val/test, optional
+    extra metrics; one row per (variant, seed), seed-major."""
+    rows = []
+    for seed, variant, resolved, trained, loaded in trained_variants(ctx, variants):
+        truth_val, scores_val, _ = loaded.scores("val")
+        truth_test, scores_test, _ = loaded.scores("test")
+        row = _base_row(variant, trained, loaded_seed(resolved))
+        row.update(official_row(truth_val, scores_val, truth_test, scores_test))
+        if extra is not None:
+            row.update(extra(loaded, variant))
+        row["mlflow_run_id"] = ctx.tracking.log_variant(variant, resolved, trained, row, seed=seed)
+        rows.append(row)
+        ctx.runs.append(SeedRun(variant.name, row["seed"], row, truth_test, scores_test))
+        log.info("%s / %s seed %d: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
+                 row["seed"], row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
     return rows
 
 
@@ -283,34 +291,28 @@ def run_robustness(
         names = ["clean", *[n for n in names if n != "clean"]]
     suite = [get_corruption(n) for n in names]
     rows: list[dict[str, Any]] = []
-    for seed, params in ctx.seeded():
-        for variant in variants:
-            resolved = resolve_params(params, variant)
-            trained = train_or_reuse(resolved, ctx.models_dir, ctx.cache_dir, variant.name)
-            loaded = load_trained(trained, resolved)
-            truth_val, scores_val, _ = loaded.scores("val")
-            metrics: dict[str, Any] = {"train_seconds": trained.train_seconds}
-            clean: dict[str, float] = {}
-            mine: list[dict[str, Any]] = []
-            for corruption in suite:
-                transform = corrupted_transform(corruption, loaded.meta.eval_transform())
-                truth_test, scores_test, _ = loaded.scores("test", transform)
-                official = official_row(truth_val, scores_val, truth_test, scores_test)
-                clean = clean or official
-                row = {"variant": variant.name, "seed": loaded_seed(resolved), "corruption": corruption.name,
-                       **official, "drop_macro_f1": clean["test_macro_f1"] - official["test_macro_f1"],
-                       "drop_map": clean["test_map"] - official["test_map"]}  # fmt: skip
-                mine.append(row)
-                ctx.runs.append(SeedRun(variant.name, loaded_seed(resolved), row, truth_test, scores_test,
-                                        corruption.name))  # fmt: skip
-                metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
-                metrics[f"test_map_{corruption.name}"] = official["test_map"]
-                metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
-            metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
-            del loaded
-            _free()
-            run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics, seed=seed)
-            rows += [{**row, "mlflow_run_id": run_id} for row in mine]
+    for seed, variant, resolved, trained, loaded in trained_variants(ctx, variants):
+        truth_val, scores_val, _ = loaded.scores("val")
+        metrics: dict[str, Any] = {"train_seconds": trained.train_seconds}
+        clean: dict[str, float] = {}
+        mine: list[dict[str, Any]] = []
+        for corruption in suite:
+            transform = corrupted_transform(corruption, loaded.meta.eval_transform())
+            truth_test, scores_test, _ = loaded.scores("test", transform)
+            official = official_row(truth_val, scores_val, truth_test, scores_test)
+            clean = clean or official
+            row = {"variant": variant.name, "seed": loaded_seed(resolved), "corruption": corruption.name,
+                   **official, "drop_macro_f1": clean["test_macro_f1"] - official["test_macro_f1"],
+                   "drop_map": clean["test_map"] - official["test_map"]}  # fmt: skip
+            mine.append(row)
+            ctx.runs.append(SeedRun(variant.name, loaded_seed(resolved), row, truth_test, scores_test,
+                                    corruption.name))  # fmt: skip
+            metrics[f"test_macro_f1_{corruption.name}"] = official["test_macro_f1"]
+            metrics[f"test_map_{corruption.name}"] = official["test_map"]
+            metrics[f"drop_macro_f1_{corruption.name}"] = row["drop_macro_f1"]
+        metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
+        run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics, seed=seed)
+        rows += [{**row, "mlflow_run_id": run_id} for row in mine]
     # the plots show the mean over seeds of each (model, corruption)
     series: dict[str, dict[str, list[tuple[str, float]]]] = {"test_macro_f1": {}, "test_map": {}}
     for summary in summarise(ctx.runs, None):
