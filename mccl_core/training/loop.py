@@ -87,7 +87,7 @@ class EpochRecord:
     stage_gate: dict[str, float] = field(default_factory=dict)
     #: Under DDP: largest |difference| between any rank's prototypes and rank 0's (0 = identical).
     replica_prototype_max_diff: float | None = None
-    #: What the MCC guard found wrong after this run's first epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
+    #: What the MCC guard found wrong after the first epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
     mcc_warnings: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -355,7 +355,7 @@ def _train(
             record.val_map = float(tuned.average_precision.map)
         if ctx.enabled:
             record.replica_prototype_max_diff = _replica_prototype_diff(model, ctx)
-        if epoch == start_epoch:  # the guard: an MCC that stopped learning shows after one epoch
+        if epoch == 0:  # the guard: an MCC that stopped learning shows after one epoch (a resumed run keeps its record)
             record.mcc_warnings = mcc_warnings(record.prototype_health)
         history.append(record)
         if ctx.is_main:
