@@ -53,6 +53,7 @@ from mccl_core.experiments.runner import (
     Variant,
     experiment_tracking,
     label_prior_row,
+    label_prior_scores,
     load_trained,
     official_row,
     resolve_configs,
@@ -132,13 +133,8 @@ def run_variant(name: str, params: dict[str, Any], out_dir: Path, tracking: Any 
 
 def label_prior_run(params: dict[str, Any]) -> SeedRun:
     """The label prior as a seedless run (``seed == -1``): paired with every seed of the reference."""
-    from mccl_core.data import DataConfig, load_split
-    from mccl_core.metrics.baselines import LabelPriorPredictor
-
-    row = label_prior_row(params)
-    data_cfg = DataConfig.from_dict(section(params, "data"))
-    train, test = (load_split(data_cfg, s).label_matrix() for s in ("train", "test"))
-    return SeedRun(LABEL_PRIOR, -1, row, test, LabelPriorPredictor().fit(train).predict(len(test)))
+    scores = label_prior_scores(params)
+    return SeedRun(LABEL_PRIOR, -1, label_prior_row(params, scores), *scores["test"])
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -129,10 +129,8 @@ def robustness_variants(params: Mapping[str, Any]) -> list[Variant]:
 
 
 def data_size_variants(params: Mapping[str, Any]) -> list[Variant]:
-    loss = _loss(params)
-    return [Variant("mccl", {}, "the params model"), Variant("no_mcc", {"model.mcc.enabled": False}, "MCC off"),
-            Variant(f"baseline_{loss.get('kind', 'asl')}", {"model.variant": "baseline", "model.loss": loss},
-                    "plain backbone, same loss")]  # fmt: skip
+    mccl, baseline = robustness_variants(params)
+    return [mccl, pointing_variants(params)[1], baseline]
 
 
 def pointing_variants(params: Mapping[str, Any]) -> list[Variant]:
@@ -206,6 +204,7 @@ def evaluate_variants(ctx: ExperimentContext, variants: list[Variant],
         ctx.runs.append(SeedRun(variant.name, row["seed"], row, truth_test, scores_test))
         log.info("%s / %s seed %d: val macro-F1 %.3f, test macro-F1 %.3f, mAP %.3f", ctx.name, variant.name,
                  row["seed"], row["val_macro_f1"], row["test_macro_f1"], row["test_map"])  # fmt: skip
+        del loaded  # so that the generator's release frees it before the next model loads
     return rows
 
 
@@ -313,6 +312,7 @@ def run_robustness(
         metrics.update({k: clean[k] for k in OFFICIAL_KEYS})
         run_id = ctx.tracking.log_variant(variant, resolved, trained, metrics, seed=seed)
         rows += [{**row, "mlflow_run_id": run_id} for row in mine]
+        del loaded  # so that the generator's release frees it before the next model loads
     # the plots show the mean over seeds of each (model, corruption)
     series: dict[str, dict[str, list[tuple[str, float]]]] = {"test_macro_f1": {}, "test_map": {}}
     for summary in summarise(ctx.runs, None):

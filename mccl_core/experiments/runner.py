@@ -201,17 +201,22 @@ def official_row(truth_val: Any, scores_val: Any, truth_test: Any, scores_test: 
     }
 
 
-def label_prior_row(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The label prior (training label frequencies, no pixels) under the official protocol."""
+def label_prior_scores(params: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``split -> (truth, scores)`` of the label prior (training label frequencies, no pixels) on val and test."""
     from mccl_core.data import DataConfig, load_split
     from mccl_core.metrics.baselines import LabelPriorPredictor
 
     data_cfg = DataConfig.from_dict(section(params, "data"))
     truth = {s: load_split(data_cfg, s).label_matrix() for s in ("train", "val", "test")}
     prior = LabelPriorPredictor().fit(truth["train"])
+    return {s: (truth[s], prior.predict(len(truth[s]))) for s in ("val", "test")}
+
+
+def label_prior_row(params: Mapping[str, Any], scores: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """The label prior under the official protocol (``scores``: from :func:`label_prior_scores`)."""
+    scores = scores or label_prior_scores(params)
     row: dict[str, Any] = {"variant": "label_prior", "loss": "-"}
-    row.update(official_row(truth["val"], prior.predict(len(truth["val"])), truth["test"],
-                            prior.predict(len(truth["test"]))))  # fmt: skip
+    row.update(official_row(*scores["val"], *scores["test"]))
     return row
 
 
