@@ -132,3 +132,64 @@ def test_mdid_compact_cli(tmp_path: Path) -> None:
     assert code == 0
     compact = read_mdid_splits(out)
     assert len(compact["posts"]) == 14 and len(compact["splits"]) == 5
+
+
+def _gradient_photo(width: int, height: int) -> Image.Image:
+    """A photo whose red channel encodes x and green encodes y: what survives a view is readable."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("geometry", ["center_crop", "resize"])
+def test_geometry_decides_what_of_a_wide_photo_the_model_sees(geometry) -> None:
+    """A 300x200 photo: ``center_crop`` keeps the central square (a third of the width is gone),
+    ``resize`` squashes all of it; with no random crop the train view is the eval view."""
+    photo = _gradient_photo(300, 200)
+    plain = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    view = build_transforms(32, train=False, geometry=geometry, **plain)(photo)
+    red = view[0].mean(0)  # x position across the output's columns, 0..1 of the source width
+    if geometry == "center_crop":
+        assert 0.14 < float(red[0]) < 0.22 and 0.78 < float(red[-1]) < 0.86  # columns 50..250 of 300
+    else:
+        assert float(red[0]) < 0.03 and float(red[-1]) > 0.97  # the whole width
+    train_view = build_transforms(32, train=True, geometry=geometry, crop_scale=(1.0, 1.0), hflip=False,
+                                  randaugment=False, **plain)(photo)  # fmt: skip
+    torch.testing.assert_close(train_view, view)
+    with pytest.raises(ValueError, match="geometry"):
+        build_transforms(32, train=False, geometry="letterbox")
+
+
+def test_resize_geometry_crops_keep_the_photos_aspect() -> None:
+    """Under ``resize`` a random crop has the photo's aspect, so it is stretched exactly as the
+    eval view is; RandomResizedCrop (``center_crop``) draws its own aspect in 3/4..4/3."""
+    from mccl_core.data.transforms import AspectRandomCrop
+
+    crop = AspectRandomCrop(16, (0.25, 0.5))
+    torch.manual_seed(0)
+    for _ in range(20):
+        params = crop.make_params([torch.zeros(3, 200, 300)])
+        assert params["width"] / params["height"] == pytest.approx(1.5, rel=0.02)
+        assert 0.25 * 0.95 <= params["width"] * params["height"] / 60_000 <= 0.5 * 1.05
+        assert params["top"] + params["height"] <= 200 and params["left"] + params["width"] <= 300
+    assert build_transforms(16, train=True, geometry="resize", crop_scale=(0.5, 1.0))(
+        _gradient_photo(90, 60)
+    ).shape == (3, 16, 16)
+
+
+def test_randaugment_strength_reaches_the_transform() -> None:
+    from torchvision.transforms import v2
+
+    from mccl_core.models import ModelConfig
+    from mccl_core.training.config import TrainConfig
+    from mccl_core.training.run import train_transform
+
+    cfg = TrainConfig(image_size=32, randaugment=True, randaugment_ops=2, randaugment_magnitude=9)
+    transform = train_transform(ModelConfig(), cfg)
+    (randaugment,) = [t for t in transform.transforms if isinstance(t, v2.RandAugment)]
+    assert (randaugment.num_ops, randaugment.magnitude) == (2, 9)
+    default = train_transform(ModelConfig(), TrainConfig(image_size=32))
+    (light,) = [t for t in default.transforms if isinstance(t, v2.RandAugment)]
+    assert (light.num_ops, light.magnitude) == (1, 5)  # the documented light default
+    with pytest.raises(ValueError, match="randaugment"):
+        TrainConfig(randaugment_magnitude=31)

@@ -285,3 +285,26 @@ def test_gcn_bias_init_zero_starts_the_queries_class_specific():
     torch.manual_seed(0)
     zero = LabelQueries(emb, 64, graph, 2, "zero")
     assert all(float(layer.bias.abs().max()) == 0 for layer in zero.gcn.layers)
+
+
+def test_decoder_without_query_self_attention_reads_the_image_per_class():
+    """``pki.decoder_self_attention: false`` (Query2Label's default): no self-attention modules, and
+    a class query's output does not depend on the other queries; with it, it does."""
+    from mccl_core.models.pki import DecoderStack
+
+    torch.manual_seed(0)
+    memory, queries = torch.randn(2, 7, 16), torch.randn(2, 4, 16)
+    for self_attention in (True, False):
+        stack = DecoderStack(16, 2, 32, 0.0, 2, self_attention=self_attention).eval()
+        assert any("self_attn" in k for k in stack.state_dict()) == self_attention
+        with torch.no_grad():
+            full, _ = stack(queries, memory)
+            alone, _ = stack(queries[:, :1], memory)
+        assert torch.allclose(full[:, :1], alone, atol=1e-6) == (not self_attention)
+    from mccl_core.models import ModelConfig, build_model
+
+    config = ModelConfig.from_dict({"pki": {"decoder_self_attention": False}, "mcc": {"enabled": False},
+                                    "backbone": {"weights": "none", "arch": "resnet18"}})  # fmt: skip
+    assert config.pki.decoder_self_attention is False
+    model = build_model(config, 3, np.eye(3, dtype=np.float32), np.ones((3, 3)), None)
+    assert not any("self_attn" in k for k in model.state_dict())

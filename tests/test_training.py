@@ -235,6 +235,8 @@ def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, 
         result = train(model_cfg, train_cfg, inputs)
     record = result.history[0]
     assert np.isfinite(record.train_loss) and record.val_map is not None
+    # the EMA's decay in effect after 2 steps (timm's warm-up, ema_decay 0.99): (1 + 1) / (10 + 1)
+    assert record.ema_decay == pytest.approx(2 / 11) and record.metrics()["ema_decay"] == record.ema_decay
     model, _ = load_bundle(result.model_path)
     assert model.__class__.__name__ == ("BaselineModel" if overrides.get("variant") == "baseline" else "MCCLModel")
     # the MCC guard ran on the first epoch's health, and said what it found

@@ -78,9 +78,16 @@ class BundleMeta:
             extra=dict(extra or {}),
         )
 
+    @property
+    def geometry(self) -> str:
+        """The backbone's input geometry (bundles written before it existed: ``center_crop``)."""
+        return str(self.model_config.get("backbone", {}).get("geometry", "center_crop"))
+
     def eval_transform(self):
-        """The evaluation transform every consumer of the bundle must use (resize, crop, normalise)."""
-        return build_transforms(self.image_size, train=False, mean=tuple(self.mean), std=tuple(self.std))
+        """The evaluation transform every consumer of the bundle must use (geometry, normalise)."""
+        return build_transforms(
+            self.image_size, train=False, geometry=self.geometry, mean=tuple(self.mean), std=tuple(self.std)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

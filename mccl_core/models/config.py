@@ -36,14 +36,21 @@ class BackboneConfig:
     local state-dict path (loaded with ``weights_only=True``).
     ``frozen``: the backbone's weights get no gradient and stay as loaded (with ``variant:
     baseline`` this is a linear probe: the floor a fine-tuned model must clear).
+    ``geometry``: how a photo becomes the square input, the same for training, CPI extraction,
+    evaluation, explanations and serving (the bundle carries it): ``center_crop`` (resize the
+    short side, keep the central square) or ``resize`` (squash the whole photo, as Query2Label
+    does for train and test). Train crops follow it (:func:`mccl_core.data.build_transforms`).
     """
 
     arch: str = "resnet101"
     stages: tuple[str, ...] = ("layer3", "layer4")
     weights: str = "imagenet"
     frozen: bool = False
+    geometry: Literal["center_crop", "resize"] = "center_crop"
 
     def __post_init__(self) -> None:
+        if self.geometry not in ("center_crop", "resize"):
+            raise ConfigError(f"backbone.geometry={self.geometry!r}: must be center_crop or resize")
         if self.arch not in ARCHS:
             raise ConfigError(f"backbone.arch={self.arch!r}: must be one of {sorted(ARCHS)}")
         valid = ARCHS[self.arch].stage_names
@@ -173,6 +180,10 @@ class PKIConfig:
     heads: int = 8
     ff_dim: int = 2048
     dropout: float = 0.1
+    #: Self-attention among the class queries in every decoder layer. Query2Label removes it by
+    #: default (``rm_self_attn_dec``; its queries only cross-attend to the image); we keep it by
+    #: default (the demo recipe was tuned with it); the paper profile follows the lineage (false).
+    decoder_self_attention: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau <= 1.0:

@@ -328,6 +328,7 @@ def _assemble_mccl(
         ff_dim=cfg.pki.ff_dim,
         dropout=cfg.pki.dropout,
         stage_gate=cfg.pki.stage_gate,
+        self_attention=cfg.pki.decoder_self_attention,
     )
     mcc = f"MCC on ({'CPI' if cfg.use_cpi else 'random'} prototypes)" if cfg.mcc.enabled else "MCC off (no prototypes)"
     logger.info(

@@ -407,6 +407,7 @@ class ClueDecoder(nn.Module):
         ff_dim: int = 2048,
         dropout: float = 0.1,
         stage_gate: str = "none",
+        self_attention: bool = True,
     ) -> None:
         super().__init__()
         if stage_gate not in ("none", "softmax", "sigmoid"):
@@ -423,7 +424,7 @@ class ClueDecoder(nn.Module):
         self.stage_embed = nn.Parameter(torch.zeros(len(stage_channels), dim))
         nn.init.normal_(self.stage_embed, std=0.02)
         self.position = PositionEmbeddingSine2D(dim)
-        self.decoder = DecoderStack(dim, heads, ff_dim, dropout, layers)
+        self.decoder = DecoderStack(dim, heads, ff_dim, dropout, layers, self_attention)
         self.head = GroupWiseLinear(num_classes, dim)
 
     def stage_weights(self) -> Tensor | None:
@@ -514,11 +515,17 @@ class DecoderLayer(nn.Module):
     order, but its attention goes through :func:`multi_head_attention`: fused SDPA for training
     and an explicit path that also returns the cross-attention map for explanations, without
     reaching into ``nn.TransformerDecoderLayer``'s private blocks.
+
+    ``self_attention=False`` drops the block of self-attention among the class queries (its
+    modules included), as Query2Label does by default (``rm_self_attn_dec``): each class query then
+    reads the image on its own, and the label graph is the only place where classes interact.
     """
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, self_attention: bool = True) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn: nn.MultiheadAttention | None = (
+            nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        )
         self.multihead_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(dim, ff_dim)
         self.dropout = nn.Dropout(dropout)
@@ -533,8 +540,9 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, memory: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``x [B, L, E]``, ``memory [B, S, E]`` -> ``x'`` and the cross-attention ``[B, L, S]``
         (None unless ``need_weights``)."""
-        attended, _ = multi_head_attention(self.self_attn, x, x)
-        x = self.norm1(x + self.dropout1(attended))
+        if self.self_attn is not None:
+            attended, _ = multi_head_attention(self.self_attn, x, x)
+            x = self.norm1(x + self.dropout1(attended))
         attended, weights = multi_head_attention(self.multihead_attn, x, memory, need_weights)
         x = self.norm2(x + self.dropout2(attended))
         x = self.norm3(x + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x))))))
@@ -546,9 +554,11 @@ class DecoderStack(nn.Module):
     ``nn.TransformerDecoder`` clones its layer) and a final LayerNorm; state-dict keys match
     ``nn.TransformerDecoder``'s, so existing bundles and checkpoints load."""
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, layers: int) -> None:
+    def __init__(
+        self, dim: int, heads: int, ff_dim: int, dropout: float, layers: int, self_attention: bool = True
+    ) -> None:
         super().__init__()
-        layer = DecoderLayer(dim, heads, ff_dim, dropout)
+        layer = DecoderLayer(dim, heads, ff_dim, dropout, self_attention)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 

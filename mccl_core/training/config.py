@@ -28,9 +28,15 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     #: OneCycle warm-up fraction.
     pct_start: float = 0.2
-    #: EMA decay of the weights (0 disables EMA). A warm-up ``(1 + step) / (10 + step)`` caps it early
-    #: so short runs are not evaluated on the random initialisation.
+    #: EMA decay of the weights (0 disables EMA); MCC's prototypes are averaged with them.
     ema_decay: float = 0.9997
+    #: EMA warm-up: the averaging horizon ``1 / (1 - decay)`` starts at 1 step and grows by this
+    #: many steps per step until the stated decay is reached (:class:`~mccl_core.training.ema.ModelEMA`).
+    #: 1/9 is timm's ``(1 + n) / (10 + n)``: the EMA covers about the last ninth of the steps so far,
+    #: which suits any run length but reaches 0.9997 only after ~30k steps. 1 averages every step so
+    #: far until the stated horizon (0.9997: from step 3,333 on). Each epoch records the decay in
+    #: effect (``ema_decay`` in the history and MLflow); the log says when the stated one is reached.
+    ema_horizon_growth: float = 1 / 9
     #: Max global gradient norm (0 disables clipping).
     grad_clip: float = 10.0
     image_size: int = 224
@@ -39,6 +45,11 @@ class TrainConfig:
     #: Lower bound of RandomResizedCrop's area scale (1.0 keeps the whole image: small clues survive).
     crop_scale_min: float = 0.6
     randaugment: bool = True
+    #: RandAugment strength: operations per image and magnitude (of torchvision's 31 bins). The
+    #: default is deliberately light (1 op at 5): an intent can hinge on one small clue, and strong
+    #: colour or geometric operations can erase or change it. torchvision's default is 2 at 9.
+    randaugment_ops: int = 1
+    randaugment_magnitude: int = 5
     #: Cutout (RandomErasing) probability.
     erase_prob: float = 0.0
     num_workers: int = 2
@@ -80,6 +91,15 @@ class TrainConfig:
         # YAML ``false`` is the bool False; 0 or True would pass the Literal check (0 == False).
         if self.compile is not False and self.compile not in ("default", "max-autotune"):
             raise ConfigError(f"train.compile={self.compile!r}: must be false, 'default' or 'max-autotune'")
+        if not self.ema_horizon_growth > 0:
+            raise ConfigError(f"train.ema_horizon_growth={self.ema_horizon_growth}: must be > 0 (steps per step)")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ConfigError(f"train.crop_scale_min={self.crop_scale_min}: must be in (0, 1]")
+        if self.randaugment_ops < 1 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ConfigError(
+                f"train.randaugment_ops={self.randaugment_ops} / randaugment_magnitude="
+                f"{self.randaugment_magnitude}: ops must be >= 1 and magnitude in [0, 30] (torchvision's 31 bins)"
+            )
         if self.decode_device not in ("cpu", "cuda"):
             raise ConfigError(f"train.decode_device={self.decode_device!r}: must be 'cpu' or 'cuda'")
 

@@ -89,6 +89,8 @@ class EpochRecord:
     replica_prototype_max_diff: float | None = None
     #: What the MCC guard found wrong after the first epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
     mcc_warnings: list[str] = field(default_factory=list)
+    #: The EMA decay in effect at the epoch's last step (None without EMA): the warm-up made visible.
+    ema_decay: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric view (for MLflow / DVC), fixed names across runs."""
@@ -105,6 +107,8 @@ class EpochRecord:
             out["val_threshold_split_tuned"] = float(threshold)
         out.update({f"mcc_{k}": float(v) for k, v in self.prototype_health.items()})
         out.update({f"stage_gate_{k}": float(v) for k, v in self.stage_gate.items()})
+        if self.ema_decay is not None:
+            out["ema_decay"] = self.ema_decay
         if self.replica_prototype_max_diff is not None:
             out["replica_prototype_max_diff"] = self.replica_prototype_max_diff
         return out
@@ -305,7 +309,18 @@ def _train(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
     )
-    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    total_steps = cfg.epochs * steps_per_epoch
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_horizon_growth) if cfg.ema_decay > 0 else None
+    if ema is not None and ctx.is_main:
+        reached_at = ema.steps_to_stated_decay()
+        if reached_at >= total_steps:
+            log.info(
+                "EMA: the stated decay %s is not reached in this run's %d steps (warm-up until step %d; the "
+                "last step uses %.5f); raise train.ema_horizon_growth to reach it",
+                cfg.ema_decay, total_steps, reached_at, ema.decay_at(total_steps - 1),
+            )  # fmt: skip
+        else:
+            log.info("EMA: decay %s in force from step %d of %d", cfg.ema_decay, reached_at, total_steps)
 
     history: list[EpochRecord] = []
     start_epoch = 0
@@ -542,6 +557,7 @@ def _train_one_epoch(
         images_per_second=seen * ctx.world_size / max(seconds, 1e-9),
         prototype_health={k: float(v) for k, v in model.prototype_health(reset=False).items()},
         stage_gate=model.stage_gate_weights() if isinstance(model, MCCLModel) else {},
+        ema_decay=ema.decay_at(ema.num_updates - 1) if ema is not None and ema.num_updates else None,
     )
 
 

@@ -31,9 +31,9 @@ class TrainArtifacts:
 
 
 def eval_transform(model_cfg: ModelConfig, image_size: int):
-    """The deterministic transform (resize, centre crop, the weights' normalisation): val, CPI."""
+    """The deterministic transform (the backbone's geometry and normalisation): val, CPI."""
     mean, std = model_cfg.backbone.normalization()
-    return build_transforms(image_size, train=False, mean=mean, std=std)
+    return build_transforms(image_size, train=False, geometry=model_cfg.backbone.geometry, mean=mean, std=std)
 
 
 def train_transform(model_cfg: ModelConfig, cfg: TrainConfig):
@@ -43,10 +43,13 @@ def train_transform(model_cfg: ModelConfig, cfg: TrainConfig):
     return build_transforms(
         cfg.image_size,
         train=True,
+        geometry=model_cfg.backbone.geometry,
         mean=mean,
         std=std,
         crop_scale=(cfg.crop_scale_min, 1.0),
         randaugment=cfg.randaugment,
+        randaugment_ops=cfg.randaugment_ops,
+        randaugment_magnitude=cfg.randaugment_magnitude,
         erase_prob=cfg.erase_prob,
     )
 
