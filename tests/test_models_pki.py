@@ -308,3 +308,32 @@ def test_decoder_without_query_self_attention_reads_the_image_per_class():
     assert config.pki.decoder_self_attention is False
     model = build_model(config, 3, np.eye(3, dtype=np.float32), np.ones((3, 3)), None)
     assert not any("self_attn" in k for k in model.state_dict())
+
+
+def test_the_encoder_reads_words_not_abbreviations():
+    """Every Intentonomy class has plain words (official id and abbreviation kept); the encoder
+    gets "words: description", which stays close to the description, unlike the abbreviation."""
+    import json
+
+    from mccl_core.data import INTENTONOMY_CLASSES
+    from mccl_core.data.intentonomy import intentonomy_descriptions
+    from mccl_core.data.mdid import MDID_INTENTS
+    from mccl_core.models.pki import _encode_texts, label_words
+
+    table = json.loads(
+        (Path(__file__).resolve().parents[1] / "mccl_core/models/resources/label_words.json").read_text()
+    )
+    assert [(e["id"], e["abbreviation"]) for e in table["intentonomy"]] == list(enumerate(INTENTONOMY_CLASSES))
+    assert label_words("InspirOthrs") == "inspire others" and label_words("TchOthrs") == "teach others"
+    assert label_words("CompeteToWin") == "compete to win" and label_words("dining_table") == "dining table"
+    assert label_words("TVScreen") == "TV screen"
+    assert [label_words(n) for n in MDID_INTENTS] == list(MDID_INTENTS)  # words already
+    assert label_texts(["InspirOthrs"], ["Motivating people."]) == ["inspire others: Motivating people."]
+
+    names = list(INTENTONOMY_CLASSES)
+    descriptions = intentonomy_descriptions()
+    plain = _encode_texts(descriptions)
+    ours = (_encode_texts(label_texts(names, descriptions)) * plain).sum(1)
+    raw = (_encode_texts([f"{n}: {d}" for n, d in zip(names, descriptions)]) * plain).sum(1)
+    assert ours.mean() > 0.8 and ours.min() > 0.6  # measured 0.842 / 0.692
+    assert ours.mean() > raw.mean() + 0.1  # the abbreviation pulled it to 0.700 / 0.447

