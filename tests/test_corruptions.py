@@ -83,3 +83,23 @@ def test_transform_chain_and_no_file_writes(tmp_path):
     import pickle
 
     assert pickle.loads(pickle.dumps(corrupted_transform("jpeg30", str))).corruption.name == "jpeg30"
+
+
+def test_severity_is_set_at_the_models_input_resolution():
+    """With the model's input size, a 4x downscale leaves the model a quarter of its resolution
+    whatever the photo's size; at source resolution a large photo would lose nothing."""
+    seen = []
+    for width in (64, 640):
+        photo = Image.new("RGB", (width, width * 3 // 4))
+        corrupted_transform("down4", lambda im: seen.append(im.size), input_size=32)(photo)
+    assert seen == [(10, 8), (10, 8)]  # short side 32 / 4 = 8 for both photos
+    seen.clear()
+    corrupted_transform("down4", lambda im: seen.append(im.size))(Image.new("RGB", (640, 480)))
+    assert seen == [(160, 120)]  # source resolution: 160 px left, more than a 32 px model takes in
+    # noise at input scale: the eval resize no longer averages it away on a large photo
+    base = Image.fromarray(np.full((480, 640, 3), 128, dtype=np.uint8))
+    at_input = corrupted_transform("noise0.10", lambda im: _px(im.resize((32, 32))), input_size=32)(base)
+    at_source = corrupted_transform("noise0.10", lambda im: _px(im.resize((32, 32))))(base)
+    assert (at_input - 128).std() > 3 * (at_source - 128).std()
+    with pytest.raises(ValueError, match="input_size"):
+        corrupted_transform("clean", str, input_size=0)

@@ -93,6 +93,42 @@ def test_variants_may_not_change_the_budget_and_set_applies():
         resolve_params(params, Variant("bad", {"train": {"lr": 1.0}}))
 
 
+def test_robustness_and_data_size_carry_the_mcc_off_arm():
+    """MCCL against the plain backbone mixes MCC up with the decoder: MCC off separates them."""
+    from mccl_core.experiments.experiments import data_size_variants, robustness_variants
+
+    params = {"model": {"loss": {"kind": "bce"}}}
+    variants = robustness_variants(params)
+    assert [v.name for v in variants] == ["mccl", "no_mcc", "baseline_bce"]
+    assert variants[1].overrides == {"model.mcc.enabled": False}
+    assert [v.name for v in data_size_variants(params)] == ["mccl", "no_mcc", "baseline_bce"]
+
+
+def test_model_cache_key_follows_the_labels_and_the_code(tiny_demo, tmp_path, monkeypatch):
+    """The experiment cache shares the train step's fingerprint: editing a label file or the
+    training code gives another key (a stale model is never reused); a run-only field does not."""
+    import mccl_core.steps.common as common
+    from mccl_core.experiments.runner import resolve_configs
+
+    params = yaml.safe_load(_params(tiny_demo, tmp_path).read_text())
+    key = resolve_configs(params).fingerprint()
+    assert resolve_configs(params).fingerprint() == key  # stable
+    params["train"]["num_workers"] = 2
+    assert resolve_configs(params).fingerprint() == key  # where it runs is not what it learns
+    copy = tmp_path / "demo"
+    shutil.copytree(tiny_demo, copy)
+    params["data"]["root"] = str(copy)
+    moved = resolve_configs(params).fingerprint()  # same labels, another folder: the config differs
+    test_file = copy / "annotations" / "intentonomy_test2020.json"
+    document = json.loads(test_file.read_text())
+    document["annotations"][0]["category_ids"] = [(document["annotations"][0]["category_ids"][0] + 1) % 10]
+    test_file.write_text(json.dumps(document))
+    relabelled = resolve_configs(params).fingerprint()
+    assert relabelled != moved
+    monkeypatch.setattr(common, "training_code_hash", lambda: "edited")
+    assert resolve_configs(params).fingerprint() != relabelled
+
+
 def test_unknown_variant_is_refused(tmp_path, capsys):
     assert _main("text", "--params", str(_params(tmp_path, tmp_path)), "--variants", "nope", "--no-tracking") == 2
     assert "unknown variant" in capsys.readouterr().out
@@ -159,6 +195,7 @@ class _FakeResult:
     attention: float
     assignment: float | None
     random: float
+    centre: float
 
 
 def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, monkeypatch):
@@ -168,7 +205,7 @@ def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, mo
     def pointing_game(model, meta, data_cfg, split="test", device=None):
         calls.append(split)
         has_mcc = getattr(model, "clues", None) is not None
-        return _FakeResult(12, 0.5, 0.25 if has_mcc else None, 0.1)
+        return _FakeResult(12, 0.5, 0.25 if has_mcc else None, 0.1, 0.3)
 
     fake = types.ModuleType("mccl_core.explain.pointing")
     fake.pointing_game = pointing_game
@@ -180,8 +217,9 @@ def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, mo
     rows = _outputs(out, "pointing")
     assert [r["variant"] for r in rows] == ["mccl", "no_mcc"] and calls == ["test", "test"]
     assert rows[0]["assignment_hit"] == "0.25" and rows[1]["assignment_hit"] == ""
+    assert rows[0]["centre_hit"] == rows[1]["centre_hit"] == "0.3"  # the centre pointer beside the random one
     assert "| no_mcc | 0 | 0.500 | – |" in (out / "pointing.md").read_text()  # per-seed table
-    assert "| no_mcc | 0 | 0.500 | – | 0.100 |" in (out / "pointing.md").read_text()  # summary: mean, no std
+    assert "| no_mcc | 0 | 0.500 | – | 0.100 | 0.300 |" in (out / "pointing.md").read_text()  # summary: mean, no std
 
 
 @pytest.mark.slow
@@ -205,7 +243,8 @@ def test_tracking_parent_and_nested_runs(tiny_demo, models_dir, tmp_path, monkey
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = _params(tiny_demo, tmp_path, tracking={"enabled": True, "experiment": "exp-test", "tracking_uri": uri})
     assert _main("robustness", "--params", str(params), "--out", str(tmp_path / "exp" / "robustness"),
-                 "--corruptions", "noise0.10", "--models-dir", str(models_dir), "--seeds", "0,1") == 0  # fmt: skip
+                 "--corruptions", "noise0.10", "--models-dir", str(models_dir), "--seeds", "0,1",
+                 "--variants", "mccl,baseline_asl") == 0  # fmt: skip
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("exp-test")
     runs = client.search_runs([experiment.experiment_id])

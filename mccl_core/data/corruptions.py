@@ -1,10 +1,16 @@
 """Deterministic image corruptions for robustness tests, applied on the fly to PIL images.
 
 A corruption runs *before* the evaluation transform (resize, crop, normalise) of a model, on
-the decoded image, so no corrupted copy of a dataset is ever written:
+the decoded image, so no corrupted copy of a dataset is ever written. Severity is defined at the
+model's input resolution: with ``input_size`` (the robustness experiment passes the model's), the
+image is first rescaled so that its short side is ``input_size`` (aspect kept), then corrupted.
+Without it a corruption acts on the source pixels, and the same level means less on a large photo
+(a 4x downscale of a 1,000 px photo still leaves 250 px for a 224 px model: no loss at all; noise
+and JPEG blocks shrink with the eval resize):
 
 * ``jpeg<q>``: re-encode as JPEG at quality ``q`` (90, 70, 50, 30, 10) and decode again;
-* ``down<f>``: downscale by ``f`` (2, 4; bilinear), the normal eval resize then scales it back up;
+* ``down<f>``: downscale by ``f`` (2, 4; bilinear), the normal eval resize then scales it back up
+  (at input resolution: the model sees ``1/f`` of its resolution);
 * ``noise<s>``: additive Gaussian noise with standard deviation ``s`` in units of the full
   0..255 range (0.05, 0.10), clipped to 0..255. Its random stream is seeded by a fixed seed and
   a hash of the image's own pixels, so an image gets the same noise in every run, worker and
@@ -12,7 +18,8 @@ the decoded image, so no corrupted copy of a dataset is ever written:
 * ``clean``: the identity.
 
     from mccl_core.data.corruptions import corrupted_transform, get_corruption
-    dataset = load_split(data_cfg, "test", transform=corrupted_transform(get_corruption("jpeg30"), meta.eval_transform()))
+    dataset = load_split(data_cfg, "test", transform=corrupted_transform("jpeg30", meta.eval_transform(),
+                                                                          input_size=meta.image_size))
 """
 
 from __future__ import annotations
@@ -105,19 +112,41 @@ DEFAULT_CORRUPTIONS: tuple[str, ...] = (
 )
 
 
-class CorruptedTransform:
-    """``transform(corruption(image))``; a top-level class so DataLoader workers can pickle it."""
+def to_input_scale(image: Image.Image, input_size: int) -> Image.Image:
+    """``image`` rescaled (bilinear, antialiased) so that its short side is ``input_size``."""
+    short = min(image.width, image.height)
+    if short == input_size:
+        return image
+    scale = input_size / short
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
 
-    def __init__(self, corruption: Corruption, transform: Callable[[Image.Image], Any]) -> None:
+
+class CorruptedTransform:
+    """``transform(corruption(image))`` (at ``input_size`` resolution when given); a top-level
+    class so DataLoader workers can pickle it."""
+
+    def __init__(
+        self, corruption: Corruption, transform: Callable[[Image.Image], Any], input_size: int | None = None
+    ) -> None:
+        if input_size is not None and input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {input_size}")
         self.corruption = corruption
         self.transform = transform
+        self.input_size = input_size
 
     def __call__(self, image: Image.Image) -> Any:
+        if self.input_size is not None:
+            image = to_input_scale(image.convert("RGB"), self.input_size)
         return self.transform(self.corruption(image))
 
     def __repr__(self) -> str:
-        return f"CorruptedTransform({self.corruption.name}, {self.transform!r})"
+        return f"CorruptedTransform({self.corruption.name}, {self.transform!r}, input_size={self.input_size})"
 
 
-def corrupted_transform(corruption: Corruption | str, transform: Callable[[Image.Image], Any]) -> CorruptedTransform:
-    return CorruptedTransform(get_corruption(corruption) if isinstance(corruption, str) else corruption, transform)
+def corrupted_transform(
+    corruption: Corruption | str, transform: Callable[[Image.Image], Any], input_size: int | None = None
+) -> CorruptedTransform:
+    """``transform`` after ``corruption``; ``input_size`` (the model's) sets the corruption's scale."""
+    resolved = get_corruption(corruption) if isinstance(corruption, str) else corruption
+    return CorruptedTransform(resolved, transform, input_size)

@@ -4,8 +4,9 @@
   with a learned stage gate (``pki.stage_gate: softmax``; its learned weights are reported);
 * ``text``: what the label queries start from (``pki.label_text``: description, name, random,
   onehot);
-* ``robustness``: MCCL vs the plain backbone at equal loss under JPEG, downscaling and noise
-  (:mod:`mccl_core.data.corruptions`), threshold from clean val;
+* ``robustness``: MCCL, MCCL with MCC off and the plain backbone at equal loss under JPEG,
+  downscaling and noise (:mod:`mccl_core.data.corruptions`, severity at the model's input
+  resolution), threshold from clean val;
 * ``pointing``: does the model look at the right place - the pointing game of
   :mod:`mccl_core.explain.pointing` for MCCL and for MCCL without MCC;
 * ``data-size``: label efficiency - MCCL, MCC off and the plain backbone on 10 / 25 / 50 / 100 %
@@ -122,15 +123,15 @@ def _loss(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def robustness_variants(params: Mapping[str, Any]) -> list[Variant]:
+    """MCCL, MCCL with MCC off (separates MCC from the decoder) and the plain backbone, same loss."""
     loss = _loss(params)
-    return [Variant("mccl", {}, "the params model"),
+    return [Variant("mccl", {}, "the params model"), pointing_variants(params)[1],
             Variant(f"baseline_{loss.get('kind', 'asl')}", {"model.variant": "baseline", "model.loss": loss},
                     "plain backbone, same loss")]  # fmt: skip
 
 
 def data_size_variants(params: Mapping[str, Any]) -> list[Variant]:
-    mccl, baseline = robustness_variants(params)
-    return [mccl, pointing_variants(params)[1], baseline]
+    return robustness_variants(params)
 
 
 def pointing_variants(params: Mapping[str, Any]) -> list[Variant]:
@@ -296,7 +297,8 @@ def run_robustness(
         clean: dict[str, float] = {}
         mine: list[dict[str, Any]] = []
         for corruption in suite:
-            transform = corrupted_transform(corruption, loaded.meta.eval_transform())
+            # severity at the model's input resolution, whatever the photos' size
+            transform = corrupted_transform(corruption, loaded.meta.eval_transform(), input_size=loaded.meta.image_size)
             truth_test, scores_test, _ = loaded.scores("test", transform)
             official = official_row(truth_val, scores_val, truth_test, scores_test)
             clean = clean or official
@@ -321,7 +323,9 @@ def run_robustness(
     columns = [("variant", "model"), ("seed", "seed"), ("corruption", "corruption"), ("test_macro_f1", "test macro-F1"),
                ("drop_macro_f1", "drop"), ("test_map", "test mAP"), ("drop_map", "drop")]  # fmt: skip
     notes = ["Threshold tuned on clean val and applied to every corrupted test set; drop = clean - corrupted. "
-             "Both models use the same loss (equal loss) and budget. Plot: `robustness.png` (macro-F1), "
+             "All models use the same loss (equal loss) and budget; MCC off separates MCC from the decoder. "
+             "Severity is set at the model's input resolution (the image is rescaled to it first). "
+             "Plot: `robustness.png` (macro-F1), "
              "`robustness_map.png` (mAP)."]  # fmt: skip
 
     def plot(path: Path) -> None:
@@ -344,20 +348,23 @@ def run_pointing(ctx: ExperimentContext, variants: list[Variant]) -> list[Path]:
             problems.append(f"{variant.name}: {error}")
             return {}
         return {"pairs": result.pairs, "attention_hit": result.attention,
-                "assignment_hit": result.assignment, "random_hit": result.random}  # fmt: skip
+                "assignment_hit": result.assignment, "random_hit": result.random, "centre_hit": result.centre}  # fmt: skip
 
     rows = evaluate_variants(ctx, variants, extra)
     columns = [("variant", "variant"), ("seed", "seed"), ("attention_hit", "attention hit rate"),
-               ("assignment_hit", "assignment hit rate"), ("random_hit", "random"), ("pairs", "pairs"),
+               ("assignment_hit", "assignment hit rate"), ("random_hit", "random"), ("centre_hit", "centre"),
+               ("pairs", "pairs"),
                ("test_macro_f1", "test macro-F1"), ("test_map", "test mAP")]  # fmt: skip
     notes = ["Hit rate: share of (image, true intent) pairs whose attention / prototype-assignment peak lies "
              "inside a box of one of that intent's clues (demo-format annotations); random: the exact expected "
-             "hit rate of a uniformly random pixel (mean box-union area fraction). Assignment needs MCC "
+             "hit rate of a uniformly random pixel (mean box-union area fraction); centre: a pointer fixed at the "
+             "input's centre (where a flat map points; the stronger baseline on centred layouts). Assignment needs MCC "
              "(– without it). `mccl_core.explain.pointing.pointing_game` on the test split."]  # fmt: skip
     notes += [f"No pointing game: {p}" for p in problems]
-    metrics = [("attention_hit", "attention"), ("assignment_hit", "assignment"), ("random_hit", "random")]
+    metrics = [("attention_hit", "attention"), ("assignment_hit", "assignment"), ("random_hit", "random"),
+               ("centre_hit", "centre")]  # fmt: skip
     summary_keys = [("attention_hit", "attention hit"), ("assignment_hit", "assignment hit"),
-                    ("random_hit", "random"), *SUMMARY_KEYS[1:]]  # fmt: skip
+                    ("random_hit", "random"), ("centre_hit", "centre"), *SUMMARY_KEYS[1:]]  # fmt: skip
     return _write(ctx, rows, columns, notes, lambda p: report.bar_plot(p, rows, metrics, "pointing game"),
                   summary_keys)  # fmt: skip
 
@@ -396,7 +403,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "stages": Experiment("stages", "which backbone stages (and a learned stage gate)", stages_variants, run_stages),
     "text": Experiment("text", "what the label queries start from (pki.label_text)", text_variants, run_text),
     "robustness": Experiment(
-        "robustness", "MCCL vs plain backbone under corruptions", robustness_variants, run_robustness
+        "robustness", "MCCL vs MCC off vs plain backbone under corruptions", robustness_variants, run_robustness
     ),  # fmt: skip
     "pointing": Experiment("pointing", "pointing game, MCC on vs off", pointing_variants, run_pointing),
     "data-size": Experiment(

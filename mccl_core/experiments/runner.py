@@ -36,6 +36,9 @@ from typing import Any, Literal
 
 from mccl_core.config import ConfigError, flatten, section, to_plain
 
+#: The splits whose labels the model cache's data hash covers.
+SPLITS = ("train", "val", "test")
+
 log = logging.getLogger(__name__)
 
 #: Sections a variant may not change (equal budget across the variants of one experiment).
@@ -102,14 +105,18 @@ class ResolvedConfigs:
     train: Any  # TrainConfig
     extract: Any  # ExtractConfig
 
-    def fingerprint(self) -> str:
-        """sha256 (16 hex) over the resolved configs, output paths and the resume flag left out."""
-        train = to_plain(self.train)
-        for key in ("output_dir", "resume"):
-            train.pop(key, None)
-        payload = {"data": to_plain(self.data), "model": to_plain(self.model), "train": train,
-                   "extract": to_plain(self.extract)}  # fmt: skip
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def fingerprint(self, project_dir: Path | None = None) -> str:
+        """sha256 (16 hex) of the train step's :func:`~mccl_core.steps.common.training_fingerprint`:
+        the resolved model and train configs (run-only fields left out), the data's *contents*
+        (DVC hash or label files, as the validate step tags them), the training code, and the
+        data and extract configs. An edit to the code or the labels trains a new model."""
+        from mccl_core.steps.common import sha256_of, training_fingerprint
+        from mccl_core.steps.validate import data_hash_of
+
+        data_hash = data_hash_of(self.data, list(SPLITS), Path(project_dir or Path.cwd()))
+        payload = training_fingerprint(self.model, self.train, data_hash, data_config=to_plain(self.data),
+                                       extract=to_plain(self.extract))  # fmt: skip
+        return sha256_of(payload)[:16]
 
 
 def resolve_configs(resolved: Mapping[str, Any], output_dir: Path | None = None) -> ResolvedConfigs:

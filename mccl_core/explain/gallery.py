@@ -198,7 +198,7 @@ def build_gallery(
     def image_of(index: int) -> tuple[Image.Image, CropGeometry]:
         if index not in geometry_cache:
             image = dataset.load_image(index)
-            geometry_cache[index] = (image, CropGeometry.of(image.width, image.height, size))
+            geometry_cache[index] = (image, CropGeometry.of(image.width, image.height, size, meta.geometry))
         return geometry_cache[index]
 
     for stage in stages:

@@ -1,14 +1,17 @@
 """Explanation maps in original-image pixels.
 
-The eval transform (:func:`mccl_core.data.transforms.build_transforms`, ``train=False``) resizes
-the short side to ``S`` and centre-crops ``S x S``. :class:`CropGeometry` inverts that: a point
-of the model input maps back to the original image, and a map over the model input is placed
-into the original frame (zeros outside the crop, which the model never saw).
+The eval transform (:func:`mccl_core.data.transforms.build_transforms`, ``train=False``) makes
+the ``S x S`` input by the backbone's geometry: ``center_crop`` resizes the short side to ``S``
+and keeps the central square, ``resize`` squashes the whole image. :class:`CropGeometry` inverts
+either: a point of the model input maps back to the original image, and a map over the model
+input is placed into the original frame (zeros outside the crop, which the model never saw).
 
 Per (image, intent):
 
-* **attention map**: the last decoder layer's cross-attention of the intent query, summed over
-  the stages (the stages share one distribution), each stage upsampled bilinearly to ``S x S``;
+* **attention map**: the last decoder layer's cross-attention of the intent query as a density
+  (each stage's per-token mass spread over its cell's area, so the ``S x S`` map sums to the
+  attention's total mass, 1), summed over the stages (they share one distribution). Without the
+  area normalisation a stage-4 cell, 4x the area of a stage-3 cell, would pull every peak;
 * **assignment map**: each patch's assignment mass on the intent's own prototypes, averaged over
   the stages (None when MCC is off);
 * **peak**: the arg-max pixel of the ``S x S`` map, mapped to original pixels (integer
@@ -34,8 +37,9 @@ class ExplainError(ValueError):
 class CropGeometry:
     """How the eval transform maps an original ``width x height`` image onto the ``size x size`` input.
 
-    Same arithmetic as torchvision's ``Resize(size)`` (short side to ``size``, long side truncated)
-    and ``CenterCrop(size)`` (offsets rounded).
+    ``center_crop``: same arithmetic as torchvision's ``Resize(size)`` (short side to ``size``, long
+    side truncated) and ``CenterCrop(size)`` (offsets rounded). ``resize``: ``Resize((size, size))``,
+    the whole image, no offsets.
     """
 
     width: int
@@ -47,9 +51,13 @@ class CropGeometry:
     top: int
 
     @classmethod
-    def of(cls, width: int, height: int, size: int) -> CropGeometry:
+    def of(cls, width: int, height: int, size: int, geometry: str = "center_crop") -> CropGeometry:
         if width <= 0 or height <= 0:
             raise ValueError(f"image size must be positive, got {width}x{height}")
+        if geometry == "resize":
+            return cls(int(width), int(height), int(size), int(size), int(size), 0, 0)
+        if geometry != "center_crop":
+            raise ValueError(f"unknown input geometry {geometry!r}: center_crop or resize")
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = size, int(size * long / short)
         new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
@@ -104,8 +112,12 @@ def _upsample(maps: list[Tensor], size: int) -> list[Tensor]:
 
 
 def combined_attention(explanation: ClueExplanation, size: int) -> Tensor:
-    """``[B, C, S, S]``: each stage's attention map upsampled to the input size, summed over stages."""
-    return torch.stack(_upsample(explanation.attention_maps(), size)).sum(dim=0)
+    """``[B, C, S, S]``: the attention as a density over the input, summed over stages.
+
+    A token's mass is spread over its cell (``S^2 / (H_s W_s)`` input pixels), so the map sums to
+    the attention's total mass (1) and a coarse stage cannot win a peak by its cell size alone."""
+    densities = [m * (m.shape[-2] * m.shape[-1] / float(size * size)) for m in explanation.attention_maps()]
+    return torch.stack(_upsample(densities, size)).sum(dim=0)
 
 
 def combined_assignment(explanation: ClueExplanation, num_classes: int, size: int) -> Tensor | None:

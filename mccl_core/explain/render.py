@@ -56,7 +56,7 @@ def explain_image(
     scores = torch.sigmoid(explanation.logits[0]).cpu().numpy()
     threshold = None if meta.threshold is None else float(meta.threshold)
     chosen = predicted_intents(scores, threshold)
-    geometry = CropGeometry.of(image.width, image.height, size)
+    geometry = CropGeometry.of(image.width, image.height, size, meta.geometry)
     intent_maps = [maps.intent(0, c, geometry) for c in chosen]
     intents = []
     for m in intent_maps:

@@ -141,8 +141,8 @@ def run_explain(
         else:
             pointing = {"split": split, **result.to_dict()}
             metrics.update(result.as_metrics())
-            log.info("pointing game (%s, %d pairs): attention %.3f, assignment %s, random %.3f", split,
-                     result.pairs, result.attention, result.assignment, result.random)  # fmt: skip
+            log.info("pointing game (%s, %d pairs): attention %.3f, assignment %s, random %.3f, centre %.3f", split,
+                     result.pairs, result.attention, result.assignment, result.random, result.centre)  # fmt: skip
         write_json(out_dir / POINTING_FILE, pointing)
 
         if model.clues is not None:
@@ -198,7 +198,8 @@ def run(inputs: Mapping[str, Path], out_dir: Path, config: ExplainConfig, tracki
     if "pointing_attention" in m:
         assignment = m.get("pointing_assignment")
         summary = (f"pointing game on {int(m['pointing_pairs'])} pairs: attention {m['pointing_attention']:.3f}, "
-                   f"assignment {'n/a' if assignment is None else f'{assignment:.3f}'}, random {m['pointing_random']:.3f}")  # fmt: skip
+                   f"assignment {'n/a' if assignment is None else f'{assignment:.3f}'}, random {m['pointing_random']:.3f}, "
+                   f"centre {m['pointing_centre']:.3f}")  # fmt: skip
     else:
         summary = f"pointing game skipped ({result.pointing.get('skipped', '')})"
     if "gallery_prototypes" in m:

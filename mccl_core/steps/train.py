@@ -44,6 +44,7 @@ from mccl_core.steps.common import (
     ValidatedData,
     sha256_files,
     sha256_of,
+    training_fingerprint,
     write_json,
     write_text,
 )
@@ -65,9 +66,6 @@ CURVE_COLUMNS = ("epoch", "train_loss", "lr", "val_macro_f1_split_tuned", "val_m
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 #: Fields of TrainConfig that do not change what a resumed run computes.
-RUN_ONLY_FIELDS = ("output_dir", "resume", "num_workers", "device", "eval_every")
-
-
 #: Kubernetes job kinds of ``launch.backend`` (anything else is torchrun on this machine).
 KUBERNETES_BACKENDS = ("trainjob", "pytorchjob")
 
@@ -182,27 +180,9 @@ def _fingerprint(
     inputs: TrainInputsPaths,
     launch: LaunchConfig,
 ) -> dict[str, Any]:
-    train = {k: v for k, v in train_cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
     files = {name: sha256_files([path]) for name, path in asdict(inputs).items() if path is not None}
     # World size matters: per-rank batches and data order change with it.
-    world = launch.world_size
-    return {"model": model_cfg.to_dict(), "train": train, "data": validated.data_hash, "inputs": files,
-            "world_size": world, "code": training_code_hash()}  # fmt: skip
-
-
-def training_code_hash() -> str:
-    """Hash of the code that defines what a checkpoint means (model, loop, data pipeline).
-
-    DVC re-runs the train stage when this code changes; the checkpoint of the old code must then
-    not be resumed (it could even be a finished run, and the "new" model would be the old one).
-    """
-    import mccl_core.data
-    import mccl_core.models
-    import mccl_core.training
-
-    files = [p for package in (mccl_core.models, mccl_core.training, mccl_core.data)
-             for p in Path(list(package.__path__)[0]).glob("*.py")]  # fmt: skip
-    return sha256_files(files)
+    return training_fingerprint(model_cfg, train_cfg, validated.data_hash, inputs=files, world_size=launch.world_size)
 
 
 def _prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
