@@ -443,18 +443,3 @@ def test_the_pipeline_model_beats_the_random_pointer():
     assert result.centre > result.random  # the demo's 3 x 3 layout: the centre pointer is the baseline to beat
     assert result.attention > result.chance + 0.05, result
     assert result.assignment is not None and result.assignment > result.chance + 0.05, result
-
-
-@pytest.mark.slow
-def test_a_briefly_trained_demo_model_points_at_its_clues_better_than_chance(briefly_trained_demo_model):
-    """The session's briefly trained default model (conftest: the default model with its packaged
-    ImageNet weights, 800 demo images, 5 epochs at 64 px; the learning test judges the same
-    model): the prototype-assignment peak of a true intent lands in one of its clue boxes well
-    above the stronger of the random and the centre pointer. (At this budget attention is not yet above chance; the
-    full pipeline model's is, see the test above.)"""
-    from mccl_core.models.bundle import load_bundle
-
-    model, meta = load_bundle(briefly_trained_demo_model.model_path)
-    pointing = pointing_game(model, meta, briefly_trained_demo_model.data_cfg, "test", batch_size=50)
-    assert pointing.pairs > 100
-    assert pointing.assignment is not None and pointing.assignment > pointing.chance + 0.05, pointing

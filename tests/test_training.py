@@ -303,6 +303,22 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(briefly_trained_demo_mod
     assert trained.history[-1].train_loss < trained.history[0].train_loss
 
 
+@pytest.mark.slow
+def test_a_briefly_trained_demo_model_points_at_its_clues_better_than_chance(briefly_trained_demo_model):
+    """(Here, beside the learning test, so that one pytest-xdist worker trains the shared model
+    once.) The session's briefly trained default model (conftest: the default model with its packaged
+    ImageNet weights, 800 demo images, 5 epochs at 64 px; the learning test judges the same
+    model): the prototype-assignment peak of a true intent lands in one of its clue boxes well
+    above the stronger of the random and the centre pointer. (At this budget attention is not yet
+    above chance; the full pipeline model's is: tests/test_explain.py.)"""
+    from mccl_core.explain.pointing import pointing_game
+
+    model, meta = load_bundle(briefly_trained_demo_model.model_path)
+    pointing = pointing_game(model, meta, briefly_trained_demo_model.data_cfg, "test", batch_size=50)
+    assert pointing.pairs > 100
+    assert pointing.assignment is not None and pointing.assignment > pointing.chance + 0.05, pointing
+
+
 def test_epoch_record_carries_the_stage_gate_under_fixed_names():
     record = EpochRecord(epoch=0, train_loss=0.5, lr=1e-3, seconds=1.0, images_per_second=10.0,
                          stage_gate={"stage3": 1.25, "stage4": 0.75})  # fmt: skip
