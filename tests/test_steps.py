@@ -461,3 +461,47 @@ def test_validation_limits_are_never_laxer_than_the_loader():
     assert ValidateConfig(max_pixels=1000).limits(500).max_pixels == 500
     assert ValidateConfig(max_pixels=1000).limits(5000).max_pixels == 1000
     assert ValidateConfig(max_pixels=1000).limits(None).max_pixels == 1000
+
+
+def test_the_pipeline_and_one_process_train_the_same_model_from_the_same_seed(tiny_demo, tmp_path):
+    """extract -> cluster (the dvc / Kubeflow path) and CPI in the training process (`mccl
+    experiment`, `bench/ablations.py`) build the same prototype bank bit for bit, and the model
+    built from it starts from the same weights whichever path ran first. MCCL amplifies the
+    smallest difference: float16 rounding of the shards (<= 3e-5 in the prototypes) and one
+    throwaway timm model drawing from the global generator made `dvc repro` and the runner train
+    different models for the demo's seed 0 (test macro-F1 0.744 against 0.945)."""
+    from mccl_core.models import build_model
+    from mccl_core.models.backbone import _full_model_keys
+    from mccl_core.training.config import TrainConfig
+    from mccl_core.training.run import TrainArtifacts, prepare_inputs
+
+    model_cfg = ModelConfig.from_dict({
+        **TINY_MODEL, "backbone": {"arch": "efficientnet_lite0", "stages": ["stage3", "stage4"], "weights": "package"},
+    })  # fmt: skip
+    handle = run_validate(
+        ValidateConfig(workers=2), DataConfig(source="demo", root=tiny_demo), tmp_path / "v", NO_TRACKING
+    ).validated
+    extract_cfg = ExtractStepConfig(batch_size=32, tokens_per_image=8, shard_size=40, device="cpu")
+    extracted = run_extract(extract_cfg, handle, model_cfg, 32, 0, tmp_path / "extract", NO_TRACKING)
+    clustered = run_cluster(ClusterStepConfig(device="cpu"), handle, model_cfg, extracted.features_dir,
+                            tmp_path / "cluster", NO_TRACKING)  # fmt: skip
+    train_cfg = TrainConfig(image_size=32, output_dir=tmp_path / "train", device="cpu")
+    pipeline = prepare_inputs(handle.data, model_cfg, train_cfg,
+                              TrainArtifacts(clustered.prototypes, extracted.backbone_init, clustered.label_embeddings))  # fmt: skip
+    _full_model_keys.cache_clear()  # a fresh process: the package weights' key list not built yet
+    in_process = prepare_inputs(handle.data, model_cfg, train_cfg, TrainArtifacts(label_embeddings=clustered.label_embeddings),
+                                extract_cfg=extract_cfg.extract_config())  # fmt: skip
+    for stage in model_cfg.backbone.stages:
+        assert torch.equal(in_process.prototype_bank.prototypes[stage], pipeline.prototype_bank.prototypes[stage])
+        assert torch.equal(in_process.prototype_bank.owners[stage], pipeline.prototype_bank.owners[stage])
+
+    def initial_weights(inputs, cold_cache: bool) -> list[torch.Tensor]:
+        if cold_cache:
+            _full_model_keys.cache_clear()
+        torch.manual_seed(0)  # what train() does before build_model
+        model = build_model(model_cfg, len(inputs.class_names), inputs.label_embeddings, inputs.cooccurrence,
+                            inputs.prototype_bank)  # fmt: skip
+        return [p.detach().clone() for p in model.parameters()]
+
+    cold, warm = initial_weights(pipeline, cold_cache=True), initial_weights(in_process, cold_cache=False)
+    assert len(cold) == len(warm) and all(torch.equal(a, b) for a, b in zip(cold, warm))

@@ -250,7 +250,12 @@ def _torch_load(path: Path) -> object:
 
 @lru_cache(maxsize=8)
 def _full_model_keys(timm_name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    model = timm.create_model(timm_name, pretrained=False)
+    # The throwaway model's random init must not draw from the global generator: this runs once
+    # per process (cached), so it would shift every later draw - the model's head init included -
+    # depending on whether a backbone was built before the seed was set (the dvc pipeline and the
+    # experiment runner then trained different models for the same seed).
+    with torch.random.fork_rng(devices=[]):
+        model = timm.create_model(timm_name, pretrained=False)
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
 
 

@@ -108,12 +108,20 @@ def run_cpi(
     extract_cfg: ExtractConfig,
     device: torch.device,
 ) -> PrototypeBank:
-    """CPI straight from the backbone, without Parquet shards (small datasets, tests, notebooks)."""
+    """CPI straight from the backbone, without Parquet shards (small datasets, tests, notebooks,
+    ``mccl experiment``, ``bench/ablations.py``).
+
+    The tokens take the shards' float16 rounding on the way, so this bank equals the extract ->
+    cluster steps' bank bit for bit. It matters: MCCL's training amplifies tiny differences in the
+    initial prototypes (a <= 3e-5 difference, float16 rounding alone, moved the demo's seed 0 from
+    test macro-F1 0.945 through the experiment runner to 0.744 through ``dvc repro``).
+    """
     builder = PrototypeBankBuilder(dataset.num_classes, _stage_names(backbone), cpi_cfg, dataset.class_names)
     labels = torch.from_numpy(dataset.label_matrix())
     stop = len(dataset) if not extract_cfg.max_images else min(extract_cfg.max_images, len(dataset))
     for indices, stage_tokens in iter_stage_tokens(backbone, dataset, extract_cfg, device, 0, stop):
-        builder.add([torch.from_numpy(t) for t in stage_tokens], labels[indices], torch.from_numpy(indices))
+        as_stored = [torch.from_numpy(t.astype(np.float16).astype(np.float32)) for t in stage_tokens]
+        builder.add(as_stored, labels[indices], torch.from_numpy(indices))
     return builder.build(device=device)
 
 
