@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
@@ -16,7 +16,6 @@ from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 #: side, keep the central square (the torchvision/timm evaluation habit; a 3:2 photo loses a third
 #: of its width). ``resize``: squash the whole photo to the square (Query2Label's
 #: ``Resize((S, S))`` for train and test; nothing is cut off, shapes are stretched).
-Geometry = Literal["center_crop", "resize"]
 GEOMETRIES: tuple[str, ...] = ("center_crop", "resize")
 
 

@@ -36,9 +36,6 @@ from typing import Any, Literal
 
 from mccl_core.config import ConfigError, flatten, section, to_plain
 
-#: The splits whose labels the model cache's data hash covers.
-SPLITS = ("train", "val", "test")
-
 log = logging.getLogger(__name__)
 
 #: Sections a variant may not change (equal budget across the variants of one experiment).
@@ -112,6 +109,7 @@ class ResolvedConfigs:
         data and extract configs. An edit to the code or the labels trains a new model."""
         from mccl_core.steps.common import sha256_of, training_fingerprint
         from mccl_core.steps.validate import data_hash_of
+        from mccl_core.validation.schema import SPLITS
 
         data_hash = data_hash_of(self.data, list(SPLITS), Path(project_dir or Path.cwd()))
         payload = training_fingerprint(self.model, self.train, data_hash, data_config=to_plain(self.data),
@@ -212,11 +210,12 @@ def label_prior_scores(params: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``split -> (truth, scores)`` of the label prior (training label frequencies, no pixels) on val and test."""
     from mccl_core.data import DataConfig, load_split
     from mccl_core.metrics.baselines import LabelPriorPredictor
+    from mccl_core.validation.schema import EVAL_SPLITS, SPLITS
 
     data_cfg = DataConfig.from_dict(section(params, "data"))
-    truth = {s: load_split(data_cfg, s).label_matrix() for s in ("train", "val", "test")}
+    truth = {s: load_split(data_cfg, s).label_matrix() for s in SPLITS}
     prior = LabelPriorPredictor().fit(truth["train"])
-    return {s: (truth[s], prior.predict(len(truth[s]))) for s in ("val", "test")}
+    return {s: (truth[s], prior.predict(len(truth[s]))) for s in EVAL_SPLITS}
 
 
 def label_prior_row(params: Mapping[str, Any], scores: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:

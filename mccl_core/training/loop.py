@@ -306,10 +306,10 @@ def _train(
     groups = _param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **adamw_kernel(ctx.device))
     steps_per_epoch = _steps_per_epoch(inputs.train_set, cfg, ctx)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
-    )
     total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=cfg.pct_start
+    )
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_horizon_growth) if cfg.ema_decay > 0 else None
     if ema is not None and ctx.is_main:
         reached_at = ema.steps_to_stated_decay()
