@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from mccl_core.config import ConfigError, load_params, section
+from mccl_core.config import ConfigError, apply_overrides, load_params, section
 from mccl_core.experiments.runner import (
     Variant,
     experiment_tracking,
@@ -61,7 +61,6 @@ from mccl_core.experiments.runner import (
     train_or_reuse,
 )
 from mccl_core.experiments.seeds import SeedRun, parse_seeds, summarise, summary_table, with_seed
-from mccl_core.steps.cli import apply_overrides
 
 log = logging.getLogger("ablations")
 

@@ -17,6 +17,7 @@ section) is built by :func:`from_dict`, so they all behave the same way:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -57,6 +58,59 @@ def section(params: Mapping[str, Any], name: str, required: bool = True) -> dict
     if not isinstance(value, Mapping):
         raise ConfigError(f"params section {name!r} must be a mapping, got {type(value).__name__}")
     return dict(value)
+
+
+def apply_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4"]`` -> ``params["train"]["lr"] = 3e-4`` (nested keys with more dots).
+
+    The one parser of ``--set SECTION.KEY=VALUE`` (``mccl step``, ``mccl experiment``, the
+    benches). The value is YAML (``3``, ``[a, b]``, ``{k: v}``); ``params`` is changed in place
+    and returned.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        *path, last = key.strip().split(".")
+        node = params
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        node[last] = value
+    return params
+
+
+def expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model.pki.dim": 8, "train": {"lr": 1}}`` -> nested mappings."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = str(key).split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        if isinstance(value, Mapping):
+            node[leaf] = merge(node.get(leaf) or {}, expand_dotted(value))
+        else:
+            node[leaf] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out[key] = merge(out.get(key) or {}, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,8 @@ import yaml
 from conftest import tiny_train_params
 from test_checkpoints import _RunsCodeOnLoad, _truncate
 
-from mccl_core.steps.train import _prepare_resume, training_failure
+from mccl_core.launch.local import training_failure
+from mccl_core.steps.train import prepare_resume
 from mccl_core.training import cli as train_cli
 from mccl_core.training.checkpoint import (
     capture_rng_state,
@@ -85,7 +86,7 @@ def test_a_second_stale_set_aside_keeps_the_first(tmp_path, caplog):
         save_checkpoint(ckpts / "last.pt", _payload(epoch - 1, 8))
         save_checkpoint(ckpts / "last.pt", _payload(epoch, 8))
         with caplog.at_level(logging.WARNING):
-            assert _prepare_resume(tmp_path, {"run": run}) is False  # another run's fingerprint each time
+            assert prepare_resume(tmp_path, {"run": run}) is False  # another run's fingerprint each time
     # Run a's files were set aside when run "a" started (no record yet), then again for "b".
     stale = sorted(p.name for p in ckpts.glob("*.stale.pt"))
     assert stale == ["last.2.stale.pt", "last.stale.pt", "prev.2.stale.pt", "prev.stale.pt"]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from mccl_core.data import DataConfig, DemoConfig, build_transforms, ensure_demo, generate_demo, load_split
 from mccl_core.data.demo import CLUES, COLOURS, DEMO_CLASSES, DEMO_INTENTS, SHAPES
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -29,7 +30,7 @@ def default_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _annotations(root: Path, split: str) -> dict:
-    return json.loads((root / "annotations" / f"intentonomy_{split}2020.json").read_text())
+    return json.loads((root / "annotations" / f"{split}.json").read_text())
 
 
 def test_same_config_gives_byte_identical_files_for_any_worker_count(tmp_path: Path) -> None:
@@ -50,6 +51,8 @@ def test_same_config_gives_byte_identical_files_for_any_worker_count(tmp_path: P
 def test_files_follow_intentonomy_schema(tmp_path: Path) -> None:
     cfg = DemoConfig(n_train=8, n_val=4, n_test=4, image_size=72)
     root = generate_demo(tmp_path, cfg, show_progress=False)
+    # The project's canonical names, not Intentonomy's published ones.
+    assert sorted(p.name for p in (root / "annotations").iterdir()) == ["test.json", "train.json", "val.json"]
     train = _annotations(root, "train")
     assert [c["name"] for c in train["categories"]] == list(DEMO_CLASSES)
     assert all(c["description"] and len(c["clues"]) in (2, 3) for c in train["categories"])
@@ -137,7 +140,11 @@ def test_soft_labels_track_clue_size(default_demo: Path) -> None:
 
 @pytest.mark.slow  # the default demo: 4000 images generated
 def test_demo_items_through_transforms(default_demo: Path) -> None:
-    dataset = load_split(DataConfig(source="demo", root=default_demo), "train", build_transforms(64, train=True))
+    dataset = load_split(
+        DataConfig(source="demo", root=default_demo),
+        "train",
+        build_transforms(64, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    )
     item = dataset[5]
     assert item["image"].shape == (3, 64, 64) and item["labels"].shape == (10,)
     assert item["soft_labels"].shape == (10,) and (item["soft_labels"] > 0).float().equal(item["labels"])

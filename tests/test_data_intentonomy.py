@@ -1,4 +1,5 @@
-"""Intentonomy annotation reading (real val/test files), bundled metadata, annotation errors."""
+"""Intentonomy annotation reading (real val/test files, through the canonical-format reader of
+:mod:`mccl_core.data.annotations`), bundled metadata, annotation errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from mccl_core.data import AnnotationError, DataConfig, cooccurrence_counts, load_split
+from mccl_core.data.annotations import load_annotation_records, parse_annotations
 from mccl_core.data.intentonomy import (
     INTENTONOMY_CLASSES,
     image_urls,
@@ -21,8 +23,6 @@ from mccl_core.data.intentonomy import (
     intentonomy_descriptions,
     intentonomy_mid_groups,
     intentonomy_train_cooccurrence,
-    load_intentonomy_records,
-    parse_intentonomy_annotations,
 )
 from mccl_core.data.intentonomy_json import (
     AnnotationFileError,
@@ -134,7 +134,7 @@ def val_document() -> dict:
 
 
 def _parse(document: dict, split: str = "val") -> None:
-    parse_intentonomy_annotations(document, Path("/root"), split, "ann.json")
+    parse_annotations(document, Path("/root"), split, "ann.json")
 
 
 def test_unknown_category_id_is_reported_with_record(val_document: dict) -> None:
@@ -191,7 +191,7 @@ def test_train_softprob_errors(tmp_path: Path) -> None:
     document["annotations"][1]["category_ids_softprob"][2] = 1.5
     document["annotations"][2].pop("category_ids_softprob")
     with pytest.raises(AnnotationError) as info:
-        parse_intentonomy_annotations(document, tmp_path, "train", "train.json")
+        parse_annotations(document, tmp_path, "train", "train.json")
     problems = info.value.problems
     assert len(problems) == 3
     assert "must be a list of 28 numbers, got 27" in problems[0]
@@ -202,7 +202,7 @@ def test_train_softprob_errors(tmp_path: Path) -> None:
 def test_unlabelled_train_image_is_kept_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     document = json.loads((FIXTURES / "intentonomy_train_mini.json").read_text())
     document["annotations"][4]["category_ids_softprob"] = [0.0] * 28
-    records, _, _ = parse_intentonomy_annotations(document, tmp_path, "train", "train.json")
+    records, _, _ = parse_annotations(document, tmp_path, "train", "train.json")
     assert len(records) == 6 and records[4].labels == ()
     assert "1 train images have no positive label" in caplog.text
 
@@ -217,9 +217,9 @@ def test_unreadable_annotation_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"images": [')
     with pytest.raises(ValueError, match="broken.json.*not valid JSON"):
-        load_intentonomy_records(path, tmp_path, "val")
+        load_annotation_records(path, tmp_path, "val")
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        load_intentonomy_records(tmp_path / "missing.json", tmp_path, "val")
+        load_annotation_records(tmp_path / "missing.json", tmp_path, "val")
 
 
 # ----------------------------------------------------------------------------- one parser, two modes
@@ -242,7 +242,7 @@ def test_strict_and_lenient_agree_on_good_files(path: Path, split: str) -> None:
     assert [r.image_id for r in strict.records] == [a["image_id"] for a in document["annotations"]]
     assert [r.position for r in strict.records] == list(range(len(document["annotations"])))
     # The training loader is the same parser: same ids, paths, labels and soft labels.
-    records, names, _ = load_intentonomy_records(path, Path("/root"), split)
+    records, names, _ = load_annotation_records(path, Path("/root"), split)
     assert [(r.image_id, r.image_path, r.labels, r.soft_labels) for r in records] == [
         (s.image_id, s.image_path, s.label_ids, s.soft_labels) for s in strict.records
     ]

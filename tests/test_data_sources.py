@@ -23,8 +23,7 @@ def test_the_config_literal_and_the_registry_name_the_same_sources():
 def test_splits_and_label_files_come_from_the_registry(tiny_demo, tmp_path):
     demo = DataConfig(source="demo", root=tiny_demo)
     assert splits_of(demo) == ["train", "val", "test"] and data_source(demo).intentonomy_schema
-    assert [p.name for p in annotation_files(demo, splits_of(demo))] == [
-        "intentonomy_train2020.json", "intentonomy_val2020.json", "intentonomy_test2020.json"]  # fmt: skip
+    assert [p.name for p in annotation_files(demo, splits_of(demo))] == ["train.json", "val.json", "test.json"]
     mdid = DataConfig(source="mdid", root=tmp_path)
     assert splits_of(mdid) == ["train", "val"] and not data_source(mdid).intentonomy_schema
     (tmp_path / "classes.txt").write_text("a\nb\n")

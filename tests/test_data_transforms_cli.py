@@ -10,16 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mccl_core.data import IMAGENET_MEAN, IMAGENET_STD, DataConfig, build_transforms, load_split
+from mccl_core.data import DataConfig, build_transforms, load_split
 from mccl_core.data.cli import main as data_cli
 from mccl_core.data.mdid import read_mdid_splits
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 
 def test_eval_transform_resizes_crops_and_normalises() -> None:
     image = Image.new("RGB", (200, 100), (255, 0, 0))
-    tensor = build_transforms(64, train=False)(image)
+    tensor = build_transforms(64, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)(image)
     assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
     expected = [
         (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
@@ -32,17 +33,21 @@ def test_eval_transform_resizes_crops_and_normalises() -> None:
 def test_train_transform_is_random_and_sized() -> None:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    transform = build_transforms(48, train=True, erase_prob=1.0)
+    transform = build_transforms(48, train=True, erase_prob=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     torch.manual_seed(0)
     first, second = transform(image), transform(image)
     assert first.shape == second.shape == (3, 48, 48)
     assert not torch.equal(first, second)
     assert (first == 0).sum() > 0  # random erasing (Cutout) fills a patch with 0
-    plain = build_transforms(48, train=True, crop_scale=(1.0, 1.0), hflip=False, randaugment=False)
+    plain = build_transforms(
+        48, train=True, crop_scale=(1.0, 1.0), hflip=False, randaugment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
     square = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
-    torch.testing.assert_close(plain(square), build_transforms(48, train=False)(square))
+    torch.testing.assert_close(
+        plain(square), build_transforms(48, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)(square)
+    )
     with pytest.raises(ValueError, match="crop_scale"):
-        build_transforms(48, train=True, crop_scale=(0.0, 1.0))
+        build_transforms(48, train=True, crop_scale=(0.0, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def test_data_config_round_trip() -> None:
@@ -81,7 +86,9 @@ def test_demo_cli_then_verify_and_dataloader(tmp_path: Path) -> None:
         == 0
     )
     cfg = DataConfig(source="demo", root=out)
-    loader = torch.utils.data.DataLoader(load_split(cfg, "train", build_transforms(48, train=False)), batch_size=5)
+    loader = torch.utils.data.DataLoader(
+        load_split(cfg, "train", build_transforms(48, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)), batch_size=5
+    )
     batch = next(iter(loader))
     assert batch["image"].shape == (5, 3, 48, 48) and batch["labels"].shape == (5, 10)
     assert batch["soft_labels"].shape == (5, 10) and batch["index"].tolist() == [0, 1, 2, 3, 4]
@@ -157,7 +164,7 @@ def test_geometry_decides_what_of_a_wide_photo_the_model_sees(geometry) -> None:
                                   randaugment=False, **plain)(photo)  # fmt: skip
     torch.testing.assert_close(train_view, view)
     with pytest.raises(ValueError, match="geometry"):
-        build_transforms(32, train=False, geometry="letterbox")
+        build_transforms(32, train=False, geometry="letterbox", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def test_resize_geometry_crops_keep_the_photos_aspect() -> None:
@@ -172,9 +179,9 @@ def test_resize_geometry_crops_keep_the_photos_aspect() -> None:
         assert params["width"] / params["height"] == pytest.approx(1.5, rel=0.02)
         assert 0.25 * 0.95 <= params["width"] * params["height"] / 60_000 <= 0.5 * 1.05
         assert params["top"] + params["height"] <= 200 and params["left"] + params["width"] <= 300
-    assert build_transforms(16, train=True, geometry="resize", crop_scale=(0.5, 1.0))(
-        _gradient_photo(90, 60)
-    ).shape == (3, 16, 16)
+    assert build_transforms(
+        16, train=True, geometry="resize", crop_scale=(0.5, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )(_gradient_photo(90, 60)).shape == (3, 16, 16)
 
 
 def test_randaugment_strength_reaches_the_transform() -> None:

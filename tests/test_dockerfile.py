@@ -161,7 +161,7 @@ def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
         )
     assert modules == {"components.runner"}
     assert _python(["-c", "import components.runner, pipeline.pipeline"], image_layout).returncode == 0
-    proc = _python(["-m", "mccl_core.launch.pytorchjob", "--help"], image_layout)
+    proc = _python(["-m", "mccl_core.steps.pod", "--help"], image_layout)
     assert proc.returncode == 0 and "--staging-uri" in proc.stdout
     assert PYPROJECT["project"]["scripts"]["mccl"] == "mccl_core.cli:main"
     proc = _python(["-c", "from mccl_core.cli import main; raise SystemExit(main(['step', '--help']))"], image_layout)

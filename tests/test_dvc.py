@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import TINY_MODEL
 
+from mccl_core.data import DataConfig
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PROJECT_FILES = [
@@ -434,7 +436,7 @@ def test_bad_record_stops_the_pipeline_at_validate(project):
     root = project["root"]
     broken = root / "data" / "broken"
     shutil.copytree(root / "data" / "demo", broken)
-    train = json.loads((broken / "annotations" / "intentonomy_train2020.json").read_text())
+    train = json.loads((DataConfig(source="demo", root=broken).annotation_file("train")).read_text())
     victim = train["images"][7]
     (broken / victim["filename"]).write_bytes(b"not an image at all")
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -459,7 +461,7 @@ def _manifest_from_demo(root: Path) -> Path:
     (mine / "img").mkdir(parents=True)
     rows, names = ["image_path,labels,split"], []
     for split in ("train", "val", "test"):
-        data = json.loads((root / "data" / "demo" / "annotations" / f"intentonomy_{split}2020.json").read_text())
+        data = json.loads((DataConfig(source="demo", root=root / "data" / "demo").annotation_file(split)).read_text())
         by_id = {c["id"]: c["name"] for c in data["categories"]}
         names = [c["name"] for c in data["categories"]]
         files = {i["id"]: i["filename"] for i in data["images"]}

@@ -81,8 +81,8 @@ def test_stage_variants_follow_the_backbone_family():
 
 
 def test_variants_may_not_change_the_budget_and_set_applies():
+    from mccl_core.config import apply_overrides
     from mccl_core.experiments.runner import Variant, resolve_params
-    from mccl_core.steps.cli import apply_overrides
 
     params = {"model": {"pki": {"dim": 8}}, "train": {"epochs": 1}}
     apply_overrides(params, ["train.epochs=3", "model.pki.label_text=name"])
@@ -119,7 +119,7 @@ def test_model_cache_key_follows_the_labels_and_the_code(tiny_demo, tmp_path, mo
     shutil.copytree(tiny_demo, copy)
     params["data"]["root"] = str(copy)
     moved = resolve_configs(params).fingerprint()  # same labels, another folder: the config differs
-    test_file = copy / "annotations" / "intentonomy_test2020.json"
+    test_file = copy / "annotations" / "test.json"
     document = json.loads(test_file.read_text())
     document["annotations"][0]["category_ids"] = [(document["annotations"][0]["category_ids"][0] + 1) % 10]
     test_file.write_text(json.dumps(document))

@@ -14,6 +14,7 @@ import torch
 from conftest import TINY_MODEL
 from PIL import Image
 
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.explain.gallery import build_gallery, prototype_flags
 from mccl_core.explain.maps import CropGeometry, ExplainError, ExplanationMaps
 from mccl_core.explain.pointing import (
@@ -191,8 +192,8 @@ def test_pointing_arithmetic_on_a_hand_built_case():
 
 
 def test_clue_boxes_from_demo_annotations(tiny_demo, tmp_path):
-    boxes = intent_clue_boxes(tiny_demo / "annotations" / "intentonomy_test2020.json")
-    document = json.loads((tiny_demo / "annotations" / "intentonomy_test2020.json").read_text())
+    boxes = intent_clue_boxes(tiny_demo / "annotations" / "test.json")
+    document = json.loads((tiny_demo / "annotations" / "test.json").read_text())
     first = document["annotations"][0]
     for intent in first["category_ids"]:  # every true intent has all its clues drawn
         needed = document["categories"][intent]["clues"]
@@ -248,12 +249,12 @@ def test_pointing_game_errors(tiny_demo, baseline_bundle, untrained_bundle, tmp_
     with pytest.raises(ExplainError, match="baseline"):
         pointing_game(model, meta, data)
     shutil.copytree(tiny_demo, tmp_path / "demo")
-    document = json.loads((tmp_path / "demo/annotations/intentonomy_test2020.json").read_text())
+    document = json.loads((tmp_path / "demo/annotations/test.json").read_text())
     for annotation in document["annotations"]:
         annotation.pop("demo_objects")
-    (tmp_path / "demo/annotations/intentonomy_test2020.json").write_text(json.dumps(document))
+    (tmp_path / "demo/annotations/test.json").write_text(json.dumps(document))
     model, meta = load_bundle(untrained_bundle)
-    with pytest.raises(PointingDataError, match="intentonomy_test2020.json"):
+    with pytest.raises(PointingDataError, match="test.json"):
         pointing_game(model, meta, DataConfig(source="demo", root=tmp_path / "demo"))
     result = pointing_game(model, meta, data, max_images=8, batch_size=4)
     assert result.pairs >= 8 and 0 < result.random < 1 and result.assignment is not None
@@ -315,7 +316,7 @@ def test_cli_explains_a_real_image(untrained_bundle, tmp_path):
     shutil.copytree(untrained_bundle, bundle)
     model, meta = load_bundle(bundle)
     with torch.no_grad():
-        scores = torch.sigmoid(model(meta.eval_transform()(Image.open(image_path).convert("RGB"))[None]).logits[0])
+        scores = torch.sigmoid(model(eval_transform_for(meta)(Image.open(image_path).convert("RGB"))[None]).logits[0])
     ranked = torch.argsort(scores, descending=True).tolist()
     meta = read_meta(bundle)
     meta.threshold = float((scores[ranked[1]] + scores[ranked[2]]) / 2)  # exactly two intents pass
@@ -375,7 +376,7 @@ def test_cli_errors(untrained_bundle, baseline_bundle, tmp_path, capsys):
 def test_explain_step_on_the_tiny_demo(tiny_demo, untrained_bundle, tmp_path):
     from mccl_core.data import DataConfig
     from mccl_core.steps.contract import run_step
-    from mccl_core.steps.explain import ExplainConfig
+    from mccl_core.steps.explain import SPEC
     from mccl_core.steps.validate import ValidateConfig, run_validate
     from mccl_core.tracking.steps import TrackingOptions
 
@@ -413,7 +414,7 @@ def test_explain_step_on_the_tiny_demo(tiny_demo, untrained_bundle, tmp_path):
     gallery = {a.path for a in client.list_artifacts(run.info.run_id, "explain/gallery")}
     assert "explain/gallery/index.html" in gallery
     with pytest.raises(Exception, match="explain.batch_size"):
-        ExplainConfig.from_dict({"batch_size": 0})
+        SPEC.load_config({"explain": {"batch_size": 0}})
 
 
 # ------------------------------------------------------------- trained model vs random pointer
@@ -430,7 +431,10 @@ def test_the_pipeline_model_beats_the_random_pointer():
     from mccl_core.models.bundle import BundleError, load_bundle
 
     bundle, root = REPO / "outputs" / "train" / "model", REPO / "data" / "demo"
-    if not (bundle / "bundle.json").is_file() or not (root / "annotations" / "intentonomy_test2020.json").is_file():
+    if (
+        not (bundle / "bundle.json").is_file()
+        or not DataConfig(source="demo", root=root).annotation_file("test").is_file()
+    ):
         pytest.skip("no pipeline model: run `dvc repro` first")
     try:
         model, meta = load_bundle(bundle)

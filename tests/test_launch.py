@@ -103,7 +103,7 @@ def test_trainjob_manifest_is_valid_against_the_crd_and_fits_the_stock_runtime()
     trainer = manifest["spec"]["trainer"]
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4 and trainer["image"] == "reg/mccl:1"
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
-    assert trainer["command"][:3] == ["python", "-m", "mccl_core.launch.node"]
+    assert trainer["command"][:3] == ["python", "-m", "mccl_core.steps.pod"]
     assert trainer["command"][trainer["command"].index("--staging-uri") + 1] == "s3://b/run1"
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in trainer["env"] if "valueFrom" in e}
     assert secret_refs["AWS_SECRET_ACCESS_KEY"] == "mccl-s3-credentials"  # a reference, never a value
@@ -129,7 +129,7 @@ def test_pytorchjob_manifest_is_valid_against_the_crd():
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch" and container["image"] == "reg/mccl:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert container["command"][:3] == ["python", "-m", "mccl_core.launch.node"]  # the same pod entry point
+    assert container["command"][:3] == ["python", "-m", "mccl_core.steps.pod"]  # the same pod entry point
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(manifest)  # credentials come from a secret reference
     assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
     with pytest.raises(ValueError, match="num_nodes=1"):
@@ -137,8 +137,9 @@ def test_pytorchjob_manifest_is_valid_against_the_crd():
 
 
 def test_pod_reads_the_pet_environment_of_the_torch_distributed_runtime():
+    from mccl_core.launch.config import LaunchConfig
+    from mccl_core.launch.local import torchrun_command
     from mccl_core.launch.node import launch_from_env
-    from mccl_core.steps.train import LaunchConfig, torchrun_command
 
     # What Trainer v2's torch plugin sets on node 2 of a 3-node TrainJob.
     env = {"PET_NNODES": "3", "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "2",
@@ -162,7 +163,7 @@ def test_pod_reads_the_pet_environment_of_the_torch_distributed_runtime():
 
 def test_launch_config_shape_and_the_local_default():
     from mccl_core.config import ConfigError, load_params
-    from mccl_core.steps.train import LaunchConfig
+    from mccl_core.launch.config import LaunchConfig
 
     assert LaunchConfig.from_dict(load_params(REPO / "params.yaml")["launch"]).backend == "torchrun"
     job = LaunchConfig.from_dict({"backend": "trainjob", "nnodes": 1, "kubernetes": {"runtime": "my-runtime"}})
@@ -231,9 +232,10 @@ def test_killed_step_takes_torchrun_and_its_workers_along(tmp_path):
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
+    from mccl_core.launch.config import LaunchConfig
     from mccl_core.launch.supervise import TrainerBusyError, TrainerLock
     from mccl_core.steps.errors import StepError
-    from mccl_core.steps.train import LaunchConfig, run_train
+    from mccl_core.steps.train import run_train
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from mccl_core.launch.supervise import TrainerLock; "
@@ -361,11 +363,12 @@ def s3(s3_server):
 
 def _train(upstream, out: Path, cluster: LocalCluster, launch: dict, **train: Any) -> Any:
     """The train step's run_train with a Kubernetes backend, the job run by ``cluster``."""
+    from mccl_core.launch.config import LaunchConfig
     from mccl_core.models import ModelConfig
     from mccl_core.steps.cluster import EMBEDDINGS_FILE, PROTOTYPES_FILE
     from mccl_core.steps.common import ValidatedData
     from mccl_core.steps.extract import BACKBONE_INIT_FILE
-    from mccl_core.steps.train import LaunchConfig, TrainInputsPaths, run_train
+    from mccl_core.steps.train import TrainInputsPaths, run_train
     from mccl_core.tracking.steps import TrackingOptions
     from mccl_core.training.config import TrainConfig
 

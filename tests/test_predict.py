@@ -46,7 +46,9 @@ def _expected_scores(bundle: Path, paths: list[Path]) -> np.ndarray:
     from mccl_core.models.bundle import load_bundle
 
     model, meta = load_bundle(bundle, "cpu")
-    pixels = torch.stack([meta.eval_transform()(load_rgb_image(p)) for p in paths])
+    from mccl_core.data.transforms import eval_transform_for
+
+    pixels = torch.stack([eval_transform_for(meta)(load_rgb_image(p)) for p in paths])
     with torch.inference_mode():
         return torch.sigmoid(model(pixels).logits).numpy()
 

@@ -22,6 +22,7 @@ from mccl_core.models import (
     build_classifier,
     resolve_weights,
 )
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
 LITE0 = BackboneConfig(arch="efficientnet_lite0", stages=("stage3", "stage4"), weights="package")
 IMAGENET_CLASSES = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
@@ -46,7 +47,7 @@ def test_wrong_normalisation_is_not_silently_equivalent(lite0_classifier):
     """Why the bundle carries mean/std: ImageNet statistics on these weights change the answer."""
     photo = Image.fromarray(load_sample_image("flower.jpg"))
     right = build_transforms(224, train=False, mean=(0.5,) * 3, std=(0.5,) * 3)(photo)
-    wrong = build_transforms(224, train=False)(photo)  # ImageNet mean/std
+    wrong = build_transforms(224, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)(photo)  # ImageNet mean/std
     with torch.no_grad():
         p_right, p_wrong = (lite0_classifier(x[None]).softmax(-1)[0] for x in (right, wrong))
     assert float((p_right - p_wrong).abs().sum()) > 0.1

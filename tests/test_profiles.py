@@ -100,7 +100,11 @@ def test_under_the_paper_geometry_cpi_training_and_serving_see_the_same_view():
     meta = BundleMeta(model_config=model.to_dict(), class_names=["a"], class_descriptions=[""], image_size=48,
                       mean=list(mean), std=list(std))  # fmt: skip
     assert meta.geometry == "resize"
-    torch.testing.assert_close(meta.eval_transform()(photo), cpi_view)
+    from mccl_core.data.transforms import eval_transform_for
+
+    torch.testing.assert_close(eval_transform_for(meta)(photo), cpi_view)
     # A bundle from before the key existed keeps the centre crop it was trained with.
     old = dataclasses.replace(meta, model_config={k: v for k, v in meta.model_config.items() if k != "backbone"})
-    assert old.geometry == "center_crop" and not torch.allclose(old.eval_transform()(photo), cpi_view)
+    from mccl_core.data.transforms import eval_transform_for
+
+    assert old.geometry == "center_crop" and not torch.allclose(eval_transform_for(old)(photo), cpi_view)

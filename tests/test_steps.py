@@ -17,13 +17,14 @@ from conftest import TINY_MODEL
 
 from mccl_core.data import DataConfig, load_split
 from mccl_core.models import ModelConfig, PrototypeBank
-from mccl_core.models.cpi.shards import iter_token_shards
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from mccl_core.steps import StepError
 from mccl_core.steps.cluster import ClusterStepConfig, run_cluster
 from mccl_core.steps.common import ValidatedData
 from mccl_core.steps.extract import ExtractStepConfig, run_extract
 from mccl_core.steps.validate import ValidateConfig, run_validate
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
+from mccl_core.training.token_shards import iter_token_shards
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TRACKING = TrackingOptions(enabled=False)
@@ -37,7 +38,7 @@ def demo_copy(tiny_demo, tmp_path) -> Path:
 
 
 def _annotations(root: Path, split: str) -> dict:
-    return json.loads((root / "annotations" / f"intentonomy_{split}2020.json").read_text())
+    return json.loads((root / "annotations" / f"{split}.json").read_text())
 
 
 def _break_records(root: Path) -> tuple[str, str]:
@@ -48,7 +49,7 @@ def _break_records(root: Path) -> tuple[str, str]:
     val = _annotations(root, "val")
     bad_label_id = val["annotations"][3]["image_id"]
     val["annotations"][3]["category_ids"] = [0, 42]
-    (root / "annotations" / "intentonomy_val2020.json").write_text(json.dumps(val))
+    (root / "annotations" / "val.json").write_text(json.dumps(val))
     return corrupt_id, bad_label_id
 
 
@@ -143,7 +144,9 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
 
     backbone = initial_backbone(model_cfg, 0)
     backbone.load_state_dict(torch.load(first.backbone_init, weights_only=True))
-    image = load_split(handle.data, "train", build_transforms(32, train=False))[0]["image"]
+    image = load_split(handle.data, "train", build_transforms(32, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD))[
+        0
+    ]["image"]
     with torch.no_grad():
         layer3 = backbone.eval().forward_features(image[None])[0]
     expected = torch.nn.functional.normalize(layer3.flatten(2).transpose(1, 2), dim=-1)[0]
@@ -321,8 +324,7 @@ def test_step_cli_options_come_from_the_step_spec(capsys):
 
 
 def test_run_step_checks_inputs_and_params_by_name(tmp_path):
-    from mccl_core.config import ConfigError
-    from mccl_core.steps.cli import apply_overrides
+    from mccl_core.config import ConfigError, apply_overrides
     from mccl_core.steps.contract import run_step
 
     with pytest.raises(StepError, match="needs the output folder of step 'validate'"):
@@ -349,7 +351,8 @@ def test_run_step_checks_inputs_and_params_by_name(tmp_path):
 
 def test_one_config_loader_coerces_kfp_floats_and_names_bad_keys():
     from mccl_core.config import ConfigError
-    from mccl_core.steps.train import LaunchConfig, TrainParams
+    from mccl_core.launch.config import LaunchConfig
+    from mccl_core.steps.train import SPEC as TRAIN_SPEC
 
     # Kubeflow hands dict parameters over as protobuf Structs: every number is a float.
     params = {
@@ -357,11 +360,11 @@ def test_one_config_loader_coerces_kfp_floats_and_names_bad_keys():
         "train": {"epochs": 3.0, "lr": 1, "image_size": 64.0},
         "launch": {"nproc_per_node": 2.0},
     }
-    cfg = TrainParams.from_params(params)
+    cfg = TRAIN_SPEC.load_config(params)
     assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int and cfg.train.lr == 1.0
     assert cfg.model.cpi.k_min == 2 and type(cfg.model.cpi.k_min) is int and cfg.launch.nproc_per_node == 2
     with pytest.raises(ConfigError, match=r"train.epochs=2.5: expected an integer"):
-        TrainParams.from_params({**params, "train": {"epochs": 2.5}})
+        TRAIN_SPEC.load_config({**params, "train": {"epochs": 2.5}})
     with pytest.raises(ConfigError, match="launch.kubernetes.namespce"):
         LaunchConfig.from_dict({"kubernetes": {"namespce": "x"}})
     with pytest.raises(ConfigError, match="pytorchjob is for >= 2 nodes"):
@@ -400,7 +403,8 @@ def test_register_fails_clearly_without_the_registry(tmp_path):
 
 
 def test_train_launch_command():
-    from mccl_core.steps.train import LaunchConfig, torchrun_command
+    from mccl_core.launch.config import LaunchConfig
+    from mccl_core.launch.local import torchrun_command
 
     single = torchrun_command(LaunchConfig(), ["--params", "p.yaml"])
     assert single == [sys.executable, "-m", "mccl_core.training.cli", "--params", "p.yaml"]

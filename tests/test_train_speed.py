@@ -15,6 +15,7 @@ import torch
 
 from mccl_core.config import ConfigError
 from mccl_core.models import ModelConfig, build_model
+from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.loop import _LossWatch, adamw_kernel
 
@@ -201,7 +202,7 @@ def test_gpu_decoded_batch_matches_the_cpu_loader_with_the_eval_transform(tmp_pa
     from mccl_core.data.gpu_decode import EncodedImages, GpuBatchDecoder, collate_encoded
     from mccl_core.data.transforms import build_transforms
 
-    transform = build_transforms(32, train=False)
+    transform = build_transforms(32, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     dataset = _dataset(_jpeg_folder(tmp_path), transform)
     cpu = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     batch = collate_encoded([EncodedImages(dataset)[i] for i in range(len(dataset))])

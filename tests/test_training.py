@@ -19,6 +19,7 @@ import yaml
 from conftest import tiny_train_params
 
 from mccl_core.data import DataConfig
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.models import ModelConfig
 from mccl_core.models.bundle import load_bundle, read_meta
 from mccl_core.models.mcc import mcc_warnings
@@ -284,7 +285,7 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(briefly_trained_demo_mod
     model, meta = load_bundle(trained.model_path)
     assert (meta.mean, meta.std) == ([0.5] * 3, [0.5] * 3)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    test_set = load_split(trained.data_cfg, "test", meta.eval_transform())
+    test_set = load_split(trained.data_cfg, "test", eval_transform_for(meta))
     val_true, test_true = inputs.val_set.label_matrix(), test_set.label_matrix()
     mccl = official_protocol(
         val_true,

@@ -5,14 +5,17 @@ Typical use::
 
     from mccl_core.data import DataConfig, build_transforms, load_split
     train = load_split(DataConfig(source="demo", root=Path("data/demo")), "train",
-                       build_transforms(96, train=True))
+                       build_transforms(96, train=True, mean=backbone_mean, std=backbone_std))
+
+(the normalisation belongs to the backbone's weights: ``ModelConfig.backbone.normalization()``)
 
 The names below are imported on first use (PEP 562), so the torch-free modules of this package
 (:mod:`mccl_core.data.intentonomy_json`, used by ``mccl score``) do not pull in torch.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: it would bind the name ``annotations`` in this
+# package, and ``from mccl_core.data import annotations`` would then return that flag instead of
+# the submodule :mod:`mccl_core.data.annotations`.
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from mccl_core.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, ImageProblem, load_rgb_image, verify_images
     from mccl_core.data.intentonomy import INTENTONOMY_CLASSES
     from mccl_core.data.mdid import MDID_INTENTS
-    from mccl_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+    from mccl_core.data.transforms import build_transforms
 
 _EXPORTS: dict[str, str] = {
     "SOURCES": "mccl_core.data.config",
@@ -50,8 +53,6 @@ _EXPORTS: dict[str, str] = {
     "verify_images": "mccl_core.data.images",
     "INTENTONOMY_CLASSES": "mccl_core.data.intentonomy",
     "MDID_INTENTS": "mccl_core.data.mdid",
-    "IMAGENET_MEAN": "mccl_core.data.transforms",
-    "IMAGENET_STD": "mccl_core.data.transforms",
     "build_transforms": "mccl_core.data.transforms",
 }
 
@@ -64,8 +65,6 @@ __all__ = [
     "DemoConfig",
     "DownloadConfig",
     "DownloadReport",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "INTENTONOMY_CLASSES",
     "ImageLoadError",
     "ImageProblem",

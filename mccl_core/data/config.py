@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from mccl_core.config import ConfigError, from_dict
+from mccl_core.data.annotations import find_annotation_file
 from mccl_core.data.dataset import SPLITS, ImageRecord, IntentDataset
 from mccl_core.data.images import DEFAULT_MAX_PIXELS
-from mccl_core.data.intentonomy import ANNOTATION_FILENAMES
 from mccl_core.data.mdid import MDID_NUM_SPLITS
 from mccl_core.data.sources import SOURCES as SOURCE_REGISTRY
 from mccl_core.data.sources import data_source
@@ -40,8 +40,10 @@ class DataConfig:
             manifest, its images and the class list move, and are DVC-tracked, as one folder),
             and that folder is what the data hash looks up in DVC
             (:attr:`mccl_core.data.sources.DataSource.data_dir`).
-        annotations: demo/intentonomy: per-split annotation file overriding
-            ``<root>/annotations/intentonomy_<split>2020.json``.
+        annotations: demo/intentonomy: per-split annotation file overriding the default under
+            ``<root>/annotations/``: ``<split>.json`` for the demo (the project's canonical name;
+            a demo folder from before it, with ``intentonomy_<split>2020.json``, still loads),
+            Intentonomy's published ``intentonomy_<split>2020.json`` for intentonomy.
         mdid_split_index: which of MDID's 5 train/val splits (0..4).
         mdid_splits_file: compact MDID split file overriding the bundled one.
         manifest: CSV/JSONL manifest (columns ``image_path`` - alias ``image`` -, ``labels``,
@@ -92,22 +94,29 @@ class DataConfig:
             raise ConfigError("DataConfig with source 'manifest' needs both 'manifest' and 'class_list'")
 
     def annotation_file(self, split: str) -> Path:
-        """Annotation file of ``split`` for the demo / intentonomy sources."""
-        return self.annotations.get(split, self.root / "annotations" / ANNOTATION_FILENAMES[split])
+        """Annotation file of ``split`` for the demo / intentonomy sources: ``annotations[split]``,
+        else the first of the source's default names under ``<root>/annotations/`` that exists
+        (:attr:`mccl_core.data.sources.DataSource.annotation_filenames`), else the preferred one."""
+        if split in self.annotations:
+            return self.annotations[split]
+        names = [filenames[split] for filenames in data_source(self).annotation_filenames]
+        return find_annotation_file(self.root, names)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-friendly form (paths as strings)."""
-        return {
-            "source": self.source,
-            "root": str(self.root),
-            "annotations": {k: str(v) for k, v in self.annotations.items()},
-            "mdid_split_index": self.mdid_split_index,
-            "mdid_splits_file": str(self.mdid_splits_file) if self.mdid_splits_file else None,
-            "manifest": str(self.manifest) if self.manifest else None,
-            "class_list": str(self.class_list) if self.class_list else None,
-            "max_image_pixels": self.max_image_pixels,
-        } | ({"allowed_roots": [str(p) for p in self.allowed_roots]} if self.allowed_roots else {}) | (
-            {"train_fraction": self.train_fraction} if self.train_fraction != 1.0 else {}
+        return (
+            {
+                "source": self.source,
+                "root": str(self.root),
+                "annotations": {k: str(v) for k, v in self.annotations.items()},
+                "mdid_split_index": self.mdid_split_index,
+                "mdid_splits_file": str(self.mdid_splits_file) if self.mdid_splits_file else None,
+                "manifest": str(self.manifest) if self.manifest else None,
+                "class_list": str(self.class_list) if self.class_list else None,
+                "max_image_pixels": self.max_image_pixels,
+            }
+            | ({"allowed_roots": [str(p) for p in self.allowed_roots]} if self.allowed_roots else {})
+            | ({"train_fraction": self.train_fraction} if self.train_fraction != 1.0 else {})
         )
 
     @classmethod
@@ -145,6 +154,7 @@ def train_subset(records: Sequence[ImageRecord], fraction: float, num_classes: i
     """The ``fraction`` of ``records`` with the smallest SHA-256 of their image id (nested across
     fractions, independent of file order), plus for every class missing from it its first image
     in that order; returned in the original order."""
+
     def key(record: ImageRecord) -> str:
         return hashlib.sha256(record.image_id.encode("utf-8")).hexdigest()
 

@@ -18,7 +18,7 @@ and JPEG blocks shrink with the eval resize):
 * ``clean``: the identity.
 
     from mccl_core.data.corruptions import corrupted_transform, get_corruption
-    dataset = load_split(data_cfg, "test", transform=corrupted_transform("jpeg30", meta.eval_transform(),
+    dataset = load_split(data_cfg, "test", transform=corrupted_transform("jpeg30", eval_transform_for(meta),
                                                                           input_size=meta.image_size))
 """
 

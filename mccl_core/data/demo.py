@@ -18,10 +18,11 @@ MCCL is built for:
 * **Learnable:** salient saturated colours and simple shapes, objects placed in distinct cells of
   a 3 x 3 grid (no full occlusion), 96 px by default.
 
-Files follow the Intentonomy schema (``<out>/low/<id>.jpg``,
-``<out>/annotations/intentonomy_{train,val,test}2020.json``) so the demo walks the same code path
-as real data; ``categories`` carry ``description`` and ``clues``, each annotation carries the
-drawn objects with boxes (``demo_objects``) for interpretability checks. Train annotations carry
+Files are in the project's canonical annotation format, Intentonomy's JSON schema
+(``<out>/low/<id>.jpg``, ``<out>/annotations/{train,val,test}.json``; see
+:mod:`mccl_core.data.annotations`), so the demo walks the same code path as real data;
+``categories`` carry ``description`` and ``clues``, each annotation carries the drawn objects with
+boxes (``demo_objects``) for interpretability checks. Train annotations carry
 ``category_ids_softprob`` with 1/3, 2/3 or 1 "annotator agreement" per positive intent (lower
 when the intent's clues are drawn small), val/test carry ``category_ids``.
 
@@ -35,7 +36,7 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mccl_core.config import ConfigError, from_dict
+from mccl_core.data.annotations import ANNOTATIONS_DIR, LEGACY_FILENAMES, canonical_annotation_file
 
 logger = logging.getLogger(__name__)
 
@@ -388,9 +390,10 @@ def generate_demo(
 ) -> Path:
     """Write the demo dataset to ``out_dir`` and return ``out_dir``.
 
-    Layout: ``low/<id>.jpg``, ``annotations/intentonomy_{train,val,test}2020.json`` and
-    ``demo_config.json`` (written last: its presence marks a complete dataset). Existing files of
-    an earlier run are overwritten.
+    Layout: ``low/<id>.jpg``, ``annotations/{train,val,test}.json`` and ``demo_config.json``
+    (written last: its presence marks a complete dataset). Existing files of an earlier run are
+    overwritten; annotation files under the names demo folders had before the canonical ones
+    (``annotations/intentonomy_<split>2020.json``) are removed.
 
     Args:
         workers: processes used for rendering (output is identical for any value).
@@ -400,7 +403,7 @@ def generate_demo(
     cfg = cfg or DemoConfig()
     out_dir = Path(out_dir)
     (out_dir / "low").mkdir(parents=True, exist_ok=True)
-    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    (out_dir / ANNOTATIONS_DIR).mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP_FILE).unlink(missing_ok=True)
     chunk = 250
     jobs = [
@@ -428,8 +431,9 @@ def generate_demo(
         by_split[job[1]].extend(entries)
     for split, entries in by_split.items():
         document = _annotation_document(cfg, split, entries)
-        path = out_dir / "annotations" / f"intentonomy_{split}2020.json"
+        path = canonical_annotation_file(out_dir, split)
         path.write_text(json.dumps(document, separators=(",", ":")) + "\n", encoding="utf-8")
+        (out_dir / ANNOTATIONS_DIR / LEGACY_FILENAMES[split]).unlink(missing_ok=True)  # no stale old copy
     stamp = {"generator_version": GENERATOR_VERSION, "demo_config": cfg.to_dict()}
     (out_dir / STAMP_FILE).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("demo dataset written to %s (%d/%d/%d images)", out_dir, cfg.n_train, cfg.n_val, cfg.n_test)

@@ -1,12 +1,13 @@
-"""Intentonomy (Jia et al., CVPR 2021): training-side annotation loading and bundled metadata.
+"""Intentonomy (Jia et al., CVPR 2021): what is Intentonomy's own - its published annotation file
+names, its bundled class metadata, its image URLs.
 
-The annotation JSON (schema, strict / lenient parsing, the 28 class names) is handled by the one
-torch-free parser in :mod:`mccl_core.data.intentonomy_json`; this module turns its strict result into
-:class:`~mccl_core.data.dataset.ImageRecord` lists for training (raising
-:class:`~mccl_core.data.dataset.AnnotationError` with every offending record). Label convention
-(as in every Intentonomy codebase): a class is positive when its softprob is > 0; the soft
-probabilities are kept as ``soft_labels``. Images live at ``<root>/<filename>``. The demo dataset
-is written in this same schema, so the demo walks the real-data code path.
+Intentonomy is one data source among others (:mod:`mccl_core.data.sources`). Its annotation JSON
+schema is the project's canonical annotation format: the files are parsed by
+:mod:`mccl_core.data.intentonomy_json` and read into records by :mod:`mccl_core.data.annotations`
+(whose logger, not this module's, reports what was loaded). Under ``data.source: intentonomy``
+the files keep the dataset's published names, ``<root>/annotations/intentonomy_<split>2020.json``
+(:data:`OFFICIAL_ANNOTATION_FILENAMES`; what ``mccl data download-intentonomy`` reads), while the
+files the project writes itself are named ``annotations/<split>.json``.
 
 The bundled metadata (``resources/intentonomy_metadata.json``) holds the 28 class names, our own
 one-to-two sentence class descriptions (label text for PKI), the 28 -> 15 -> 9 hierarchy with
@@ -20,30 +21,29 @@ The official evaluation subsets (and the rule for when they apply) live in
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mccl_core.data.dataset import AnnotationError, ImageRecord, ProblemCollector
-from mccl_core.data.intentonomy_json import (
-    INTENTONOMY_CLASSES,
-    AnnotationFileError,
-    parse_intentonomy_document,
-    read_intentonomy_json,
-)
+from mccl_core.data.annotations import check_class_names as check_class_names  # old home, see the end
+from mccl_core.data.annotations import load_annotation_records, parse_annotations
+from mccl_core.data.annotations import resolve_class_descriptions as resolve_class_descriptions
+from mccl_core.data.dataset import ProblemCollector
+from mccl_core.data.intentonomy_json import INTENTONOMY_CLASSES as INTENTONOMY_CLASSES  # mccl_core.data exports it
+from mccl_core.data.intentonomy_json import read_intentonomy_json
 
-logger = logging.getLogger(__name__)
-
-#: Official annotation file name per split (``<root>/annotations/<name>``).
-ANNOTATION_FILENAMES: dict[str, str] = {
+#: The dataset's published annotation file name per split (``<root>/annotations/<name>``), read
+#: under ``data.source: intentonomy``. (Demo folders written before the project named its own
+#: files ``<split>.json`` carry these names too; the demo source still finds them.)
+OFFICIAL_ANNOTATION_FILENAMES: dict[str, str] = {
     "train": "intentonomy_train2020.json",
     "val": "intentonomy_val2020.json",
     "test": "intentonomy_test2020.json",
 }
+#: Old name of :data:`OFFICIAL_ANNOTATION_FILENAMES`.
+ANNOTATION_FILENAMES = OFFICIAL_ANNOTATION_FILENAMES
 
 _RESOURCES = "mccl_core.data.resources"
 
@@ -91,66 +91,7 @@ def intentonomy_train_cooccurrence() -> np.ndarray:
         return np.load(path, allow_pickle=False).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------- annotation reading
-
-
-def parse_intentonomy_annotations(
-    data: dict[str, Any], image_root: Path, split: str, source: str
-) -> tuple[list[ImageRecord], list[str], list[str] | None]:
-    """Validate an Intentonomy-schema annotation dict and turn it into records (strict mode).
-
-    The parsing is :func:`mccl_core.data.intentonomy_json.parse_intentonomy_document`; every problem
-    (duplicate image ids, annotations for unknown images, images without annotation, duplicate
-    annotations, unknown category ids, malformed soft probabilities, and for val/test images
-    without any label) is raised together as one :class:`~mccl_core.data.dataset.AnnotationError`.
-    Unlabelled train images are kept (legitimate negatives in multi-label training) and counted
-    in a warning.
-
-    Returns:
-        records in annotation order (the order of the official label-vector files), class names,
-        class descriptions from the file (``None`` if it has none).
-    """
-    try:
-        parsed = parse_intentonomy_document(data, source, mode="strict", image_root=Path(image_root), split=split)
-    except AnnotationFileError as error:
-        raise AnnotationError(error.source, error.problems) from None
-    # Strict mode: every record has an id, an image path and parsed labels.
-    records = [
-        ImageRecord(str(r.image_id), Path(str(r.image_path)), tuple(r.label_ids or ()), r.soft_labels)
-        for r in parsed.records
-    ]
-    unlabelled = sum(1 for r in records if not r.labels)
-    if unlabelled:
-        logger.warning(
-            "%s: %d %s images have no positive label (kept as all-negative examples)", source, unlabelled, split
-        )
-    descriptions = list(parsed.class_descriptions) if parsed.class_descriptions is not None else None
-    return records, list(parsed.class_names), descriptions
-
-
-def resolve_class_descriptions(names: Sequence[str], from_file: Sequence[str] | None) -> list[str]:
-    """Class descriptions: the file's own when it has them (the demo writes them), the bundled ones
-    for the official 28 classes, otherwise empty strings."""
-    if from_file is not None:
-        return list(from_file)
-    return intentonomy_descriptions() if tuple(names) == INTENTONOMY_CLASSES else [""] * len(names)
-
-
-def load_intentonomy_records(
-    annotation_file: Path, image_root: Path, split: str
-) -> tuple[list[ImageRecord], list[str], list[str]]:
-    """Read an Intentonomy-schema annotation file (strict; see :func:`parse_intentonomy_annotations`).
-
-    A missing file raises ``FileNotFoundError``, an unreadable one ``ValueError`` (both
-    :class:`~mccl_core.data.intentonomy_json.AnnotationFileError`); annotation problems raise
-    :class:`~mccl_core.data.dataset.AnnotationError`. Descriptions: see
-    :func:`resolve_class_descriptions`.
-    """
-    annotation_file = Path(annotation_file)
-    data = read_intentonomy_json(annotation_file)
-    records, names, descriptions = parse_intentonomy_annotations(data, Path(image_root), split, str(annotation_file))
-    logger.info("%s: %d %s images, %d classes", annotation_file, len(records), split, len(names))
-    return records, names, resolve_class_descriptions(names, descriptions)
+# ----------------------------------------------------------------------------- image URLs
 
 
 def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
@@ -184,7 +125,9 @@ def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
     return entries
 
 
-def check_class_names(names: Sequence[str], expected: Sequence[str], source: str) -> None:
-    """Raise if an annotation file's classes differ from the expected list (e.g. train vs val)."""
-    if list(names) != list(expected):
-        raise ValueError(f"{source}: class list differs from the expected {len(expected)} classes: got {list(names)}")
+# ----------------------------------------------------------------------------- old names
+# The reader of the annotation files moved to the neutral mccl_core.data.annotations (it reads
+# every dataset in the canonical format, not only Intentonomy); its old names stay importable here
+# (with check_class_names and resolve_class_descriptions, imported above under their own names).
+load_intentonomy_records = load_annotation_records
+parse_intentonomy_annotations = parse_annotations

@@ -1,7 +1,9 @@
 """The one parser of Intentonomy annotation JSON, in a strict and a lenient mode.
 
+Intentonomy's schema is also the project's canonical annotation format (the demo and the validate
+step's clean files use it, named ``annotations/<split>.json``: :mod:`mccl_core.data.annotations`).
 Every reader of Intentonomy-schema files goes through here: the training loader
-(:func:`mccl_core.data.intentonomy.load_intentonomy_records`), the scoring CLI
+(:func:`mccl_core.data.annotations.load_annotation_records`), the scoring CLI
 (:func:`mccl_core.metrics.annotations.load_split_annotations`) and the validate step's manifest
 (:mod:`mccl_core.steps.validate`). Schema (COCO-like)::
 

@@ -4,9 +4,10 @@ A source says which splits it has, how one split is loaded (strict: every annota
 raised together, naming the records), how every record is read *with* its problems (lenient:
 what the validate step quarantines under ``validate.policy: quarantine``), which files define its
 labels and which folder holds its images (together: what the data hash covers), and whether its
-annotation files use the Intentonomy JSON schema (the validate step reads those itself, to write
-cleaned copies of the documents). ``load_split``, the validate step and the data hash all
-dispatch through :func:`data_source`.
+annotation files are in the canonical format - one JSON file per split in Intentonomy's schema
+(the validate step reads those itself, to write cleaned copies of the documents) - and under
+which default names (:mod:`mccl_core.data.annotations`). ``load_split``, the validate step and
+the data hash all dispatch through :func:`data_source`.
 
 The one rule of the lenient readers: a problem of one record (row) is returned with that record,
 so it can be reported and set aside; only a problem of the file as a whole (missing, unreadable,
@@ -15,14 +16,15 @@ not UTF-8, no header, missing column or top-level key) raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mccl_core.data.annotations import CANONICAL_FILENAMES, LEGACY_FILENAMES, load_annotation_records
 from mccl_core.data.dataset import ImageRecord
 from mccl_core.data.demo import STAMP_FILE
-from mccl_core.data.intentonomy import load_intentonomy_records
+from mccl_core.data.intentonomy import OFFICIAL_ANNOTATION_FILENAMES
 from mccl_core.data.manifest import (
     ManifestFileError,
     ManifestRow,
@@ -63,7 +65,7 @@ CheckedSplits = tuple[list[CheckedRecord], list[str], list[str]]
 class DataSource:
     name: str
     splits: tuple[str, ...]
-    #: Annotation files in the Intentonomy JSON schema (``annotations/intentonomy_<split>2020.json``).
+    #: Annotation files in the canonical format: one JSON file per split in Intentonomy's schema.
     intentonomy_schema: bool
     load: Callable[[DataConfig, str], LoadedSplit]
     label_files: Callable[[DataConfig, Sequence[str]], list[Path]]
@@ -72,10 +74,14 @@ class DataSource:
     #: Lenient reader of every record of the asked splits (``None``: the Intentonomy-schema
     #: sources, which the validate step parses itself).
     read_checked: Callable[[DataConfig, Sequence[str]], CheckedSplits] | None = None
+    #: Default annotation file names under ``<root>/annotations/`` (schema sources; where
+    #: ``data.annotations`` names no file): one ``split -> name`` table per candidate, most
+    #: preferred first; :meth:`DataConfig.annotation_file` takes the first that exists.
+    annotation_filenames: tuple[Mapping[str, str], ...] = (CANONICAL_FILENAMES,)
 
 
-def _load_intentonomy(cfg: DataConfig, split: str) -> LoadedSplit:
-    records, names, descriptions = load_intentonomy_records(cfg.annotation_file(split), cfg.root, split)
+def _load_annotations(cfg: DataConfig, split: str) -> LoadedSplit:
+    records, names, descriptions = load_annotation_records(cfg.annotation_file(split), cfg.root, split)
     return records, names, descriptions, cfg.source
 
 
@@ -86,7 +92,7 @@ def _load_demo(cfg: DataConfig, split: str) -> LoadedSplit:
             f"demo dataset not found under {str(cfg.root)!r} (no {annotation_file.name}); generate it with "
             f"`python -m mccl_core.data.cli demo --out {cfg.root}` or mccl_core.data.generate_demo"
         )
-    return _load_intentonomy(cfg, split)
+    return _load_annotations(cfg, split)
 
 
 def _load_mdid(cfg: DataConfig, split: str) -> LoadedSplit:
@@ -148,7 +154,7 @@ def _manifest_files(cfg: DataConfig) -> tuple[Path, Path]:
     return cfg.manifest, cfg.class_list
 
 
-def _intentonomy_label_files(cfg: DataConfig, splits: Sequence[str]) -> list[Path]:
+def _annotation_label_files(cfg: DataConfig, splits: Sequence[str]) -> list[Path]:
     return [cfg.annotation_file(s) for s in splits]
 
 
@@ -173,8 +179,27 @@ def _manifest_dir(cfg: DataConfig) -> Path:
 
 SPLITS3 = ("train", "val", "test")
 SOURCES: dict[str, DataSource] = {
-    "demo": DataSource("demo", SPLITS3, True, _load_demo, _intentonomy_label_files, _root),
-    "intentonomy": DataSource("intentonomy", SPLITS3, True, _load_intentonomy, _intentonomy_label_files, _root),
+    # The demo's files carry the canonical names; a demo folder rendered before them has the
+    # legacy ones, still read when the canonical ones are missing.
+    "demo": DataSource(
+        "demo",
+        SPLITS3,
+        True,
+        _load_demo,
+        _annotation_label_files,
+        _root,
+        annotation_filenames=(CANONICAL_FILENAMES, LEGACY_FILENAMES),
+    ),
+    # Intentonomy as published (and as `mccl data download-intentonomy` expects it).
+    "intentonomy": DataSource(
+        "intentonomy",
+        SPLITS3,
+        True,
+        _load_annotations,
+        _annotation_label_files,
+        _root,
+        annotation_filenames=(OFFICIAL_ANNOTATION_FILENAMES,),
+    ),
     # MDID has train/val per split index; its protocol averages val accuracy over the 5 indices.
     "mdid": DataSource("mdid", ("train", "val"), False, _load_mdid, _mdid_label_files, _root, _checked_mdid),
     "manifest": DataSource(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-
-from mccl_core.models.archs import IMAGENET_MEAN, IMAGENET_STD
 
 #: How a photo of any aspect becomes the square network input. ``center_crop``: resize the short
 #: side, keep the central square (the torchvision/timm evaluation habit; a 3:2 photo loses a third
@@ -45,6 +43,27 @@ class AspectRandomCrop(v2.Transform):
         return v2.functional.resized_crop(inpt, **params, size=[self.size, self.size], antialias=True)
 
 
+class InputSpec(Protocol):
+    """What a model's input looks like: a model bundle's metadata
+    (:class:`mccl_core.models.bundle.BundleMeta`) is one; no import of the models needed."""
+
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def geometry(self) -> str: ...
+    @property
+    def mean(self) -> Sequence[float]: ...
+    @property
+    def std(self) -> Sequence[float]: ...
+
+
+def eval_transform_for(spec: InputSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform of a trained model (its size, geometry and normalisation): what
+    every consumer of a bundle - evaluation, explanations, serving, experiments - feeds it."""
+    return build_transforms(spec.image_size, train=False, geometry=spec.geometry, mean=tuple(spec.mean),
+                            std=tuple(spec.std))  # fmt: skip
+
+
 def geometry_transform(image_size: int, geometry: str) -> list[Callable]:
     """The deterministic square view of ``geometry`` (evaluation, CPI extraction, serving)."""
     if geometry == "center_crop":
@@ -59,8 +78,8 @@ def build_transforms(
     train: bool,
     *,
     geometry: str = "center_crop",
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     crop_scale: tuple[float, float] = (0.6, 1.0),
     hflip: bool = True,
     randaugment: bool = True,

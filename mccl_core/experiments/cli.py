@@ -20,8 +20,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mccl_core.config import ConfigError, load_params, section
-from mccl_core.steps.cli import apply_overrides
+from mccl_core.config import ConfigError, apply_overrides, load_params, section
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mccl_core.config import ConfigError, section
+from mccl_core.config import ConfigError, merge, section
 from mccl_core.experiments import report
 from mccl_core.experiments.runner import (
     OFFICIAL_KEYS,
@@ -38,7 +38,6 @@ from mccl_core.experiments.runner import (
     TrainedModel,
     Variant,
     load_trained,
-    merge,
     official_row,
     resolve_params,
     train_or_reuse,
@@ -298,7 +297,11 @@ def run_robustness(
         mine: list[dict[str, Any]] = []
         for corruption in suite:
             # severity at the model's input resolution, whatever the photos' size
-            transform = corrupted_transform(corruption, loaded.meta.eval_transform(), input_size=loaded.meta.image_size)
+            from mccl_core.data.transforms import eval_transform_for
+
+            transform = corrupted_transform(
+                corruption, eval_transform_for(loaded.meta), input_size=loaded.meta.image_size
+            )
             truth_test, scores_test, _ = loaded.scores("test", transform)
             official = official_row(truth_val, scores_val, truth_test, scores_test)
             clean = clean or official

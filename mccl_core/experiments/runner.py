@@ -21,7 +21,6 @@ tracking, mlflow is never imported.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import ConfigError, flatten, section, to_plain
+from mccl_core.config import ConfigError, expand_dotted, flatten, from_dict, merge, section, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +56,6 @@ class Variant:
 # --------------------------------------------------------------------------------------------
 # Params handling
 # --------------------------------------------------------------------------------------------
-
-
-def expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"model.pki.dim": 8, "train": {"lr": 1}}`` -> nested mappings."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = str(key).split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        if isinstance(value, Mapping):
-            node[leaf] = merge(node.get(leaf) or {}, expand_dotted(value))
-        else:
-            node[leaf] = value
-    return out
-
-
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else replaces."""
-    out = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping):
-            out[key] = merge(out.get(key) or {}, value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def resolve_params(params: Mapping[str, Any], variant: Variant) -> dict[str, Any]:
@@ -127,7 +100,7 @@ def resolve_configs(resolved: Mapping[str, Any], output_dir: Path | None = None)
     train_values.update(resume=False)
     if output_dir is not None:
         train_values["output_dir"] = str(output_dir)
-    extract = ExtractStepConfig.from_dict(dict(section(resolved, "extract", required=False))).extract_config()
+    extract = from_dict(ExtractStepConfig, section(resolved, "extract", required=False), "extract").extract_config()
     return ResolvedConfigs(
         data=DataConfig.from_dict(section(resolved, "data")),
         model=ModelConfig.from_dict(section(resolved, "model")),
@@ -236,10 +209,11 @@ class LoadedModel:
     def scores(self, split: str, transform: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
         """``(truth, scores, dataset)`` of ``split`` with ``transform`` (default: the bundle's eval transform)."""
         from mccl_core.data import load_split
+        from mccl_core.data.transforms import eval_transform_for
         from mccl_core.training.distributed import DistContext
         from mccl_core.training.loop import predict_scores
 
-        dataset = load_split(self.data_cfg, split, transform=transform or self.meta.eval_transform())
+        dataset = load_split(self.data_cfg, split, transform=transform or eval_transform_for(self.meta))
         ctx = DistContext(rank=0, world_size=1, local_rank=0, device=self.device)
         return dataset.label_matrix(), predict_scores(self.model, dataset, ctx, 64, progress=False), dataset
 

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mccl_core.config import ConfigError
-from mccl_core.experiments.runner import merge
+from mccl_core.config import ConfigError, merge
 from mccl_core.metrics.bootstrap import Metric, PairedDifference, ScoredRun, paired_difference, seed_spread
 
 #: (metric of the bootstrap, row key of its value) compared against the reference.

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.explain.maps import CropGeometry, ExplainError, require_mccl
 
 GALLERY_JSON = "gallery.json"
@@ -164,7 +165,7 @@ def build_gallery(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
-    dataset = load_split(data_cfg, split, transform=meta.eval_transform())
+    dataset = load_split(data_cfg, split, transform=eval_transform_for(meta))
     count = min(max_images, len(dataset))
     size = int(meta.image_size)
     stages = tuple(model.clues.stages)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.explain.maps import CropGeometry, ExplanationMaps, require_mccl
 
 
@@ -212,7 +213,7 @@ def pointing_pairs(
         )
     annotation_file = data_cfg.annotation_file(split)
     boxes = intent_clue_boxes(annotation_file)
-    dataset = load_split(data_cfg, split, transform=meta.eval_transform())
+    dataset = load_split(data_cfg, split, transform=eval_transform_for(meta))
     if dataset.class_names != list(meta.class_names):
         raise PointingDataError(
             f"{annotation_file}: classes {dataset.class_names} differ from the model's {meta.class_names}"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.explain.maps import CropGeometry, ExplanationMaps, IntentMaps, require_mccl
 
 DISPLAY_MAX_SIDE = 384
@@ -49,7 +50,7 @@ def explain_image(
     image = image.convert("RGB")
     device = next(model.parameters()).device
     size = int(meta.image_size)
-    tensor = meta.eval_transform()(image).unsqueeze(0).to(device)
+    tensor = eval_transform_for(meta)(image).unsqueeze(0).to(device)
     explanation = model.explain(tensor)
     names = list(meta.class_names)
     maps = ExplanationMaps(explanation, len(names), size)

@@ -1,7 +1,7 @@
 """What the Kubernetes launchers share: the pod settings and submitting a job and waiting for it.
 
 Both kinds (Kubeflow Trainer v2 ``TrainJob``, Training Operator v1 ``PyTorchJob``) run the same
-pod entry point (:mod:`mccl_core.launch.node`) with the same environment; only the manifest
+pod entry point (:mod:`mccl_core.steps.pod`) with the same environment; only the manifest
 shape and the finished-condition names differ.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WORKSPACE = "/workspace"
-NODE_MODULE = "mccl_core.launch.node"
+NODE_MODULE = "mccl_core.steps.pod"
 #: The AWS_* keys the pods read from the credentials secret (S3 staging, MLflow artifacts).
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 

@@ -1,6 +1,7 @@
-"""Entry point of every training pod (TrainJob or PyTorchJob): ``python -m mccl_core.launch.node``.
+"""What every training pod (TrainJob or PyTorchJob) needs around the train step.
 
-Both Kubernetes launchers run this same program in each node's container. It
+Both Kubernetes launchers run the same program in each node's container
+(``python -m mccl_core.steps.pod``, :mod:`mccl_core.steps.pod`). It
 
 1. downloads the run's staged inputs (``<staging>/inputs``) and the checkpoints node 0 uploaded so
    far (``<staging>/outputs/checkpoints``);
@@ -18,12 +19,9 @@ never read or overwrite each other's checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -188,7 +186,7 @@ class CheckpointUploader:
         shutil.rmtree(self._snapshots, ignore_errors=True)
 
 
-def _upload_outputs(out_dir: Path, uri: str) -> int:
+def upload_outputs(out_dir: Path, uri: str) -> int:
     """Upload the output folder except set-aside checkpoints, temporaries and the trainer lock."""
     from mccl_core.launch.s3 import s3_client_from_env
     from mccl_core.launch.staging import _location
@@ -204,62 +202,3 @@ def _upload_outputs(out_dir: Path, uri: str) -> int:
         count += 1
     log.info("uploaded %d output files to %s", count, uri)
     return count
-
-
-def node_main(argv: list[str] | None = None) -> int:
-    """Entry point of every training pod: download the staged inputs, run the train step."""
-    import yaml
-
-    from mccl_core.launch.staging import download_prefix
-    from mccl_core.steps.contract import run_step
-    from mccl_core.steps.errors import StepError
-    from mccl_core.tracking.steps import TrackingOptions
-
-    parser = argparse.ArgumentParser(prog="python -m mccl_core.launch.node", description=node_main.__doc__)
-    parser.add_argument("--staging-uri", required=True, help="the run's staging prefix (inputs/, outputs/)")
-    parser.add_argument("--workspace", type=Path, default=Path(WORKSPACE))
-    parser.add_argument("--upload-interval", type=float, default=30.0,
-                        help="seconds between checkpoint uploads of node 0 (default 30)")  # fmt: skip
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Kubernetes stops a pod with SIGTERM: exit through the finally blocks (training group stopped,
-    # last checkpoint uploaded) instead of dying on the spot.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    staging, workspace = args.staging_uri.rstrip("/"), args.workspace
-    inputs_dir, out_dir = workspace / "inputs", workspace / "outputs"
-    launch = launch_from_env()
-    for name in OPERATOR_RANK_ENV:
-        os.environ.pop(name, None)
-    download_prefix(f"{staging}/inputs", inputs_dir)
-    # A restarted pod resumes from node 0's last upload (the step's guard checks it is this run's).
-    download_prefix(f"{staging}/outputs/{CHECKPOINTS}", out_dir / CHECKPOINTS)
-    params = yaml.safe_load((inputs_dir / PARAMS_FILE).read_text())
-    params["launch"] = {**launch, "env": (params.get("launch") or {}).get("env")}
-    inputs = {
-        name: inputs_dir / name for name in ("validate", "extract", "cluster", "demo") if (inputs_dir / name).is_dir()
-    }
-    is_node0 = launch["node_rank"] == 0
-    uploader = (
-        CheckpointUploader(out_dir / CHECKPOINTS, f"{staging}/outputs/{CHECKPOINTS}", args.upload_interval).start()
-        if is_node0
-        else None
-    )
-    try:
-        # MLflow: the launcher owns the train run and back-fills the epochs from history.json.
-        run_step("train", params, inputs, out_dir, TrackingOptions(enabled=False, project_dir=workspace))
-    except (StepError, ValueError) as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if uploader is not None:
-            try:
-                uploader.stop(final_sync=True)
-            except Exception as error:  # noqa: BLE001 - do not hide the training's own outcome
-                log.warning("final checkpoint upload failed: %s", error)
-    if is_node0:
-        _upload_outputs(out_dir, f"{staging}/outputs")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(node_main())

@@ -4,8 +4,7 @@ Why it stays: Kubeflow removed the Training Operator v1 upstream in February 202
 Kubeflow Trainer v2's ``TrainJob`` (:mod:`mccl_core.launch.trainjob`, the default), but clusters
 still running v1 keep working with ``launch.backend: pytorchjob``. The manifest is built from the
 same parameters (image, nodes, processes and accelerators per node) and its pods run the same
-entry point, :mod:`mccl_core.launch.node` (``python -m mccl_core.launch.pytorchjob`` is kept as an
-alias of it for manifests built by older versions).
+entry point, :mod:`mccl_core.steps.pod`.
 """
 
 from __future__ import annotations
@@ -13,15 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from mccl_core.launch.kube import WORKSPACE, NodeJobConfig, finished_state, submit_and_wait
-from mccl_core.launch.node import PARAMS_FILE, launch_from_env, node_main
+from mccl_core.launch.node import PARAMS_FILE, launch_from_env
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
 PLURAL = "pytorchjobs"
 CONTAINER_NAME = "pytorch"  # the Training Operator requires this container name
 
-__all__ = ["PARAMS_FILE", "PyTorchJobConfig", "build_pytorchjob", "job_state", "launch_from_env", "node_main",
-           "submit"]  # fmt: skip
+__all__ = ["PARAMS_FILE", "PyTorchJobConfig", "build_pytorchjob", "job_state", "launch_from_env", "submit"]
 
 
 class PyTorchJobConfig(NodeJobConfig):
@@ -84,7 +82,3 @@ def job_state(job: dict[str, Any]) -> str | None:
 def submit(manifest: dict[str, Any], poll_s: float = 30.0) -> dict[str, Any]:
     """Create the PyTorchJob in this cluster and wait for it (raises when it fails)."""
     return submit_and_wait(manifest, PLURAL, job_state, poll_s=poll_s)
-
-
-if __name__ == "__main__":
-    raise SystemExit(node_main())

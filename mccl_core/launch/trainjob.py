@@ -8,7 +8,7 @@ Kubeflow Trainer v2, runs a ``TrainJob`` against a cluster-wide runtime (here th
 The default Kubernetes kind of the train step (``launch.backend: trainjob``); the PyTorchJob
 launcher (:mod:`mccl_core.launch.pytorchjob`) stays for clusters on Training Operator v1.
 
-Every node runs ``python -m mccl_core.launch.node`` (the train step itself), see that module.
+Every node runs ``python -m mccl_core.steps.pod`` (the train step itself), see that module.
 """
 
 from __future__ import annotations

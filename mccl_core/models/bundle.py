@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mccl_core.data.transforms import build_transforms
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 
 BUNDLE_FORMAT = "mccl-bundle/2"
@@ -82,12 +81,6 @@ class BundleMeta:
     def geometry(self) -> str:
         """The backbone's input geometry (bundles written before it existed: ``center_crop``)."""
         return str(self.model_config.get("backbone", {}).get("geometry", "center_crop"))
-
-    def eval_transform(self):
-        """The evaluation transform every consumer of the bundle must use (geometry, normalise)."""
-        return build_transforms(
-            self.image_size, train=False, geometry=self.geometry, mean=tuple(self.mean), std=tuple(self.std)
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

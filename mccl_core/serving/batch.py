@@ -138,7 +138,9 @@ def predict_batch(
     model, meta = load_bundle(bundle, device)
     if top_clues and not callable(getattr(model, "explain", None)):
         raise PredictError("this model has no prototypes to name clues with: leave out --top-clues")
-    transform = meta.eval_transform()
+    from mccl_core.data.transforms import eval_transform_for
+
+    transform = eval_transform_for(meta)
     names = list(meta.class_names)
     parts = output.with_name(output.name + PARTS_SUFFIX)
     state = {"images": hashlib.sha256("\n".join(map(str, images)).encode()).hexdigest(),

@@ -97,6 +97,7 @@ from mccl_core.data.images import (
     load_rgb_image_bytes_reduced,
     plan_image_decode,
 )
+from mccl_core.data.transforms import eval_transform_for
 from mccl_core.models.bundle import load_bundle
 from mccl_core.models.mccl import ClueExplanation, MCCLModel
 
@@ -359,7 +360,7 @@ class MCCLIntentModel(PythonModel):
         self.device = _resolve_device(self.config.device)
         self.model, self.meta = load_bundle(context.artifacts[BUNDLE_ARTIFACT], self.device)
         self.class_names: list[str] = list(self.meta.class_names)
-        self.transform = self.meta.eval_transform()
+        self.transform = eval_transform_for(self.meta)
         # One forward at a time: the scoring server runs requests in threads; parallel forwards
         # only oversubscribe the cores (CPU) or the device, while decoding still runs in parallel.
         self._forward_lock = threading.Lock()

@@ -19,9 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
-from mccl_core.config import ConfigError, load_params
+from mccl_core.config import apply_overrides, load_params
 from mccl_core.steps.common import configure_logging
 from mccl_core.steps.contract import STEP_NAMES, StepSpec, run_step, spec
 from mccl_core.steps.errors import StepError
@@ -52,28 +50,6 @@ def build_parser(step: StepSpec) -> argparse.ArgumentParser:
                    help="full log, third-party libraries included (default: outputs/logs/<step>.log)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     return p
-
-
-def apply_overrides(params: dict, overrides: list[str]) -> dict:
-    """``["train.lr=3e-4"]`` -> ``params["train"]["lr"] = 3e-4`` (nested keys with more dots)."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        *path, last = key.strip().split(".")
-        node = params
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-        value = yaml.safe_load(raw)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 3e-4 (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
-        node[last] = value
-    return params
 
 
 def main(argv: list[str] | None = None) -> int:

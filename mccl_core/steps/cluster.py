@@ -15,27 +15,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
 from mccl_core.models import (
     ModelConfig,
     build_label_embeddings,
     format_allocation_table,
 )
-from mccl_core.models.cpi.shards import cluster_token_shards
-from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, write_json, write_text
+from mccl_core.steps.common import ValidatedData, write_json, write_text
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.extract import FEATURES_DIR
+from mccl_core.steps.layout import (
+    ALLOCATION_CSV,
+    ALLOCATION_MD,
+    EMBEDDINGS_FILE,
+    FEATURES_DIR,
+    PROTOTYPES_FILE,
+    VALIDATED_ANNOTATIONS_DIR,
+    VALIDATED_DATA_FILE,
+)
+from mccl_core.steps.layout import CLUSTER_SUMMARY_FILE as SUMMARY_FILE
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import resolve_device
+from mccl_core.training.token_shards import cluster_token_shards
 
 log = logging.getLogger(__name__)
-
-PROTOTYPES_FILE = "prototypes.safetensors"
-EMBEDDINGS_FILE = "label_embeddings.npz"
-ALLOCATION_CSV = "allocation.csv"
-ALLOCATION_MD = "allocation.md"
-SUMMARY_FILE = "cluster.json"
 
 
 @dataclass
@@ -43,10 +45,6 @@ class ClusterStepConfig:
     """The ``cluster`` section of params.yaml (CPI itself is configured in ``model.cpi``)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ClusterStepConfig:
-        return from_dict(cls, values, "cluster")
 
 
 @dataclass
@@ -131,11 +129,6 @@ class ClusterParams:
     cluster: ClusterStepConfig
     model: ModelConfig
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ClusterParams:
-        return cls(ClusterStepConfig.from_dict(section(params, "cluster", required=False)),
-                   ModelConfig.from_dict(section(params, "model")))  # fmt: skip
-
 
 def run(inputs: Mapping[str, Path], out_dir: Path, config: ClusterParams, tracking: TrackingOptions) -> StepOutcome:
     validated = ValidatedData.load(inputs["validate"], folders=inputs)
@@ -153,11 +146,12 @@ SPEC = StepSpec(
     name="cluster",
     description="CPI prototypes (allocation table) and the PKI label-embedding cache",
     sections=("cluster", "model"),
+    config=ClusterParams,
+    optional_sections=("cluster",),
     inputs=(
         StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
         StepInput("extract", reads=(FEATURES_DIR,)),
     ),
     output_kind="Model",
-    load_config=ClusterParams.from_params,
     run=run,
 )

@@ -17,13 +17,9 @@ import yaml
 from mccl_core.data import DataConfig
 from mccl_core.data.sources import data_source
 from mccl_core.steps.errors import StepError
+from mccl_core.steps.layout import VALIDATED_DATA_FILE
 
 log = logging.getLogger(__name__)
-
-#: File the validate step writes: the data config later steps must use (clean annotation files).
-VALIDATED_DATA_FILE = "validated_data.json"
-#: Folder of the clean annotation files the validate step writes next to the handle.
-VALIDATED_ANNOTATIONS_DIR = "annotations"
 
 
 def _json_default(value: Any) -> Any:

@@ -2,11 +2,14 @@
 
 A step (one module of :mod:`mccl_core.steps`) declares a :class:`StepSpec`:
 
-* ``sections``: the ``params.yaml`` sections it reads; ``load_config(params)`` builds its typed
-  config from exactly those (:mod:`mccl_core.config`, the one loader);
+* ``sections``: the ``params.yaml`` sections it reads, and ``config``: the dataclass they become.
+  With one section, ``config`` is that section's dataclass; with several, it has one field per
+  section, named as the section. :meth:`StepSpec.load_config` builds it from exactly those
+  sections, the same way for every step (:func:`mccl_core.config.from_dict`, the one loader);
 * ``inputs``: the upstream step folders it reads, by upstream step name, and for each the files
   in it that the step really opens (``dvc.yaml`` deps are checked against these);
-* one output folder, whose file names are constants of the step module;
+* one output folder, whose file names live in :mod:`mccl_core.steps.layout` (so a step reads an
+  upstream folder without importing the upstream step);
 * ``run(inputs, out_dir, config, tracking) -> StepOutcome``.
 
 The drivers add nothing of their own: ``mccl step <name>`` (what ``dvc.yaml`` runs, see
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import ConfigError
+from mccl_core.config import ConfigError, from_dict, section
 from mccl_core.steps.errors import StepError
 from mccl_core.tracking.steps import TrackingOptions
 
@@ -53,11 +56,14 @@ class StepSpec:
     name: str
     description: str
     sections: tuple[str, ...]
+    #: The typed config: the one section's dataclass, or one field per section (named so).
+    config: type
     inputs: tuple[StepInput, ...]
     #: KFP artifact type of the output folder (Dataset, Model or Artifact).
     output_kind: ArtifactKind
-    load_config: Callable[[Mapping[str, Any]], Any]
     run: Callable[[Mapping[str, Path], Path, Any, TrackingOptions], StepOutcome]
+    #: Sections that may be absent from the params (their dataclass defaults apply).
+    optional_sections: tuple[str, ...] = ()
     #: Where ``dvc repro`` keeps the output folder.
     default_out: str = ""
     #: Whether Kubeflow may cache the step (deterministic, no side effects outside its output).
@@ -68,6 +74,23 @@ class StepSpec:
 
     def input_names(self) -> list[str]:
         return [i.step for i in self.inputs]
+
+    def load_config(self, params: Mapping[str, Any]) -> Any:
+        """The step's typed config from ``params`` (the whole params mapping, or at least
+        ``sections``). Unknown keys and wrong types are errors naming the dotted key.
+
+        A config class may define ``from_sections(values)`` (section name -> mapping) when a
+        section carries a run setting that is not part of the section's own dataclass (the
+        demo's ``workers``); every other step is built by :func:`mccl_core.config.from_dict`.
+        """
+        values = {name: section(params, name, required=name not in self.optional_sections) for name in self.sections}
+        custom = getattr(self.config, "from_sections", None)
+        if custom is not None:
+            return custom(values)
+        if len(self.sections) == 1:
+            (name,) = self.sections
+            return from_dict(self.config, values[name], name)
+        return from_dict(self.config, values, "")
 
 
 @dataclass

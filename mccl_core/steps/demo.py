@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mccl_core.config import section
+from mccl_core.config import from_dict
 from mccl_core.data import DemoConfig, ensure_demo
 from mccl_core.data.demo import default_workers
 from mccl_core.steps.contract import StepOutcome, StepSpec
+from mccl_core.steps.layout import NOT_USED_FILE
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
-
-#: What the output folder holds when ``data.source`` is not the demo.
-NOT_USED_FILE = "NOT_USED.txt"
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +36,19 @@ class DemoStepConfig:
     data_source: str = "demo"
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DemoStepConfig:
-        values = section(params, "demo")
+    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> DemoStepConfig:
+        """The step loader's hook (:meth:`~mccl_core.steps.contract.StepSpec.load_config`):
+        ``demo.workers`` is a run setting, not part of the dataset's config, and only
+        ``data.source`` of the data section matters here."""
+        values = dict(sections["demo"])
         workers = values.pop("workers", None)
-        source = str(section(params, "data", required=False).get("source", "demo"))
-        return cls(DemoConfig.from_dict(values), int(workers or default_workers()), source)
+        source = str((sections.get("data") or {}).get("source", "demo"))
+        return cls(from_dict(DemoConfig, values, "demo"), int(workers or default_workers()), source)
 
 
 def run_demo(values: Mapping[str, Any], out_dir: Path) -> Path:
     """Generate (or keep, if already complete for the same config) the demo dataset in ``out_dir``."""
-    cfg = DemoStepConfig.from_params({"demo": dict(values)})
+    cfg = DemoStepConfig.from_sections({"demo": values})
     return _generate(cfg, Path(out_dir))
 
 
@@ -93,9 +94,10 @@ SPEC = StepSpec(
     name="demo",
     description="generate the synthetic demo dataset (the default data)",
     sections=("demo", "data"),
+    config=DemoStepConfig,
+    optional_sections=("data",),
     inputs=(),
     output_kind="Dataset",
-    load_config=DemoStepConfig.from_params,
     run=run,
     default_out="data/demo",
 )

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
 from mccl_core.metrics import (
     ProtocolResult,
@@ -36,29 +35,25 @@ from mccl_core.metrics import (
 )
 from mccl_core.metrics.baselines import LabelPriorPredictor
 from mccl_core.models.bundle import load_bundle
-from mccl_core.steps.common import (
+from mccl_core.steps.common import StepError, ValidatedData, write_json, write_text
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.layout import EVALUATE_METRICS_FILE as METRICS_FILE
+from mccl_core.steps.layout import EVALUATE_REPORT_FILE as REPORT_FILE
+from mccl_core.steps.layout import (
+    HTML_REPORT_FILE,
+    MODEL_DIR,
+    PER_CLASS_FILE,
+    PLOTS_DIR,
+    PREDICTIONS_DIR,
+    THRESHOLD_CURVE_FILE,
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
-    StepError,
-    ValidatedData,
-    write_json,
-    write_text,
 )
-from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.distributed import DistContext, resolve_device
 from mccl_core.training.loop import predict_scores
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.json"
-THRESHOLD_CURVE_FILE = "threshold_curve.csv"
-PER_CLASS_FILE = "per_class_f1.csv"
-PLOTS_DIR = "plots"
-#: The metrics table and the plots in one self-contained page (KFP shows it as the HTML output).
-HTML_REPORT_FILE = "report.html"
-PREDICTIONS_DIR = "predictions"
 
 
 @dataclass
@@ -69,10 +64,6 @@ class EvaluateConfig:
     num_workers: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     plots: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
-        return from_dict(cls, values, "evaluate")
 
 
 @dataclass
@@ -109,7 +100,9 @@ def run_evaluate(
     with tracked_step("evaluate", tracking, {"evaluate": asdict(cfg)}, all_params, validated.data_hash) as run:
         device = resolve_device(cfg.device)
         model, meta = load_bundle(Path(model_dir), device)
-        transform = meta.eval_transform()
+        from mccl_core.data.transforms import eval_transform_for
+
+        transform = eval_transform_for(meta)
         ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
         train_labels = load_split(validated.data, "train").label_matrix()
         splits = [s for s in ("val", "test") if s in validated.splits]
@@ -319,13 +312,7 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 # ------------------------------------------------------------------------------- step contract
 
 
-def _load_config(params: Mapping[str, Any]) -> EvaluateConfig:
-    return EvaluateConfig.from_dict(section(params, "evaluate", required=False))
-
-
 def run(inputs: Mapping[str, Path], out_dir: Path, config: EvaluateConfig, tracking: TrackingOptions) -> StepOutcome:
-    from mccl_core.steps.train import MODEL_DIR
-
     validated = ValidatedData.load(inputs["validate"], folders=inputs)
     result = run_evaluate(config, validated, Path(inputs["train"]) / MODEL_DIR, out_dir, tracking,
                           all_params={"evaluate": asdict(config)})  # fmt: skip
@@ -347,13 +334,14 @@ SPEC = StepSpec(
     name="evaluate",
     description="official-protocol metrics (val-tuned threshold, test F1/mAP) vs the label prior, plots",
     sections=("evaluate",),
+    config=EvaluateConfig,
+    optional_sections=("evaluate",),
     inputs=(
         StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-        StepInput("train", reads=("model",)),
+        StepInput("train", reads=(MODEL_DIR,)),
         StepInput("demo", reads=(".",), optional=True),
     ),
     output_kind="Artifact",
-    load_config=_load_config,
     run=run,
     cacheable=False,
 )

@@ -24,23 +24,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mccl_core.config import ConfigError, from_dict, section
-from mccl_core.steps.common import (
+from mccl_core.config import ConfigError
+from mccl_core.steps.common import ValidatedData, write_json
+from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.layout import (
+    EVALUATE_METRICS_FILE,
+    EXPLANATIONS_DIR,
+    GALLERY_DIR,
+    MODEL_DIR,
+    POINTING_FILE,
     VALIDATED_ANNOTATIONS_DIR,
     VALIDATED_DATA_FILE,
-    ValidatedData,
-    write_json,
 )
-from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
-from mccl_core.steps.evaluate import METRICS_FILE as EVALUATE_METRICS_FILE
+from mccl_core.steps.layout import EXPLAIN_METRICS_FILE as METRICS_FILE
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
 
 log = logging.getLogger(__name__)
-
-GALLERY_DIR = "gallery"
-EXPLANATIONS_DIR = "explanations"
-POINTING_FILE = "pointing.json"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -66,10 +65,6 @@ class ExplainConfig:
             raise ConfigError(f"explain.examples must be >= 0, got {self.examples}")
         if self.pointing_max_images < 0:
             raise ConfigError(f"explain.pointing_max_images must be >= 0 (0: all), got {self.pointing_max_images}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExplainConfig:
-        return from_dict(cls, values, "explain")
 
 
 @dataclass
@@ -184,13 +179,7 @@ def run_explain(
 # ------------------------------------------------------------------------------- step contract
 
 
-def _load_config(params: Mapping[str, Any]) -> ExplainConfig:
-    return ExplainConfig.from_dict(section(params, "explain", required=False))
-
-
 def run(inputs: Mapping[str, Path], out_dir: Path, config: ExplainConfig, tracking: TrackingOptions) -> StepOutcome:
-    from mccl_core.steps.train import MODEL_DIR
-
     validated = ValidatedData.load(inputs["validate"], folders=inputs)
     result = run_explain(config, validated, Path(inputs["train"]) / MODEL_DIR, out_dir, tracking,
                          evaluate_dir=inputs.get("evaluate"))  # fmt: skip
@@ -215,14 +204,15 @@ SPEC = StepSpec(
     name="explain",
     description="prototype gallery, example explanations and the pointing game on the demo's clue boxes",
     sections=("explain",),
+    config=ExplainConfig,
+    optional_sections=("explain",),
     inputs=(
         StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
-        StepInput("train", reads=("model",)),
+        StepInput("train", reads=(MODEL_DIR,)),
         StepInput("evaluate", reads=(EVALUATE_METRICS_FILE,)),
         StepInput("demo", reads=(".",), optional=True),
     ),
     output_kind="Artifact",
-    load_config=_load_config,
     run=run,
     cacheable=False,
 )

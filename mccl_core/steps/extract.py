@@ -3,7 +3,7 @@
 CPI clusters tokens of the backbone *as it stands before training*; this step therefore also
 saves that backbone's state dict (``backbone_init.pt``), and the train step starts from exactly
 these weights, so prototypes and backbone match. Shards are resumable (finished shards are kept
-when the inputs are unchanged; see :func:`mccl_core.models.cpi.shards.write_token_shards`).
+when the inputs are unchanged; see :func:`mccl_core.training.token_shards.write_token_shards`).
 """
 
 from __future__ import annotations
@@ -17,22 +17,19 @@ from typing import Any, Literal
 
 import torch
 
-from mccl_core.config import from_dict, section
 from mccl_core.data import load_split
 from mccl_core.models import ModelConfig
-from mccl_core.models.cpi.shards import ExtractConfig, write_token_shards
-from mccl_core.steps.common import VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE, ValidatedData, sha256_of, write_json
+from mccl_core.steps.common import ValidatedData, sha256_of, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.layout import BACKBONE_INIT_FILE, FEATURES_DIR, VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE
+from mccl_core.steps.layout import EXTRACT_SUMMARY_FILE as SUMMARY_FILE
 from mccl_core.tracking.steps import TrackingOptions, tracked_step
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.distributed import resolve_device
 from mccl_core.training.run import eval_transform, initial_backbone
+from mccl_core.training.token_shards import ExtractConfig, write_token_shards
 
 log = logging.getLogger(__name__)
-
-BACKBONE_INIT_FILE = "backbone_init.pt"
-FEATURES_DIR = "features"
-SUMMARY_FILE = "extract.json"
 
 
 @dataclass(frozen=True)
@@ -40,10 +37,6 @@ class ExtractStepConfig(ExtractConfig):
     """The ``extract`` section of params.yaml: the shard settings plus where to run (``device``)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExtractStepConfig:
-        return from_dict(cls, values, "extract")
 
     def extract_config(self) -> ExtractConfig:
         values = asdict(self)
@@ -126,14 +119,15 @@ class ExtractParams:
 
     extract: ExtractStepConfig
     model: ModelConfig
-    image_size: int
-    seed: int
+    train: TrainConfig
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ExtractParams:
-        train = TrainConfig.from_dict(section(params, "train"))
-        return cls(ExtractStepConfig.from_dict(section(params, "extract", required=False)),
-                   ModelConfig.from_dict(section(params, "model")), train.image_size, train.seed)  # fmt: skip
+    @property
+    def image_size(self) -> int:
+        return self.train.image_size
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
 
 
 def run(inputs: Mapping[str, Path], out_dir: Path, config: ExtractParams, tracking: TrackingOptions) -> StepOutcome:
@@ -154,11 +148,12 @@ SPEC = StepSpec(
     name="extract",
     description="patch tokens of the initial backbone -> Parquet shards (resumable) + backbone_init.pt",
     sections=("extract", "model", "train"),
+    config=ExtractParams,
+    optional_sections=("extract",),
     inputs=(
         StepInput("validate", reads=(VALIDATED_DATA_FILE, VALIDATED_ANNOTATIONS_DIR)),
         StepInput("demo", reads=(".",), optional=True),
     ),
     output_kind="Dataset",
-    load_config=ExtractParams.from_params,
     run=run,
 )

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mccl_core.config import from_dict, section
-from mccl_core.steps.common import VALIDATED_DATA_FILE, StepError, ValidatedData, read_json, write_json
+from mccl_core.steps.common import StepError, ValidatedData, read_json, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.layout import DECISION_FILE, EVALUATE_METRICS_FILE, MODEL_DIR, SUBMISSION_FILE, VALIDATED_DATA_FILE
 from mccl_core.tracking import is_unreachable_error, resolve_tracking_uri
 from mccl_core.tracking.steps import TrackingOptions, finish_parent_run, tracked_step
 
@@ -41,11 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DECISION_FILE = "register.json"
 #: What was submitted to the registry (name, scores, identity): the same for the same inputs and
 #: params, so ``dvc.yaml`` declares this file; the decision (version, champion) is a record of
 #: the registry's state and stays undeclared (it would change ``dvc.lock`` on every run).
-SUBMISSION_FILE = "submission.json"
 SUBMISSION_KEYS = ("model_name", "alias", "threshold", "selection_score", "test_macro_f1")
 
 
@@ -55,10 +53,6 @@ class RegisterConfig:
 
     model_name: str = "mccl-intent"
     alias: str = "champion"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RegisterConfig:
-        return from_dict(cls, values, "register")
 
 
 @dataclass
@@ -242,16 +236,9 @@ def _refusal_message(
 # ------------------------------------------------------------------------------- step contract
 
 
-def _load_config(params: Mapping[str, Any]) -> RegisterConfig:
-    return RegisterConfig.from_dict(section(params, "register", required=False))
-
-
 def run(inputs: Mapping[str, Path], out_dir: Path, config: RegisterConfig, tracking: TrackingOptions) -> StepOutcome:
-    from mccl_core.steps.evaluate import METRICS_FILE
-    from mccl_core.steps.train import MODEL_DIR
-
     validated = ValidatedData.load(inputs["validate"], folders=inputs)
-    result = run_register(config, Path(inputs["train"]) / MODEL_DIR, Path(inputs["evaluate"]) / METRICS_FILE, out_dir,
+    result = run_register(config, Path(inputs["train"]) / MODEL_DIR, Path(inputs["evaluate"]) / EVALUATE_METRICS_FILE, out_dir,
                           tracking, all_params={"register": asdict(config)}, data_hash=validated.data_hash,
                           dataset=validated.source)  # fmt: skip
     state = f"promoted to @{config.alias}" if result.promoted else f"kept as a candidate (not @{config.alias})"
@@ -267,13 +254,14 @@ SPEC = StepSpec(
     name="register",
     description="register in the MLflow model registry; move the alias only when the validation macro-F1 is better",
     sections=("register",),
+    config=RegisterConfig,
+    optional_sections=("register",),
     inputs=(
         StepInput("validate", reads=(VALIDATED_DATA_FILE,)),
-        StepInput("train", reads=("model",)),
-        StepInput("evaluate", reads=("metrics.json",)),
+        StepInput("train", reads=(MODEL_DIR,)),
+        StepInput("evaluate", reads=(EVALUATE_METRICS_FILE,)),
     ),
     output_kind="Artifact",
-    load_config=_load_config,
     run=run,
     cacheable=False,
 )

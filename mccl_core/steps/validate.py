@@ -26,8 +26,10 @@ or top-level key, unusable categories / class list) fails the step under either 
 report naming the file.
 
 Outputs (``out_dir``): ``report.json`` (machine-readable), ``summary.md`` (human),
-``metrics.json`` (counts, for DVC), ``quarantine.csv``, ``annotations/*.json`` (clean),
-``validated_data.json`` (the handle later steps read).
+``metrics.json`` (counts, for DVC), ``quarantine.csv``, ``annotations/<split>.json`` (the clean
+files, in the canonical format whatever the source: :mod:`mccl_core.data.annotations`),
+``validated_data.json`` (the handle later steps read; it names the clean files, so handles written
+before the canonical names, pointing at ``annotations/intentonomy_<split>2020.json``, still load).
 """
 
 from __future__ import annotations
@@ -41,14 +43,11 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from mccl_core.config import from_dict, section
 from mccl_core.data import AnnotationError, DataConfig, load_split
-from mccl_core.data.intentonomy import ANNOTATION_FILENAMES, resolve_class_descriptions
+from mccl_core.data.annotations import CANONICAL_FILENAMES, LEGACY_FILENAMES, resolve_class_descriptions
 from mccl_core.data.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
 from mccl_core.data.sources import data_source
 from mccl_core.steps.common import (
-    VALIDATED_ANNOTATIONS_DIR,
-    VALIDATED_DATA_FILE,
     StepError,
     ValidatedData,
     annotation_files,
@@ -58,6 +57,10 @@ from mccl_core.steps.common import (
     write_text,
 )
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
+from mccl_core.steps.layout import QUARANTINE_FILE, VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE
+from mccl_core.steps.layout import VALIDATE_METRICS_FILE as METRICS_FILE
+from mccl_core.steps.layout import VALIDATE_REPORT_FILE as REPORT_FILE
+from mccl_core.steps.layout import VALIDATE_SUMMARY_FILE as SUMMARY_FILE
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.validation import (
     ANNOTATION_PROBLEMS,
@@ -70,10 +73,6 @@ from mccl_core.validation import (
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.json"
-SUMMARY_FILE = "summary.md"
-METRICS_FILE = "metrics.json"
-QUARANTINE_FILE = "quarantine.csv"
 QUARANTINE_COLUMNS = [*REQUIRED_COLUMNS, "row_number", "checks", "reason"]
 
 
@@ -93,10 +92,6 @@ class ValidateConfig:
     def __post_init__(self) -> None:
         if self.policy not in ("fail", "quarantine"):
             raise ValueError(f"validate.policy must be 'fail' or 'quarantine', got {self.policy!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ValidateConfig:
-        return from_dict(cls, values, "validate")
 
     def limits(self, loader_max_pixels: int | None = None) -> ImageLimits:
         """The checks' limits; never laxer than the loader's pixel cap (``data.max_image_pixels``),
@@ -276,7 +271,7 @@ def _clean_documents(
                 ]
             clean[split] = copy
         return clean
-    # Other sources: write the loaded records in the Intentonomy schema (hard labels).
+    # Other sources: write the loaded records in the canonical format (Intentonomy schema, hard labels).
     categories = [
         {"id": i, "name": n, "description": d}
         for i, (n, d) in enumerate(zip(source.class_names, source.class_descriptions))
@@ -347,6 +342,8 @@ def run_validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (QUARANTINE_FILE, VALIDATED_DATA_FILE):
         (out_dir / stale).unlink(missing_ok=True)
+    for legacy in LEGACY_FILENAMES.values():  # clean files of a run from before the canonical names
+        (out_dir / VALIDATED_ANNOTATIONS_DIR / legacy).unlink(missing_ok=True)
     splits = splits_of(data_cfg)
     data_hash = data_hash_of(data_cfg, splits, Path(project_dir or Path.cwd()))
     params = {"data": data_cfg.to_dict(), "validate": cfg.__dict__}
@@ -390,7 +387,7 @@ def run_validate(
         documents = _clean_documents(source, report, data_cfg, splits)
         annotations = {}
         for split, document in documents.items():
-            path = out_dir / VALIDATED_ANNOTATIONS_DIR / ANNOTATION_FILENAMES[split]
+            path = out_dir / VALIDATED_ANNOTATIONS_DIR / CANONICAL_FILENAMES[split]
             write_text(path, json.dumps(document, separators=(",", ":")) + "\n")
             annotations[split] = path
         clean_root = data_cfg.root if source.documents else Path("/")
@@ -463,11 +460,6 @@ class ValidateStepConfig:
     validate: ValidateConfig
     data: DataConfig
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ValidateStepConfig:
-        return cls(ValidateConfig.from_dict(section(params, "validate", required=False)),
-                   DataConfig.from_dict(section(params, "data")))  # fmt: skip
-
 
 def run(
     inputs: Mapping[str, Path], out_dir: Path, config: ValidateStepConfig, tracking: TrackingOptions
@@ -496,8 +488,9 @@ SPEC = StepSpec(
     name="validate",
     description="Great Expectations over the manifest and images; stops (or quarantines) bad records",
     sections=("data", "validate"),
+    config=ValidateStepConfig,
+    optional_sections=("validate",),
     inputs=(StepInput("demo", reads=(".",), optional=True),),
     output_kind="Dataset",
-    load_config=ValidateStepConfig.from_params,
     run=run,
 )

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +177,27 @@ class StepTracking:
         """Log to the parent only (series the step's run got from elsewhere, e.g. a subprocess)."""
         if self.tracker is not None and self.parent is not None and self.parent.run_id is not None:
             self.tracker.log_metrics(metrics, step=step, run=self.parent)
+
+    def backfill_series(self, series: Sequence[tuple[int, Mapping[str, float]]], key: str) -> int:
+        """Log the steps of ``series`` (step, metrics) that the step's run lacks (a subprocess
+        logged the others live, or crashed before them), and give the parent every step.
+        ``key`` is a metric every step has (how a logged step is recognised). Returns the
+        number of steps back-filled."""
+        if self.tracker is None or self.run_id is None:
+            return 0
+        try:
+            logged = {m.step for m in self.tracker.client.get_metric_history(self.run_id, key)}
+        except Exception as error:  # noqa: BLE001 - an unreachable server: the tracker journals below
+            log.debug("cannot read metric history: %s", error)
+            logged = set()
+        missing = 0
+        for step, metrics in series:
+            if step in logged:
+                self.log_parent_metrics(metrics, step=step)
+            else:
+                self.log_metrics(metrics, step=step)  # a series: reaches the parent too
+                missing += 1
+        return missing
 
     def log_headline(self, metrics: Mapping[str, float]) -> None:
         """The step's headline numbers: on its run and on the parent (same names in every

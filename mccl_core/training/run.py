@@ -14,9 +14,9 @@ import torch
 
 from mccl_core.data import DataConfig, build_transforms, cooccurrence_counts, load_split
 from mccl_core.models import Backbone, ModelConfig, PrototypeBank, build_label_embeddings
-from mccl_core.models.cpi.shards import ExtractConfig, run_cpi
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.loop import TrainInputs
+from mccl_core.training.token_shards import ExtractConfig, run_cpi
 
 log = logging.getLogger(__name__)
 

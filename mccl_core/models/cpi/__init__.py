@@ -2,9 +2,10 @@
 
 * :mod:`.allocation` - how many prototypes each class owns (frequency-aware K_c);
 * :mod:`.bank` - the ``PrototypeBank`` artifact and its file format;
-* :mod:`.builder` - the streaming builder (deterministic per-class patch subsample + spherical k-means);
-* :mod:`.shards` - patch tokens of a dataset as Parquet shards, and CPI over them (the extract and
-  cluster steps; imported on its own, it needs pyarrow).
+* :mod:`.builder` - the streaming builder (deterministic per-class patch subsample + spherical k-means).
+
+Patch tokens of a *dataset* (Parquet shards, CPI over a dataset) are one floor up, in
+:mod:`mccl_core.training.token_shards`: models do not read datasets or files of other steps.
 """
 
 from .allocation import AllocationRow, PrototypeBankError, allocate_prototypes, format_allocation_table
