@@ -107,7 +107,7 @@ def test_robustness_and_data_size_carry_the_mcc_off_arm():
 def test_model_cache_key_follows_the_labels_and_the_code(tiny_demo, tmp_path, monkeypatch):
     """The experiment cache shares the train step's fingerprint: editing a label file or the
     training code gives another key (a stale model is never reused); a run-only field does not."""
-    import mccl_core.steps.common as common
+    import mccl_core.training.fingerprint as fingerprint_module
     from mccl_core.experiments.runner import resolve_configs
 
     params = yaml.safe_load(_params(tiny_demo, tmp_path).read_text())
@@ -125,7 +125,7 @@ def test_model_cache_key_follows_the_labels_and_the_code(tiny_demo, tmp_path, mo
     test_file.write_text(json.dumps(document))
     relabelled = resolve_configs(params).fingerprint()
     assert relabelled != moved
-    monkeypatch.setattr(common, "training_code_hash", lambda: "edited")
+    monkeypatch.setattr(fingerprint_module, "training_code_hash", lambda: "edited")
     assert resolve_configs(params).fingerprint() != relabelled
 
 

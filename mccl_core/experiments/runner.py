@@ -76,12 +76,13 @@ class ResolvedConfigs:
     extract: Any  # ExtractConfig
 
     def fingerprint(self, project_dir: Path | None = None) -> str:
-        """sha256 (16 hex) of the train step's :func:`~mccl_core.steps.common.training_fingerprint`:
+        """sha256 (16 hex) of the train step's :func:`~mccl_core.training.fingerprint.training_fingerprint`:
         the resolved model and train configs (run-only fields left out), the data's *contents*
         (DVC hash or label files, as the validate step tags them), the training code, and the
         data and extract configs. An edit to the code or the labels trains a new model."""
-        from mccl_core.steps.common import sha256_of, training_fingerprint
+        from mccl_core.hashing import sha256_of
         from mccl_core.steps.validate import data_hash_of
+        from mccl_core.training.fingerprint import training_fingerprint
         from mccl_core.validation.schema import SPLITS
 
         data_hash = data_hash_of(self.data, list(SPLITS), Path(project_dir or Path.cwd()))

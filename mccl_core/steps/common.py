@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -11,25 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from mccl_core.data import DataConfig
 from mccl_core.data.sources import data_source
+from mccl_core.hashing import json_default
 from mccl_core.steps.errors import StepError
 from mccl_core.steps.layout import VALIDATED_DATA_FILE
 
 log = logging.getLogger(__name__)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -37,7 +26,7 @@ def write_json(path: Path, payload: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(payload, indent=2, default=json_default) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -56,52 +45,6 @@ def write_text(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One SHA-256 over the names and contents of ``paths`` (order-independent)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-#: Train fields that change where or how fast a run goes, not what it learns (out of fingerprints).
-RUN_ONLY_FIELDS = ("output_dir", "resume", "num_workers", "device", "eval_every")
-
-
-def training_code_hash() -> str:
-    """Hash of the code that defines what a trained model means (model, loop, data pipeline).
-
-    DVC re-runs the train stage when this code changes; the checkpoint of the old code must then
-    not be resumed (it could even be a finished run, and the "new" model would be the old one),
-    and an experiment must not reuse a cached model of the old code.
-    """
-    import mccl_core.data
-    import mccl_core.models
-    import mccl_core.training
-
-    files = [p for package in (mccl_core.models, mccl_core.training, mccl_core.data)
-             for p in sorted(Path(list(package.__path__)[0]).rglob("*.py"))]  # fmt: skip
-    return sha256_files(files)
-
-
-def training_fingerprint(model_cfg: Any, train_cfg: Any, data_hash: str, **extra: Any) -> dict[str, Any]:
-    """What a trained model depends on: the model and train configs (run-only fields left out),
-    the data's contents (:func:`mccl_core.steps.validate.data_hash_of`), the training code and
-    ``extra`` (the train step: its input files and world size; experiments: data/extract configs).
-    The train step's resume guard and the experiment model cache both key on it."""
-    train = {k: v for k, v in train_cfg.to_dict().items() if k not in RUN_ONLY_FIELDS}
-    return {"model": model_cfg.to_dict(), "train": train, "data": data_hash, "code": training_code_hash(), **extra}
-
-
-def sha256_of(payload: Any) -> str:
-    """SHA-256 of a JSON-serialisable value (sorted keys): config fingerprints."""
-    text = json.dumps(payload, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def dvc_data_hash(data_root: Path, project_dir: Path) -> str | None:

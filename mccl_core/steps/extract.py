@@ -18,8 +18,9 @@ from typing import Any, Literal
 import torch
 
 from mccl_core.data import load_split
+from mccl_core.hashing import sha256_of
 from mccl_core.models import ModelConfig
-from mccl_core.steps.common import ValidatedData, sha256_of, write_json
+from mccl_core.steps.common import ValidatedData, write_json
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.layout import BACKBONE_INIT_FILE, FEATURES_DIR, VALIDATED_ANNOTATIONS_DIR, VALIDATED_DATA_FILE
 from mccl_core.steps.layout import EXTRACT_SUMMARY_FILE as SUMMARY_FILE

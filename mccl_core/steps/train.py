@@ -31,19 +31,12 @@ from typing import Any
 import yaml
 
 from mccl_core.config import to_plain
+from mccl_core.hashing import sha256_files, sha256_of
 from mccl_core.launch.config import LaunchConfig
 from mccl_core.launch.job import Submitter
 from mccl_core.launch.supervise import TrainerLock
 from mccl_core.models import ModelConfig
-from mccl_core.steps.common import (
-    StepError,
-    ValidatedData,
-    sha256_files,
-    sha256_of,
-    training_fingerprint,
-    write_json,
-    write_text,
-)
+from mccl_core.steps.common import StepError, ValidatedData, write_json, write_text
 from mccl_core.steps.contract import StepInput, StepOutcome, StepSpec
 from mccl_core.steps.layout import (
     BACKBONE_INIT_FILE,
@@ -62,6 +55,7 @@ from mccl_core.steps.layout import TRAIN_SUMMARY_FILE as SUMMARY_FILE
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
 from mccl_core.training.checkpoint import set_aside_stale
 from mccl_core.training.config import TrainConfig
+from mccl_core.training.fingerprint import training_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +79,7 @@ class TrainStepResult:
 
 def fingerprint_of(model_cfg: ModelConfig, train_cfg: TrainConfig, validated: ValidatedData, inputs: TrainInputsPaths,
                    launch: LaunchConfig) -> dict[str, Any]:  # fmt: skip
-    """What this run's model depends on (:func:`~mccl_core.steps.common.training_fingerprint`),
+    """What this run's model depends on (:func:`~mccl_core.training.fingerprint.training_fingerprint`),
     plus the upstream files and the world size (per-rank batches and data order change with it)."""
     files = {name: sha256_files([path]) for name, path in vars(inputs).items() if path is not None}
     return training_fingerprint(model_cfg, train_cfg, validated.data_hash, inputs=files, world_size=launch.world_size)

@@ -47,12 +47,12 @@ from mccl_core.data import AnnotationError, DataConfig, load_split
 from mccl_core.data.annotations import CANONICAL_FILENAMES, LEGACY_FILENAMES, resolve_class_descriptions
 from mccl_core.data.intentonomy_json import AnnotationFileError, parse_intentonomy_document, read_intentonomy_json
 from mccl_core.data.sources import data_source
+from mccl_core.hashing import sha256_files
 from mccl_core.steps.common import (
     StepError,
     ValidatedData,
     annotation_files,
     dvc_data_hash,
-    sha256_files,
     write_json,
     write_text,
 )

@@ -55,10 +55,10 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         self.num_updates += 1
-        ema_params: list[torch.Tensor] = list(self.module.parameters())
-        live_params = [p.detach() for p in model.parameters()]
         # lerp_(live, w): ema += w * (live - ema), i.e. ema = decay * ema + (1 - decay) * live.
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - decay)
+        # One public op per tensor (torch's _foreach_ batch is private API; the model has ~100).
+        for ema_param, live_param in zip(self.module.parameters(), model.parameters()):
+            ema_param.lerp_(live_param.detach(), 1.0 - decay)
         for (name, ema_buf), live_buf in zip(self.module.named_buffers(), model.buffers()):
             if name.rsplit(".", 1)[-1].startswith(PROTOTYPE_BUFFER_PREFIX):
                 ema_buf.lerp_(live_buf, 1.0 - decay)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mccl_core.hashing import json_default
 from mccl_core.validation.schema import Policy
 
 #: How many offending records an exception message / Markdown summary spells out.
@@ -103,7 +104,7 @@ class ValidationReport:
     def to_json(self, path: Path | str) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=json_default) + "\n", encoding="utf-8")
         return path
 
     def to_markdown(self) -> str:
@@ -143,11 +144,3 @@ class DataValidationError(ValueError):
 def plain(value: Any) -> Any:
     """GX results and manifest cells hold numpy scalars; make them JSON-friendly."""
     return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
