@@ -31,6 +31,36 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+#: Test files that run longest (minutes of pipeline runs, pod trainings, servers), longest first.
+#: The two xdist workers take whole files in collection order (``--dist loadfile``), so these go
+#: first: a long file started last would keep one worker busy while the other idles
+#: (longest-processing-time-first scheduling). The per-file times at the end of every run
+#: (``slowest files``) say when this list needs an update.
+LONGEST_FILES = ("test_dvc.py", "test_launch.py", "test_pipeline.py", "test_mdid_e2e.py", "test_experiments.py",
+                 "test_serving.py", "test_training.py", "test_registry.py")  # fmt: skip
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    # sort is stable: the tests of a file keep their order, files off the list keep theirs
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Seconds per test file (setup + call + teardown), the 12 longest: what the workers balance."""
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("slowest files")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:12]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {path}")
+
+
 TINY_MODEL = {
     "backbone": {"arch": "resnet18", "stages": ["layer3", "layer4"], "weights": "none"},
     # label_text: dvc.yaml's cluster stage depends on model.pki.label_text, so params files name it

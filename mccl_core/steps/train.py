@@ -114,6 +114,11 @@ def prepare_resume(out_dir: Path, fingerprint: dict[str, Any]) -> bool:
     return False
 
 
+def staging_key(fingerprint: dict[str, Any]) -> str:
+    """The run's own staging key on S3: runs with other inputs or params never share a prefix."""
+    return sha256_of(fingerprint)[:16]
+
+
 def run_train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -166,7 +171,7 @@ def _run_locked(model_cfg: ModelConfig, train_cfg: TrainConfig, launch: LaunchCo
         run.log_artifact(params_path, "config")
         output: list[str] = []
         if launch.on_kubernetes:
-            _run_on_kubernetes(launch, validated, inputs, out_dir, resolved, sha256_of(fingerprint)[:16], run, submit)
+            _run_on_kubernetes(launch, validated, inputs, out_dir, resolved, staging_key(fingerprint), run, submit)
         else:
             args = [
                 "--params",
