@@ -38,8 +38,8 @@ LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
 FLOOR: dict[str, int] = {name: level for level, (names, _) in enumerate(LAYERS) for name in names}
 
 
-def module_name(path: Path) -> str:
-    parts = Path(path).resolve().relative_to(ROOT).with_suffix("").parts
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = Path(path).resolve().relative_to(Path(root).resolve()).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -49,10 +49,11 @@ def folder_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "config"
 
 
-def project_imports(path: Path) -> set[str]:
-    """Every ``mccl_core`` module that ``path`` imports. Module names in strings (subprocess
-    entry points such as ``python -m mccl_core.training.cli``) are not imports."""
-    module = module_name(path)
+def project_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Every ``mccl_core`` module that ``path`` (a file of the checkout at ``root``) imports.
+    Module names in strings (subprocess entry points such as ``python -m
+    mccl_core.training.cli``) are not imports."""
+    module = module_name(path, root)
     package = module if Path(path).name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
@@ -65,37 +66,38 @@ def project_imports(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            folder = ROOT.joinpath(*target.split("."))
+            folder = Path(root).joinpath(*target.split("."))
             # "from mccl_core.steps import layout" imports the submodule mccl_core.steps.layout
             found.update(f"{target}.{a.name}" for a in node.names
                          if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file())  # fmt: skip
     return {name for name in found if name == "mccl_core" or name.startswith("mccl_core.")}
 
 
-def arrows(package_dir: Path = PACKAGE_DIR) -> list[tuple[str, str, str]]:
-    """``(file, its folder, imported module)`` for every import that leaves the file's folder."""
+def arrows(root: Path = ROOT) -> list[tuple[str, str, str]]:
+    """``(file, its folder, imported module)`` for every import that leaves the file's folder
+    (``root``: a checkout, the folder that holds ``mccl_core``)."""
     found = []
-    for path in sorted(package_dir.rglob("*.py")):
-        source = folder_of(module_name(path))
-        for target in sorted(project_imports(path)):
+    for path in sorted((Path(root) / "mccl_core").rglob("*.py")):
+        source = folder_of(module_name(path, root))
+        for target in sorted(project_imports(path, root)):
             if folder_of(target) != source:
-                found.append((path.relative_to(ROOT).as_posix(), source, target))
+                found.append((path.resolve().relative_to(Path(root).resolve()).as_posix(), source, target))
     return found
 
 
-def violations(package_dir: Path = PACKAGE_DIR) -> list[str]:
+def violations(root: Path = ROOT) -> list[str]:
     """Imports that run up or sideways, one line each (empty: the house is in order)."""
     wrong = []
-    for file, source, target in arrows(package_dir):
+    for file, source, target in arrows(root):
         up, down = FLOOR.get(source), FLOOR.get(folder_of(target))
         if up is None or down is None or down >= up:
             wrong.append(f"{file}: {source} (floor {up}) imports {target} (floor {down})")
     return wrong
 
 
-def mermaid(package_dir: Path = PACKAGE_DIR) -> str:
+def mermaid(root: Path = ROOT) -> str:
     """The floors (top first) and the folder-to-folder arrows that exist, as a Mermaid graph."""
-    edges = sorted({(source, folder_of(target)) for _, source, target in arrows(package_dir)})
+    edges = sorted({(source, folder_of(target)) for _, source, target in arrows(root)})
     lines = ["```mermaid", "flowchart TB"]
     for level in reversed(range(len(LAYERS))):
         names, what = LAYERS[level]

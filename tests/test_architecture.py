@@ -3,6 +3,7 @@ run down the floors only, data and models do not import each other, no step impo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,24 +36,28 @@ def test_no_step_imports_another_step(step):
     assert not imported & others, f"steps/{step}.py imports {sorted(imported & others)}: use mccl_core.steps.layout"
 
 
-def test_the_rules_catch_an_upward_import():
-    """The checks above can fail: a models file that imports the data folder (lazily, inside a
-    function) is an upward arrow, and so is a step importing another step's module."""
-    probe = PACKAGE_DIR / "models" / "_architecture_probe.py"
+def test_the_rules_catch_an_upward_import(tmp_path):
+    """The checks above can fail: in a copy of the package (never the source tree: the other
+    worker hashes and copies it), a models file that imports the data folder lazily, inside a
+    function, is an upward arrow, and a step importing another step's module is seen."""
+    shutil.copytree(PACKAGE_DIR, tmp_path / "mccl_core", ignore=shutil.ignore_patterns("__pycache__", "resources"))
+    probe = tmp_path / "mccl_core" / "models" / "probe.py"
     probe.write_text("def f():\n    from mccl_core.data import load_split\n    return load_split\n", encoding="utf-8")
-    try:
-        assert ("mccl_core/models/_architecture_probe.py", "models", "mccl_core.data") in arrows()
-        assert (
-            "mccl_core/models/_architecture_probe.py: models (floor 1) imports mccl_core.data (floor 1)" in violations()
-        )
-    finally:
-        probe.unlink()
-    step = PACKAGE_DIR / "steps" / "_step_probe.py"
+    assert ("mccl_core/models/probe.py", "models", "mccl_core.data") in arrows(tmp_path)
+    assert violations(tmp_path) == ["mccl_core/models/probe.py: models (floor 1) imports mccl_core.data (floor 1)"]
+    step = tmp_path / "mccl_core" / "steps" / "probe.py"
     step.write_text("from mccl_core.steps import train\n", encoding="utf-8")
-    try:
-        assert "mccl_core.steps.train" in project_imports(step)
-    finally:
-        step.unlink()
+    assert "mccl_core.steps.train" in project_imports(step, tmp_path)
+
+
+def test_the_train_folder_is_written_under_the_layout_names():
+    """The loop writes the train step's folder itself (it also runs without the pipeline)."""
+    from mccl_core.launch.node import CHECKPOINTS
+    from mccl_core.steps import layout
+    from mccl_core.training import loop
+
+    assert (loop.FINAL_MODEL_NAME, loop.HISTORY_NAME, CHECKPOINTS) == (
+        layout.MODEL_DIR, layout.HISTORY_FILE, layout.CHECKPOINT_DIR)  # fmt: skip
 
 
 def test_the_picture_in_the_docs_is_the_code_as_it_is():

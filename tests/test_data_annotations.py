@@ -19,9 +19,6 @@ from mccl_core.data.annotations import (
     CANONICAL_FILENAMES,
     LEGACY_FILENAMES,
     canonical_annotation_file,
-    load_annotation_records,
-    parse_annotations,
-    resolve_class_descriptions,
 )
 from mccl_core.data.intentonomy import OFFICIAL_ANNOTATION_FILENAMES
 from mccl_core.steps.common import ValidatedData, annotation_files
@@ -63,23 +60,14 @@ def test_default_annotation_file_per_source(tmp_path: Path) -> None:
     assert explicit.annotation_file("train") == tmp_path / "mine.json"
 
 
-def test_old_names_of_the_reader_still_import() -> None:
+def test_the_reader_module_is_the_submodule_and_intentonomy_keeps_its_names() -> None:
     # In a fresh interpreter, `from mccl_core.data import annotations` is the submodule (the package
     # must not bind the name itself, as `from __future__ import annotations` would).
     check = "from mccl_core.data import annotations; print(annotations.__name__)"
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "mccl_core.data.annotations"
-    from mccl_core.data import annotations
-    from mccl_core.data.intentonomy import (
-        ANNOTATION_FILENAMES,
-        check_class_names,
-        load_intentonomy_records,
-        parse_intentonomy_annotations,
-    )
-    from mccl_core.data.intentonomy import resolve_class_descriptions as old_resolve
+    from mccl_core.data.intentonomy import ANNOTATION_FILENAMES
 
-    assert load_intentonomy_records is load_annotation_records and parse_intentonomy_annotations is parse_annotations
-    assert old_resolve is resolve_class_descriptions and check_class_names is annotations.check_class_names
     assert ANNOTATION_FILENAMES == OFFICIAL_ANNOTATION_FILENAMES
 
 

@@ -161,8 +161,9 @@ def test_kubeflow_and_pytorchjob_entry_points_exist_in_the_image(image_layout):
         )
     assert modules == {"components.runner"}
     assert _python(["-c", "import components.runner, pipeline.pipeline"], image_layout).returncode == 0
-    proc = _python(["-m", "mccl_core.steps.pod", "--help"], image_layout)
-    assert proc.returncode == 0 and "--staging-uri" in proc.stdout
+    for module in ("mccl_core.steps.pod", "mccl_core.launch.node", "mccl_core.launch.pytorchjob"):  # + older manifests'
+        proc = _python(["-m", module, "--help"], image_layout)
+        assert proc.returncode == 0 and "--staging-uri" in proc.stdout, module
     assert PYPROJECT["project"]["scripts"]["mccl"] == "mccl_core.cli:main"
     proc = _python(["-c", "from mccl_core.cli import main; raise SystemExit(main(['step', '--help']))"], image_layout)
     assert proc.returncode == 0 and "validate" in proc.stdout

@@ -105,6 +105,4 @@ def test_under_the_paper_geometry_cpi_training_and_serving_see_the_same_view():
     torch.testing.assert_close(eval_transform_for(meta)(photo), cpi_view)
     # A bundle from before the key existed keeps the centre crop it was trained with.
     old = dataclasses.replace(meta, model_config={k: v for k, v in meta.model_config.items() if k != "backbone"})
-    from mccl_core.data.transforms import eval_transform_for
-
     assert old.geometry == "center_crop" and not torch.allclose(eval_transform_for(old)(photo), cpi_view)

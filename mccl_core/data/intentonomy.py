@@ -27,9 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from mccl_core.data.annotations import check_class_names as check_class_names  # old home, see the end
-from mccl_core.data.annotations import load_annotation_records, parse_annotations
-from mccl_core.data.annotations import resolve_class_descriptions as resolve_class_descriptions
 from mccl_core.data.dataset import ProblemCollector
 from mccl_core.data.intentonomy_json import INTENTONOMY_CLASSES as INTENTONOMY_CLASSES  # mccl_core.data exports it
 from mccl_core.data.intentonomy_json import read_intentonomy_json
@@ -123,11 +120,3 @@ def image_urls(annotation_file: Path) -> list[tuple[str, str, str]]:
         entries.append((str(image_id), filename, url))
     problems.raise_if_any()
     return entries
-
-
-# ----------------------------------------------------------------------------- old names
-# The reader of the annotation files moved to the neutral mccl_core.data.annotations (it reads
-# every dataset in the canonical format, not only Intentonomy); its old names stay importable here
-# (with check_class_names and resolve_class_descriptions, imported above under their own names).
-load_intentonomy_records = load_annotation_records
-parse_intentonomy_annotations = parse_annotations

@@ -202,3 +202,11 @@ def upload_outputs(out_dir: Path, uri: str) -> int:
         count += 1
     log.info("uploaded %d output files to %s", count, uri)
     return count
+
+
+if __name__ == "__main__":
+    # Manifests built by earlier versions start their pods with this module: run the pod program
+    # (by name: the launchers sit below the steps and do not import them).
+    import runpy
+
+    runpy.run_module("mccl_core.steps.pod", run_name="__main__", alter_sys=True)

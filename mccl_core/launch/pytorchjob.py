@@ -4,7 +4,8 @@ Why it stays: Kubeflow removed the Training Operator v1 upstream in February 202
 Kubeflow Trainer v2's ``TrainJob`` (:mod:`mccl_core.launch.trainjob`, the default), but clusters
 still running v1 keep working with ``launch.backend: pytorchjob``. The manifest is built from the
 same parameters (image, nodes, processes and accelerators per node) and its pods run the same
-entry point, :mod:`mccl_core.steps.pod`.
+entry point, :mod:`mccl_core.steps.pod` (``python -m mccl_core.launch.pytorchjob`` and ``python -m
+mccl_core.launch.node`` still run it, for manifests built by earlier versions).
 """
 
 from __future__ import annotations
@@ -82,3 +83,11 @@ def job_state(job: dict[str, Any]) -> str | None:
 def submit(manifest: dict[str, Any], poll_s: float = 30.0) -> dict[str, Any]:
     """Create the PyTorchJob in this cluster and wait for it (raises when it fails)."""
     return submit_and_wait(manifest, PLURAL, job_state, poll_s=poll_s)
+
+
+if __name__ == "__main__":
+    # Manifests built by earlier versions start their pods with this module: run the pod program
+    # (by name: the launchers sit below the steps and do not import them).
+    import runpy
+
+    runpy.run_module("mccl_core.steps.pod", run_name="__main__", alter_sys=True)

@@ -5,7 +5,7 @@ request carries *encoded images* (what a client has), and the answer must be int
 tuned threshold, so decoding, the eval transform, batching, sigmoid and thresholding belong to the
 model - exactly the same code path as evaluation (:func:`mccl_core.data.images.load_rgb_image_bytes`
 shares the decoder of :func:`mccl_core.data.load_rgb_image`, and the transform is
-:meth:`mccl_core.models.bundle.BundleMeta.eval_transform`, with the normalisation of the backbone's weights).
+:func:`mccl_core.data.transforms.eval_transform_for` of the bundle's metadata, with the normalisation of the backbone's weights).
 
 Request (the scoring server's ``dataframe_split`` / ``dataframe_records`` JSON, or a DataFrame when
 called in-process): one row per image, column ``image`` = base64 of the JPEG/PNG/... file bytes

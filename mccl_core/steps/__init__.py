@@ -5,7 +5,7 @@ identically everywhere:
 
 * ``mccl step <name>`` (:mod:`mccl_core.steps.cli`) - what ``dvc.yaml`` calls;
 * ``components/`` - the Kubeflow components (argument plumbing only);
-* the PyTorchJob pods (:mod:`mccl_core.launch.pytorchjob`) - the train step itself;
+* the pods of a TrainJob or PyTorchJob (:mod:`mccl_core.steps.pod`) - the train step itself;
 * tests, calling the typed ``run_<step>`` functions or ``run_step`` directly.
 
 Steps (in DAG order): ``demo``, ``validate``, ``extract``, ``cluster`` (CPI prototypes + label

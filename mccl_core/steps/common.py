@@ -1,4 +1,4 @@
-"""Helpers shared by the pipeline steps: errors, JSON files, hashes, the validated-data handle."""
+"""Helpers shared by the pipeline steps: errors, JSON files, the validated-data handle, logging."""
 
 from __future__ import annotations
 

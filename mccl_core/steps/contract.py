@@ -69,6 +69,13 @@ class StepSpec:
     #: Whether Kubeflow may cache the step (deterministic, no side effects outside its output).
     cacheable: bool = True
 
+    def __post_init__(self) -> None:
+        stray = sorted(set(self.optional_sections) - set(self.sections))
+        if stray:
+            raise ValueError(
+                f"step {self.name!r}: optional_sections {stray} are not among its sections {self.sections}"
+            )
+
     def out_dir(self) -> Path:
         return Path(self.default_out or f"outputs/{self.name}")
 

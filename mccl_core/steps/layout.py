@@ -1,10 +1,11 @@
 """Where each step puts its outputs: the names inside every step's output folder, in one place.
 
 A step reads an upstream step's folder by these names (its ``StepSpec.inputs[...].reads`` list
-them, and ``dvc.yaml`` deps are checked against those), so no step module imports another step
-module for a file name. Renaming an output is a change here, seen by the writer, every reader
-and the DVC deps at once. Files only the step itself reads back (summaries, reports) are listed
-too, so that a folder's whole layout can be read from this page.
+them, and ``tests/test_dvc_deps.py`` checks ``dvc.yaml``'s literal paths against those), so no
+step module imports another step module for a file name. Files only the step itself reads back
+(summaries, reports) are listed too, so that a folder's whole layout can be read from this page.
+The training loop writes the train folder under its own names (it runs without the pipeline);
+``tests/test_architecture.py`` checks that they are these.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from mccl_core.metrics import MDIDAccuracyResult, format_table, load_mdid_val_pr
 from mccl_core.metrics.mdid import MDID_PROTOCOL_SPLITS
 from mccl_core.steps.contract import run_step
 from mccl_core.steps.errors import StepError
+from mccl_core.steps.layout import PREDICTIONS_DIR
 from mccl_core.tracking.steps import TrackingOptions, close_runs_of_dead_processes
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def run_mdid_protocol(
         for name, inputs in CHAIN:
             log.info("MDID split %d: %s", k, name)
             run_step(name, split_params, {i: folders[i] for i in inputs}, folders[name], split_tracking)
-        predictions.append(load_mdid_val_predictions(folders["evaluate"] / "predictions" / "val.npz", k))
+        predictions.append(load_mdid_val_predictions(folders["evaluate"] / PREDICTIONS_DIR / "val.npz", k))
     complete = sorted(splits) == list(range(MDID_PROTOCOL_SPLITS))
     result = mdid_protocol(predictions, n_splits=MDID_PROTOCOL_SPLITS if complete else None)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ from mccl_core.steps.layout import (
 )
 from mccl_core.steps.layout import TRAIN_SUMMARY_FILE as SUMMARY_FILE
 from mccl_core.tracking.steps import StepTracking, TrackingOptions, tracked_step
-from mccl_core.training.checkpoint import set_aside_stale
+from mccl_core.training.checkpoint import LAST_NAME, set_aside_stale
 from mccl_core.training.config import TrainConfig
 from mccl_core.training.fingerprint import training_fingerprint
 
@@ -188,7 +188,7 @@ def _run_locked(model_cfg: ModelConfig, train_cfg: TrainConfig, launch: LaunchCo
             args += [] if resumable else ["--no-resume"]
             tracking_uri = run.tracker.tracking_uri if run.tracker is not None else ""
             try:
-                output = run_local_training(launch, args, out_dir / CHECKPOINT_DIR / "last.pt", run.run_id,
+                output = run_local_training(launch, args, out_dir / CHECKPOINT_DIR / LAST_NAME, run.run_id,
                                             tracking_uri, lock.fd)  # fmt: skip
             except TrainingFailed as error:
                 raise StepError(str(error)) from None
@@ -241,7 +241,7 @@ def _run_on_kubernetes(launch: LaunchConfig, validated: ValidatedData, inputs: T
 
     tracking_uri = run.tracker.tracking_uri if run.tracker is not None else ""
     manifest = run_kubernetes_job(launch, key, stage, out_dir, tracking_uri, submit)
-    log.info("%s %s finished", manifest["kind"], manifest["metadata"]["name"])
+    log.info("%s %s finished", manifest["kind"], manifest["metadata"]["name"])  # epochs: history.json
 
 
 # ------------------------------------------------------------------------------- step contract
