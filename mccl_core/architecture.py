@@ -17,14 +17,16 @@ that, and the experiment runner and the command line on the steps. The orchestra
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+_MODULE_STRING = re.compile(r"^mccl_core(\.\w+)+$")
 ROOT = PACKAGE_DIR.parent
 
 #: Floors, bottom first, and what lives there.
 LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("config", "hashing"), "params loading, typed configs, overrides | fingerprints"),
+    (("config", "hashing", "architecture"), "params, typed configs, overrides | fingerprints | these floors"),
     (("data", "models", "tracking"), "datasets and transforms | the MCCL network, CPI, MCC, PKI | MLflow"),
     (("metrics", "validation"), "official scoring | data checks (Great Expectations)"),
     (("training",), "the loop, checkpoints, CPI inputs from a dataset"),
@@ -49,10 +51,11 @@ def folder_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "config"
 
 
-def project_imports(path: Path, root: Path = ROOT) -> set[str]:
+def project_imports(path: Path, root: Path = ROOT, module_strings: bool = False) -> set[str]:
     """Every ``mccl_core`` module that ``path`` (a file of the checkout at ``root``) imports.
     Module names in strings (subprocess entry points such as ``python -m
-    mccl_core.training.cli``) are not imports."""
+    mccl_core.training.cli``) are not imports; ``module_strings`` adds them (what a file may
+    *run*: :mod:`mccl_core.steps.deps` lists those as DVC deps too)."""
     module = module_name(path, root)
     package = module if Path(path).name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -70,6 +73,9 @@ def project_imports(path: Path, root: Path = ROOT) -> set[str]:
             # "from mccl_core.steps import layout" imports the submodule mccl_core.steps.layout
             found.update(f"{target}.{a.name}" for a in node.names
                          if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file())  # fmt: skip
+        elif module_strings and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _MODULE_STRING.match(node.value):
+                found.add(node.value)
     return {name for name in found if name == "mccl_core" or name.startswith("mccl_core.")}
 
 

@@ -10,13 +10,12 @@ names given as strings (``python -m mccl_core.training.cli`` started in a subpro
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
+
+from mccl_core.architecture import project_imports
 
 PACKAGE = "mccl_core"
 ROOT = Path(__file__).resolve().parents[2]
-_MODULE_STRING = re.compile(rf"^{PACKAGE}(\.\w+)+$")
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -27,27 +26,6 @@ def module_file(name: str, root: Path = ROOT) -> Path | None:
     if (base / "__init__.py").is_file():
         return base / "__init__.py"
     return None
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            names.add(target)
-            names.update(f"{target}.{alias.name}" for alias in node.names)  # submodules imported by name
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_STRING.match(node.value):
-            names.add(node.value)
-    return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
 
 
 def step_code_files(step: str, root: Path = ROOT) -> list[Path]:
@@ -66,7 +44,7 @@ def step_code_files(step: str, root: Path = ROOT) -> list[Path]:
         files.add(path)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
-        todo += sorted(_imports(path, name))
+        todo += sorted(project_imports(path, root, module_strings=True))
         for resource in ("resources",):  # data files the code reads next to it
             folder = path.parent / resource
             if folder.is_dir() and path.name != "__init__.py":

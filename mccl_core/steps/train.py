@@ -153,7 +153,7 @@ def _run_locked(model_cfg: ModelConfig, train_cfg: TrainConfig, launch: LaunchCo
                 inputs: TrainInputsPaths, out_dir: Path, tracking: TrackingOptions | None, submit: Submitter | None,
                 lock: TrainerLock) -> TrainStepResult:  # fmt: skip
     from mccl_core.launch.local import TrainingFailed, run_local_training
-    from mccl_core.training.history import epoch_series, headline_and_timing, write_curves
+    from mccl_core.training.history import curves_csv, epoch_series, headline_and_timing
 
     # The configs become plain values once, here: the training processes read them from a file
     # (a process boundary), and MLflow logs the same mapping.
@@ -201,7 +201,7 @@ def _run_locked(model_cfg: ModelConfig, train_cfg: TrainConfig, launch: LaunchCo
             log.info("logged %d epochs finished before the restart to MLflow", backfilled)
         run.log_artifact(out_dir / HISTORY_FILE, "train")
         if history:
-            write_curves(out_dir / CURVES_FILE, history)
+            write_text(out_dir / CURVES_FILE, curves_csv(history))
             headline, timing = headline_and_timing(history)
             # The last epoch's losses and scores are the ends of the parent's curves already.
             run.log_headline({"epochs": headline["epochs"], **timing})

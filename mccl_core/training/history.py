@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-from pathlib import Path
 from typing import Any
 
 from mccl_core.training.loop import EpochRecord
@@ -43,13 +41,3 @@ def curves_csv(history: list[dict[str, Any]]) -> str:
         writer.writerow(["" if values.get(c) is None else repr(values[c]) if isinstance(values[c], float) else values[c]
                          for c in CURVE_COLUMNS])  # fmt: skip
     return buffer.getvalue()
-
-
-def write_curves(path: Path, history: list[dict[str, Any]]) -> Path:
-    """Write :func:`curves_csv` atomically (a killed step never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(curves_csv(history), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
