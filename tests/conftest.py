@@ -62,7 +62,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 TINY_MODEL = {
-    "backbone": {"arch": "resnet18", "stages": ["layer3", "layer4"], "weights": "none"},
+    "backbone": {"arch": "resnet18", "stages": ["layer2", "layer3"], "weights": "none"},
     # label_text: dvc.yaml's cluster stage depends on model.pki.label_text, so params files name it
     "pki": {"label_text": "description", "dim": 32, "decoder_layers": 1, "heads": 2, "ff_dim": 64, "dropout": 0.0},
     "cpi": {"k_max": 4, "max_patches_per_class": 2000},

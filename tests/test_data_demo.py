@@ -171,3 +171,55 @@ def test_missing_demo_and_bad_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown config key\(s\) demo.sed"):
         DemoConfig.from_dict({"sed": 1})
     assert DemoConfig.from_dict(DemoConfig(seed=9).to_dict()) == DemoConfig(seed=9)
+
+
+def test_many_intent_table_is_compositional_and_fixed() -> None:
+    from mccl_core.data.demo import ALL_COLOURS, CLASSIC_TABLE, demo_table
+
+    assert demo_table(10) is CLASSIC_TABLE and CLASSIC_TABLE.intents == DEMO_INTENTS
+    table = demo_table(45)
+    assert len(table.intents) == 45 and len(table.clues) == 30 == len(set(table.clues))
+    clue_sets = table.clue_sets
+    assert len(set(clue_sets)) == 45 and all(len(s) == 2 for s in clue_sets)  # distinct pairs
+    uses = [sum(c in s for s in clue_sets) for c in range(len(table.clues))]
+    assert min(uses) >= 2 and max(uses) <= 4  # no clue alone decides an intent; use stays even
+    assert len(table.non_clue_combos) == len(ALL_COLOURS) * len(SHAPES) - 30  # the rest are distractors
+    assert sorted(table.frequency_rank) == list(range(45))
+    assert len({i.name for i in table.intents}) == 45
+    # The table belongs to the dataset, not to a seed: a rebuilt table is the same one.
+    demo_table.cache_clear()
+    assert demo_table(45) == table
+
+
+def test_many_intent_demo_labels_are_the_completed_intents_and_clues_are_small(tmp_path: Path) -> None:
+    from mccl_core.data.demo import demo_table
+
+    cfg = DemoConfig(n_train=120, n_val=20, n_test=20, image_size=96, num_intents=45, clue_scale=0.5)
+    root = generate_demo(tmp_path, cfg, show_progress=False)
+    clue_sets = demo_table(45).clue_sets
+    train = _annotations(root, "train")
+    assert [c["name"] for c in train["categories"]] == [i.name for i in demo_table(45).intents]
+    cell = 96 / 3
+    for annotation in train["annotations"]:
+        labels = {k for k, p in enumerate(annotation["category_ids_softprob"]) if p > 0}
+        present = {o["clue"] for o in annotation["demo_objects"] if o["clue"] is not None}
+        assert labels and labels == {k for k, s in enumerate(clue_sets) if s <= present}
+        # half the classic size: at most 0.92 x 0.5 of a grid cell
+        assert all(o["box"][2] - o["box"][0] <= 0.92 * 0.5 * cell + 1 for o in annotation["demo_objects"])
+    assert len(load_split(DataConfig(source="demo", root=root), "train").class_names) == 45
+    # The options are part of this demo's stamp, and left out of the classic one (whose files
+    # therefore stay byte-identical to those written before the options existed).
+    stamp = json.loads((root / "demo_config.json").read_text())["demo_config"]
+    assert stamp["num_intents"] == 45 and stamp["clue_scale"] == 0.5
+    assert "num_intents" not in DemoConfig().to_dict() and "clue_scale" not in DemoConfig().to_dict()
+    assert DemoConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("num_intents", 9, r"num_intents.*10.*11\.\.60"), ("num_intents", 61, "num_intents"),
+     ("clue_scale", 0.1, r"clue_scale.*\[0\.2, 1\]")],
+)  # fmt: skip
+def test_many_intent_options_are_checked(field: str, value: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DemoConfig(**{field: value})

@@ -137,6 +137,9 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
     # layer3 of a 32 px image is 2 x 2 = 4 positions (< 8 requested), 256 channels
     assert str(tokens_type) == "fixed_size_list<element: halffloat>[1024]"
     assert table.num_rows == 40 and set(table.column("num_tokens").to_pylist()) == {4}
+    # layer2 is 4 x 4 = 16 positions: 8 of them are sampled per image
+    layer2 = pq.read_table(out / "features" / "tokens-00000-layer2.parquet")
+    assert set(layer2.column("num_tokens").to_pylist()) == {8}
 
     # Backbone saved = the backbone the tokens came from: recompute image 0's tokens.
     from mccl_core.data import build_transforms
@@ -148,14 +151,14 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
         0
     ]["image"]
     with torch.no_grad():
-        layer3 = backbone.eval().forward_features(image[None])[0]
+        layer3 = backbone.eval().forward_features(image[None])[-1]  # stages shallow -> deep: layer2, layer3
     expected = torch.nn.functional.normalize(layer3.flatten(2).transpose(1, 2), dim=-1)[0]
     _, stages, labels = next(iter_token_shards(out / "features"))
     assert stages["layer3"].shape == (40, 4, 256) and labels.shape == (40, 10)
     torch.testing.assert_close(stages["layer3"][0], expected, atol=2e-3, rtol=0)  # float16 storage
 
     # Resume: a deleted shard is rewritten, the others are kept untouched.
-    kept = out / "features" / "tokens-00000-layer4.parquet"
+    kept = out / "features" / "tokens-00000-layer2.parquet"
     mtime = kept.stat().st_mtime_ns
     (out / "features" / "tokens-00001-layer3.parquet").unlink()
     second = run_extract(cfg, handle, model_cfg, 32, 0, out, NO_TRACKING)
@@ -171,7 +174,7 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
         NO_TRACKING,
     )
     assert third.summary["shards_reused"] == 0
-    assert pq.read_table(kept).column("num_tokens")[0].as_py() == 1  # layer4 at 32 px: 1 x 1
+    assert pq.read_table(kept).column("num_tokens")[0].as_py() == 2  # 2 of layer2's 16 positions
 
     # CPI over the shards: one bank, allocation table as CSV + Markdown, label embeddings.
     result = run_cluster(
@@ -182,7 +185,7 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
         rows = list(csv.DictReader(handle_csv))
     assert [int(r["prototypes"]) for r in rows] == [r.prototypes for r in bank.allocation]
     assert sum(int(r["train_images"]) > 0 for r in rows) == 10
-    assert bank.stages == ("layer3", "layer4") and result.summary["label_embedding_dim"] == 384
+    assert bank.stages == ("layer2", "layer3") and result.summary["label_embedding_dim"] == 384
 
 
 def test_tracked_step_nests_runs_under_one_parent_and_ends_every_run(tmp_path, monkeypatch):

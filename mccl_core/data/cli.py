@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-test", type=int, default=defaults.n_test)
     demo.add_argument("--image-size", type=int, default=defaults.image_size)
     demo.add_argument("--imbalance-ratio", type=float, default=defaults.imbalance_ratio)
+    demo.add_argument("--intents", type=int, default=defaults.num_intents,
+                      help="10: the classic demo; 11-60: a generated many-intent demo (e.g. 45)")  # fmt: skip
+    demo.add_argument("--clue-scale", type=float, default=defaults.clue_scale,
+                      help="object size relative to the classic demo (< 1: small clues)")  # fmt: skip
     demo.add_argument(
         "--workers", type=int, default=default_workers(), help="rendering processes (output is identical for any value)"
     )
@@ -100,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
             n_test=args.n_test,
             image_size=args.image_size,
             imbalance_ratio=args.imbalance_ratio,
+            num_intents=args.intents,
+            clue_scale=args.clue_scale,
         )
         start = time.perf_counter()
         out = generate_demo(args.out, demo_cfg, workers=args.workers)

@@ -18,6 +18,12 @@ MCCL is built for:
 * **Learnable:** salient saturated colours and simple shapes, objects placed in distinct cells of
   a 3 x 3 grid (no full occlusion), 96 px by default.
 
+**Many intents** (``num_intents`` 11-60, e.g. 45, with ``clue_scale`` < 1 for small clues): the
+same rules over a larger, generated table (:func:`demo_table`): 10 colours x 6 shapes, each intent
+two clues, each clue shared by about three intents. It reproduces what real many-class sets do to
+prototype methods (many classes, small objects, few patches per image per class) on data that
+ships with the package; the classic 10-intent table stays the default.
+
 Files are in the project's canonical annotation format, Intentonomy's JSON schema
 (``<out>/low/<id>.jpg``, ``<out>/annotations/{train,val,test}.json``; see
 :mod:`mccl_core.data.annotations`), so the demo walks the same code path as real data;
@@ -32,6 +38,7 @@ byte-identical for the same :class:`DemoConfig` whatever the number of worker pr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,6 +67,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (25, 210, 220),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "stripes", "ring", "cross")
+#: Colours the many-intent tables add (salient against the muted background as well).
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "orange": (250, 130, 10),
+    "purple": (110, 30, 170),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **EXTRA_COLOURS}
 
 #: The 12 clues. Each colour and each shape appears in exactly two clues.
 CLUES: tuple[tuple[str, str], ...] = (
@@ -87,15 +102,17 @@ class DemoIntent:
     clues: tuple[int, ...]
 
 
-def _clue_name(index: int) -> str:
-    colour, shape = CLUES[index]
+def _clue_name(index: int, clues: tuple[tuple[str, str], ...] = CLUES) -> str:
+    colour, shape = clues[index]
     return f"{colour} {shape}"
 
 
-def _intent(name: str, meaning: str, clues: tuple[int, ...]) -> DemoIntent:
-    listed = [_clue_name(c) if CLUES[c][1] == "stripes" else f"a {_clue_name(c)}" for c in clues]
+def _intent(
+    name: str, meaning: str, clue_ids: tuple[int, ...], clues: tuple[tuple[str, str], ...] = CLUES
+) -> DemoIntent:
+    listed = [_clue_name(c, clues) if clues[c][1] == "stripes" else f"a {_clue_name(c, clues)}" for c in clue_ids]
     joined = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 2 else " and ".join(listed)
-    return DemoIntent(name, f"{meaning} In this synthetic demo it is shown by {joined} appearing together.", clues)
+    return DemoIntent(name, f"{meaning} In this synthetic demo it is shown by {joined} appearing together.", clue_ids)
 
 
 #: The 10 demo intents (index = class id). Every clue is used by exactly two intents.
@@ -117,6 +134,71 @@ DEMO_FREQUENCY_RANK: tuple[int, ...] = (0, 3, 1, 5, 2, 8, 4, 6, 7, 9)
 
 DEMO_CLASSES: tuple[str, ...] = tuple(i.name for i in DEMO_INTENTS)
 
+
+@dataclass(frozen=True)
+class DemoTable:
+    """One demo's vocabulary: the clues (colour x shape), the intents over them and their
+    frequency ranks (0 = most frequent)."""
+
+    clues: tuple[tuple[str, str], ...]
+    intents: tuple[DemoIntent, ...]
+    frequency_rank: tuple[int, ...]
+    colours: tuple[str, ...]  #: every colour drawn (clues and non-clue distractors)
+
+    @property
+    def clue_sets(self) -> tuple[frozenset[int], ...]:
+        return tuple(frozenset(i.clues) for i in self.intents)
+
+    @property
+    def non_clue_combos(self) -> tuple[tuple[str, str], ...]:
+        return tuple((c, s) for c in self.colours for s in SHAPES if (c, s) not in self.clues)
+
+    def clue_name(self, index: int) -> str:
+        return _clue_name(index, self.clues)
+
+
+CLASSIC_TABLE = DemoTable(CLUES, DEMO_INTENTS, DEMO_FREQUENCY_RANK, tuple(COLOURS))
+#: Seed of the generated many-intent tables: the table is part of the dataset's definition, not
+#: of a run, so it never changes with ``DemoConfig.seed``.
+_TABLE_SEED = 20251207
+
+
+@functools.cache
+def demo_table(num_intents: int = 10) -> DemoTable:
+    """The intent table of a demo with ``num_intents`` intents (10: the classic hand-made table).
+
+    For 11-60 intents: 10 colours x 6 shapes, ``ceil(2 n / 3)`` of the 60 combinations are clues
+    (the rest stay distractors), every intent is a distinct pair of clues and every clue serves
+    about three intents (so, as in the classic table, no single clue decides an intent).
+    """
+    if num_intents == 10:
+        return CLASSIC_TABLE
+    if not 11 <= num_intents <= 60:
+        raise ConfigError(f"DemoConfig.num_intents must be 10 (the classic table) or 11..60, got {num_intents}")
+    rng = np.random.default_rng(_TABLE_SEED)
+    combos = [(c, s) for c in ALL_COLOURS for s in SHAPES]
+    n_clues = -(-2 * num_intents // 3)
+    clues = tuple(combos[int(i)] for i in sorted(rng.permutation(len(combos))[:n_clues]))
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < num_intents:  # rounds of a random perfect pairing: clue use stays even
+        order = [int(i) for i in rng.permutation(n_clues)]
+        for a, b in zip(order[::2], order[1::2], strict=False):
+            pair = (min(a, b), max(a, b))
+            if pair not in pairs and len(pairs) < num_intents:
+                pairs.append(pair)
+    intents = tuple(
+        _intent(
+            "".join(w.capitalize() for c in pair for w in clues[c]) + "Intent",
+            f"Intent number {k + 1} of the many-intent demo.",
+            pair,
+            clues,
+        )
+        for k, pair in enumerate(pairs)
+    )
+    rank = tuple(int(r) for r in np.argsort(rng.permutation(num_intents)))
+    return DemoTable(clues, intents, rank, tuple(ALL_COLOURS))
+
+
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 GRID = 3
 
@@ -135,6 +217,9 @@ class DemoConfig:
         max_other_distractors: up to this many non-clue colour x shape objects per image.
         noise_std: std of the per-pixel Gaussian noise (0..255 scale).
         jpeg_quality: JPEG quality of the written images.
+        num_intents: 10 (the classic table) or 11-60 (a generated many-intent table, :func:`demo_table`).
+        clue_scale: object size relative to the classic demo's (``< 1``: small clues, fewer
+            patches of a deep stage cover one).
     """
 
     seed: int = 0
@@ -148,6 +233,8 @@ class DemoConfig:
     max_other_distractors: int = 2
     noise_std: float = 10.0
     jpeg_quality: int = 92
+    num_intents: int = 10
+    clue_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "n_test"):
@@ -169,13 +256,25 @@ class DemoConfig:
             raise ConfigError(f"DemoConfig.max_other_distractors must be 0..3, got {self.max_other_distractors}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ConfigError(f"DemoConfig.jpeg_quality must be 1..95, got {self.jpeg_quality}")
+        demo_table(self.num_intents)  # raises on an unsupported count
+        if not 0.2 <= self.clue_scale <= 1.0:
+            raise ConfigError(f"DemoConfig.clue_scale must be in [0.2, 1], got {self.clue_scale}")
 
     def split_size(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
 
+    @property
+    def table(self) -> DemoTable:
+        return demo_table(self.num_intents)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["label_count_probs"] = list(self.label_count_probs)
+        # Left out at their defaults: the classic demo's stamp and annotations stay byte-identical
+        # to those written before these options existed (no re-render, no pipeline re-run).
+        for name in ("num_intents", "clue_scale"):
+            if data[name] == DemoConfig.__dataclass_fields__[name].default:
+                del data[name]
         return data
 
     @classmethod
@@ -183,9 +282,9 @@ class DemoConfig:
         return from_dict(cls, data, "demo")
 
 
-def intent_weights(imbalance_ratio: float) -> np.ndarray:
+def intent_weights(imbalance_ratio: float, table: DemoTable = CLASSIC_TABLE) -> np.ndarray:
     """Sampling weight per intent: geometric in the frequency rank, max/min = ``imbalance_ratio``."""
-    ranks = np.asarray(DEMO_FREQUENCY_RANK, dtype=np.float64)
+    ranks = np.asarray(table.frequency_rank, dtype=np.float64)
     weights = imbalance_ratio ** (-ranks / (len(ranks) - 1))
     return weights / weights.sum()
 
@@ -210,47 +309,48 @@ class _Scene:
     objects: list[_SceneObject] = field(default_factory=list)
 
 
-_INTENT_CLUE_SETS = tuple(frozenset(i.clues) for i in DEMO_INTENTS)
-_NON_CLUE_COMBOS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in CLUES)
+def _completed_intents(clues: set[int], clue_sets: tuple[frozenset[int], ...]) -> set[int]:
+    return {k for k, needed in enumerate(clue_sets) if needed <= clues}
 
 
-def _completed_intents(clues: set[int]) -> set[int]:
-    return {k for k, needed in enumerate(_INTENT_CLUE_SETS) if needed <= clues}
-
-
-def _sample_scene(rng: np.random.Generator, cfg: DemoConfig, weights: np.ndarray) -> _Scene:
+def _sample_scene(rng: np.random.Generator, cfg: DemoConfig, weights: np.ndarray, table: DemoTable) -> _Scene:
     """Labels and objects of one image (positions are assigned in :func:`_layout`)."""
-    num_intents = len(DEMO_INTENTS)
+    clue_sets, num_intents = table.clue_sets, len(table.intents)
     count = int(rng.choice(3, p=cfg.label_count_probs)) + 1
     for _ in range(1000):
         labels = {int(k) for k in rng.choice(num_intents, size=count, replace=False, p=weights)}
-        clues = set().union(*(_INTENT_CLUE_SETS[k] for k in labels))
-        if _completed_intents(clues) == labels and len(clues) <= GRID * GRID:
+        clues = set().union(*(clue_sets[k] for k in labels))
+        if _completed_intents(clues, clue_sets) == labels and len(clues) <= GRID * GRID:
             break
     else:  # pragma: no cover - the intent table always admits single-intent scenes
         raise RuntimeError("could not sample a consistent label set")
-    objects = [_SceneObject(*CLUES[c], clue=c) for c in sorted(clues)]
+    objects = [_SceneObject(*table.clues[c], clue=c) for c in sorted(clues)]
     free_cells = GRID * GRID - len(objects)
     if free_cells and rng.random() < cfg.partial_clue_prob:
-        candidates = [c for c in range(len(CLUES)) if c not in clues and _completed_intents(clues | {c}) == labels]
+        candidates = [
+            c
+            for c in range(len(table.clues))
+            if c not in clues and _completed_intents(clues | {c}, clue_sets) == labels
+        ]
         if candidates:
             extra = int(rng.choice(candidates))
-            objects.append(_SceneObject(*CLUES[extra], clue=extra))
+            objects.append(_SceneObject(*table.clues[extra], clue=extra))
             free_cells -= 1
+    others = table.non_clue_combos
     n_other = min(int(rng.integers(0, cfg.max_other_distractors + 1)), free_cells)
-    for combo_index in rng.choice(len(_NON_CLUE_COMBOS), size=n_other, replace=False):
-        objects.append(_SceneObject(*_NON_CLUE_COMBOS[int(combo_index)], clue=None))
+    for combo_index in rng.choice(len(others), size=n_other, replace=False):
+        objects.append(_SceneObject(*others[int(combo_index)], clue=None))
     return _Scene(tuple(sorted(labels)), objects)
 
 
-def _layout(rng: np.random.Generator, scene: _Scene, image_size: int) -> None:
-    """Put each object in its own grid cell at a random size and offset."""
+def _layout(rng: np.random.Generator, scene: _Scene, image_size: int, clue_scale: float = 1.0) -> None:
+    """Put each object in its own grid cell at a random size (times ``clue_scale``) and offset."""
     cell = image_size / GRID
     cells = rng.permutation(GRID * GRID)[: len(scene.objects)]
     for obj, cell_index in zip(scene.objects, cells, strict=True):
         obj.cell = int(cell_index)
         obj.size_fraction = float(rng.random())
-        side = cell * (0.55 + 0.37 * obj.size_fraction)
+        side = cell * (0.55 + 0.37 * obj.size_fraction) * clue_scale
         row, col = divmod(int(cell_index), GRID)
         x0 = col * cell + rng.random() * (cell - side)
         y0 = row * cell + rng.random() * (cell - side)
@@ -281,7 +381,7 @@ def _draw_texture(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, rng: np.random.Generator, obj: _SceneObject) -> None:
-    colour = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in COLOURS[obj.colour])
+    colour = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in ALL_COLOURS[obj.colour])
     x0, y0, x1, y1 = obj.box
     side = x1 - x0
     if obj.shape == "circle":
@@ -320,10 +420,10 @@ def _render(rng: np.random.Generator, scene: _Scene, cfg: DemoConfig) -> Image.I
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _agreement(scene: _Scene, intent: int) -> float:
+def _agreement(scene: _Scene, intent: int, table: DemoTable) -> float:
     """Demo "annotator agreement" for a positive intent: 1/3, 2/3 or 1 by how large its clues are
     drawn (small clues -> fewer of three annotators would have seen the intent)."""
-    needed = _INTENT_CLUE_SETS[intent]
+    needed = table.clue_sets[intent]
     mean_size = float(np.mean([o.size_fraction for o in scene.objects if o.clue in needed]))
     if mean_size < 0.3:
         return 1.0 / 3.0
@@ -339,21 +439,22 @@ def demo_image_id(split: str, index: int) -> str:
 def _generate_chunk(args: tuple[DemoConfig, str, int, int, str]) -> list[dict[str, Any]]:
     """Render images ``start..stop`` of ``split`` and return their annotation entries."""
     cfg, split, start, stop, out_dir = args
-    weights = intent_weights(cfg.imbalance_ratio)
+    table = cfg.table
+    weights = intent_weights(cfg.imbalance_ratio, table)
     entries: list[dict[str, Any]] = []
     for index in range(start, stop):
         rng = np.random.default_rng([cfg.seed, _SPLIT_CODES[split], index])
-        scene = _sample_scene(rng, cfg, weights)
-        _layout(rng, scene, cfg.image_size)
+        scene = _sample_scene(rng, cfg, weights, table)
+        _layout(rng, scene, cfg.image_size, cfg.clue_scale)
         image = _render(rng, scene, cfg)
         image_id = demo_image_id(split, index)
         filename = f"low/{image_id}.jpg"
         image.save(Path(out_dir) / filename, format="JPEG", quality=cfg.jpeg_quality)
         entry: dict[str, Any] = {"id": index, "image_id": image_id, "filename": filename}
         if split == "train":
-            soft = [0.0] * len(DEMO_INTENTS)
+            soft = [0.0] * len(table.intents)
             for k in scene.labels:
-                soft[k] = _agreement(scene, k)
+                soft[k] = _agreement(scene, k, table)
             entry["category_ids_softprob"] = soft
         else:
             entry["category_ids"] = list(scene.labels)
@@ -365,17 +466,18 @@ def _generate_chunk(args: tuple[DemoConfig, str, int, int, str]) -> list[dict[st
 
 
 def _annotation_document(cfg: DemoConfig, split: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    table = cfg.table
     return {
         "info": {
             "description": f"MCCL synthetic compositional-clue demo, {split} split",
             "version": GENERATOR_VERSION,
             "year": 2025,
             "demo_config": cfg.to_dict(),
-            "clues": [_clue_name(c) for c in range(len(CLUES))],
+            "clues": [table.clue_name(c) for c in range(len(table.clues))],
         },
         "categories": [
-            {"id": k, "name": i.name, "description": i.description, "clues": [_clue_name(c) for c in i.clues]}
-            for k, i in enumerate(DEMO_INTENTS)
+            {"id": k, "name": i.name, "description": i.description, "clues": [table.clue_name(c) for c in i.clues]}
+            for k, i in enumerate(table.intents)
         ],
         "images": [{"id": e["image_id"], "filename": e["filename"], "original_id": e["image_id"]} for e in entries],
         "annotations": [{key: value for key, value in e.items() if key != "filename"} for e in entries],

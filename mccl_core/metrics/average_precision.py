@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score
 
 from mccl_core.metrics._validation import (
     as_label_matrix,
@@ -61,6 +60,10 @@ def mean_average_precision(y_true: Any, scores: Any, class_names: Sequence[str] 
     Raises:
         ValueError: on bad inputs, or when no class has a positive (mAP undefined).
     """
+    from sklearn.metrics import (
+        average_precision_score,  # imported here: sklearn + scipy cost ~1 s in every step process
+    )
+
     labels = as_label_matrix(y_true, "y_true")
     values = as_score_matrix(scores, "scores")
     check_same_shape(labels, values, "y_true", "scores")

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from mccl_core.metrics._validation import (
     as_label_matrix,
@@ -122,6 +121,8 @@ def f1_report(
         subsets: optional name -> class indices (e.g. ``INTENTONOMY_SUBSETS``); None = no subsets.
         class_names: optional C names, carried into the report for tables.
     """
+    from sklearn.metrics import f1_score  # imported here: sklearn + scipy cost ~1 s in every step process
+
     labels, probabilities = _validated_pair(y_true, scores)
     threshold = float(threshold)
     if not np.isfinite(threshold):
@@ -161,6 +162,8 @@ def f1_report(
 
 def threshold_curve(y_true: Any, scores: Any, thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, ...]:
     """Macro-F1 (sklearn, zero_division=0, ``scores > t``) for every candidate threshold ``t``."""
+    from sklearn.metrics import f1_score  # imported here: sklearn + scipy cost ~1 s in every step process
+
     labels, probabilities = _validated_pair(y_true, scores)
     candidates = _check_thresholds(thresholds)
     return tuple(

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score
 
 from mccl_core.metrics._validation import as_score_matrix, format_id_list, to_numpy
 
@@ -90,6 +89,8 @@ def mdid_accuracy(splits: Sequence[tuple[Any, Any]]) -> MDIDAccuracyResult:
     Args:
         splits: one ``(y_true_indices [N], scores [N, C])`` pair per split.
     """
+    from sklearn.metrics import accuracy_score  # imported here: sklearn + scipy cost ~1 s in every step process
+
     if len(splits) == 0:
         raise ValueError("mdid_accuracy needs at least one split")
     accuracies: list[float] = []
