@@ -259,7 +259,7 @@ def test_owner_hit_and_its_chance_level():
 
 
 def test_the_guard_names_a_collapsed_stage_and_passes_a_healthy_one():
-    from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings
+    from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings, new_stage_warnings
 
     bank = _bank()
     mcc = CompositionalClues(bank, temperature=0.1)
@@ -289,6 +289,13 @@ def test_the_guard_names_a_collapsed_stage_and_passes_a_healthy_one():
     assert f"{k - 1} of {k} prototypes were never a patch's nearest" in warning
     assert "usage entropy 0.0" in warning and "owner hit 0.000 against" in warning
     assert "learn_residual" in MCC_ADVICE and "bench/ablations.py" in MCC_ADVICE
+    # The loop checks every epoch and speaks once per stage: a collapse after a healthy first epoch
+    # is reported when it shows, and not again in the epochs after.
+    epoch1 = [w for w in mcc_warnings(healthy) if "layer3" in w]
+    assert new_stage_warnings([warning], epoch1) == [warning]
+    assert new_stage_warnings([warning], [*epoch1, warning]) == []
+    other_stage = warning.replace("layer3", "layer4")
+    assert new_stage_warnings([warning, other_stage], [warning]) == [other_stage]
 
 
 def test_learned_residual_starts_at_the_configured_value_and_trains():

@@ -240,7 +240,7 @@ def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, 
     assert record.ema_decay == pytest.approx(2 / 11) and record.metrics()["ema_decay"] == record.ema_decay
     model, _ = load_bundle(result.model_path)
     assert model.__class__.__name__ == ("BaselineModel" if overrides.get("variant") == "baseline" else "MCCLModel")
-    # the MCC guard ran on the first epoch's health, and said what it found
+    # the MCC guard ran on the epoch's health, and said what it found (its first warning per stage)
     assert record.mcc_warnings == mcc_warnings(record.prototype_health)
     for warning in record.mcc_warnings:
         assert warning in caplog.text

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -339,7 +339,7 @@ class CompositionalClues(nn.Module):
         return f"prototypes=({sizes}), temperature={self.temperature}, residual={residual}, momentum={self.momentum}"
 
 
-#: Thresholds of :func:`mcc_warnings` (after the first epoch).
+#: Thresholds of :func:`mcc_warnings` (checked after every epoch).
 NEVER_ASSIGNED_LIMIT = 0.5  # share of a stage's prototypes that were never any patch's nearest
 USAGE_ENTROPY_LIMIT = 0.5  # normalised entropy of prototype usage (1 = uniform)
 OWNER_HIT_FACTOR = 1.5  # owner hit below this multiple of its chance level: assignment ignores the labels
@@ -374,6 +374,13 @@ def mcc_warnings(health: dict[str, float]) -> list[str]:
         if found:
             problems.append(f"MCC stage {stage}: " + "; ".join(found))
     return problems
+
+
+def new_stage_warnings(warnings: Sequence[str], earlier: Iterable[str]) -> list[str]:
+    """The warnings of :func:`mcc_warnings` for stages no ``earlier`` warning named: the guard
+    checks every epoch but speaks once per stage, when its problem first shows."""
+    named = {w.split(":")[0] for w in earlier}
+    return [w for w in warnings if w.split(":")[0] not in named]
 
 
 def _invalidate_health_after_load(module: nn.Module, incompatible_keys: object) -> None:

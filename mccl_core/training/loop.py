@@ -31,7 +31,7 @@ from mccl_core.data.gpu_decode import EncodedImages, GpuBatchDecoder, collate_en
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 from mccl_core.models.bundle import BundleMeta, save_bundle
-from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings
+from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings, new_stage_warnings
 from mccl_core.training.checkpoint import (
     LAST_NAME,
     capture_rng_state,
@@ -87,7 +87,7 @@ class EpochRecord:
     stage_gate: dict[str, float] = field(default_factory=dict)
     #: Under DDP: largest |difference| between any rank's prototypes and rank 0's (0 = identical).
     replica_prototype_max_diff: float | None = None
-    #: What the MCC guard found wrong after the first epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
+    #: What the MCC guard found wrong after this epoch (:func:`~mccl_core.models.mcc.mcc_warnings`).
     mcc_warnings: list[str] = field(default_factory=list)
     #: The EMA decay in effect at the epoch's last step (None without EMA): the warm-up made visible.
     ema_decay: float | None = None
@@ -370,13 +370,15 @@ def _train(
             record.val_map = float(tuned.average_precision.map)
         if ctx.enabled:
             record.replica_prototype_max_diff = _replica_prototype_diff(model, ctx)
-        if epoch == 0:  # the guard: an MCC that stopped learning shows after one epoch (a resumed run keeps its record)
-            record.mcc_warnings = mcc_warnings(record.prototype_health)
+        # The guard, every epoch: a collapse can start after the first one (45 demo intents: stage4's
+        # never-assigned prototypes went 31 % -> 55 % -> 79 % -> 95 % over epochs 1-4).
+        record.mcc_warnings = mcc_warnings(record.prototype_health)
+        first_warnings = new_stage_warnings(record.mcc_warnings, [w for r in history for w in r.mcc_warnings])
         history.append(record)
         if ctx.is_main:
             log.info(_format_epoch(record, cfg.epochs))
-            for warning in record.mcc_warnings:
-                log.warning("%s. %s", warning, MCC_ADVICE)
+            for warning in first_warnings:
+                log.warning("epoch %d: %s. %s", epoch + 1, warning, MCC_ADVICE)
             save_checkpoint(
                 ckpt_path,
                 {
