@@ -257,16 +257,9 @@ class ModelConfig:
         if self.variant not in ("mccl", "baseline"):
             raise ConfigError(f"variant={self.variant!r}: must be 'mccl' or 'baseline'")
         if self.variant == "mccl" and self.mcc.enabled:
-            # Pretrained tokens are distinct enough for the paper's pure rebuild; random-init tokens
-            # are nearly parallel, the soft assignment is near uniform and a pure rebuild erases them.
-            if self.backbone.pretrained and self.mcc.residual > 0 and not self.mcc.learn_residual:
-                logger.warning(
-                    "mcc.residual=%s with pretrained backbone weights (%s): the paper passes on the pure "
-                    "clue rebuild (residual 0); residual > 0 is meant for random-init backbones",
-                    self.mcc.residual,
-                    self.backbone.weights,
-                )
-            elif not self.backbone.pretrained and self.mcc.residual == 0:
+            # Random-init tokens are nearly parallel: the soft assignment is near uniform and a pure
+            # rebuild erases them. (With pretrained weights a residual is our default too: README.)
+            if not self.backbone.pretrained and self.mcc.residual == 0:
                 logger.warning(
                     "backbone.weights=none with mcc.residual=0: random-init tokens are nearly parallel, the "
                     "soft assignment is almost uniform and the rebuild erases them (MCC then hurts); use "
