@@ -161,8 +161,11 @@ def test_token_shards_are_fixed_size_float16_and_resume(tiny_demo, tmp_path):
     kept = out / "features" / "tokens-00000-layer2.parquet"
     mtime = kept.stat().st_mtime_ns
     (out / "features" / "tokens-00001-layer3.parquet").unlink()
+    manifest = (out / "features" / "features.json").read_bytes()
     second = run_extract(cfg, handle, model_cfg, 32, 0, out, NO_TRACKING)
     assert second.summary["shards_reused"] == 2 and kept.stat().st_mtime_ns == mtime
+    # the folder DVC hashes says what the shards are, not how this run got them
+    assert (out / "features" / "features.json").read_bytes() == manifest
     # Other inputs (token count) -> old shards are not mixed in.
     third = run_extract(
         ExtractStepConfig(batch_size=32, tokens_per_image=2, shard_size=40, device="cpu"),

@@ -213,14 +213,15 @@ def write_token_shards(
         "stage_channels": list(backbone.stage_channels),
         "class_names": list(dataset.class_names),
         "config": asdict(cfg),
-        "shards_reused": skipped,
         "inputs": inputs_fingerprint,
     }
+    # The file holds what the shards are, never how this run got them: a resumed extract must
+    # write the bytes a fresh one writes (DVC hashes the folder; a clean clone's repro compares).
     tmp = out_dir / (MANIFEST_NAME + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out_dir / MANIFEST_NAME)
     log.info("features: %d images in %d shards (%d reused) -> %s", n_images, n_shards, skipped, out_dir)
-    return manifest
+    return {**manifest, "shards_reused": skipped}
 
 
 def _write_shard(path: Path, stage: str, image_ids: list[str], labels: list[np.ndarray], tokens: np.ndarray) -> None:
