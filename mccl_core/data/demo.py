@@ -145,11 +145,12 @@ class DemoTable:
     frequency_rank: tuple[int, ...]
     colours: tuple[str, ...]  #: every colour drawn (clues and non-clue distractors)
 
-    @property
+    # Derived once per table (tables are cached): the renderer reads both for every image.
+    @functools.cached_property
     def clue_sets(self) -> tuple[frozenset[int], ...]:
         return tuple(frozenset(i.clues) for i in self.intents)
 
-    @property
+    @functools.cached_property
     def non_clue_combos(self) -> tuple[tuple[str, str], ...]:
         return tuple((c, s) for c in self.colours for s in SHAPES if (c, s) not in self.clues)
 
