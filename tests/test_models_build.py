@@ -60,6 +60,7 @@ VARIANTS = {
     "mccl": {},
     "no_cpi": {"use_cpi": False},
     "no_mcc": {"mcc": {"enabled": False}},
+    "concat": {"mcc": {"combine": "concat"}},
     "no_gcn": {"pki": {"use_gcn": False}},
     "baseline": {"variant": "baseline"},
 }
@@ -72,7 +73,7 @@ def test_every_variant_trains_one_step(name, data):
     model = build_model(_cfg(**VARIANTS[name]), NUM_CLASSES, embeddings, cooccurrence, bank)
     output = model(images)
     assert output.logits.shape == (6, NUM_CLASSES)
-    has_mcc = name in ("mccl", "no_cpi", "no_gcn")
+    has_mcc = name in ("mccl", "no_cpi", "concat", "no_gcn")
     assert (output.clue_state is not None) == has_mcc
     loss = model.loss(output, labels)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -134,6 +135,8 @@ def test_mcc_uses_the_bank_and_decoder_sees_rebuilt_tokens(data):
     tokens, grids, state = model.forward_clues(maps)
     assert grids == [(4, 4), (2, 2)]
     torch.testing.assert_close(tokens[1], state.assignments[1] @ model.clues.prototypes("layer4"))
+    concat = build_model(_cfg(mcc={"combine": "concat"}), NUM_CLASSES, embeddings, cooccurrence, bank)
+    assert [proj[0].in_features for proj in concat.decoder.input_proj] == [512, 1024]
 
 
 def test_bf16_autocast_and_channels_last(data):

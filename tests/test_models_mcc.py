@@ -57,6 +57,28 @@ def test_residual_mixes_the_normalised_token():
     torch.testing.assert_close(rebuilt[0], expected)
 
 
+def test_concat_keeps_the_token_next_to_its_rebuild():
+    from mccl_core.config import ConfigError
+    from mccl_core.models import ModelConfig
+
+    mcc = CompositionalClues(_bank(), temperature=0.1, combine="concat")
+    assert mcc.output_channels == (24, 40) and mcc.stage_channels == (12, 20)
+    tokens, _ = _batch(1)
+    out, state = mcc(tokens)
+    pure, _ = CompositionalClues(_bank(), temperature=0.1)(tokens)
+    for i in range(2):
+        c = mcc.stage_channels[i]
+        torch.testing.assert_close(out[i][..., :c], F.normalize(tokens[i], dim=-1))
+        torch.testing.assert_close(out[i][..., c:], pure[i])
+        torch.testing.assert_close(out[i][..., c:], state.assignments[i] @ mcc.prototypes(mcc.stages[i]))
+    with pytest.raises(ValueError, match="residual must be 0"):
+        CompositionalClues(_bank(), residual=0.5, combine="concat")
+    with pytest.raises(ConfigError, match="mcc.combine=concat keeps the whole token"):
+        ModelConfig.from_dict({"mcc": {"combine": "concat", "residual": 0.5}})
+    with pytest.raises(ConfigError, match="mcc.combine='sum'"):
+        ModelConfig.from_dict({"mcc": {"combine": "sum"}})
+
+
 def _reference_update(protos, owners, x, a, labels, momentum):
     """Loop-based reading of the update rule in docs/model.md (independent of the matmul implementation)."""
     out = protos.clone()

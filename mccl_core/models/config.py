@@ -135,8 +135,20 @@ class MCCConfig:
     update: Literal["soft", "hard"] = "soft"
     #: Learn the residual weight per stage, started at ``residual`` (then in (0, 1)).
     learn_residual: bool = False
+    #: What the decoder sees of a patch: ``mix``, the rebuild mixed with the token by ``residual``
+    #: (0: the paper's pure rebuild), or ``concat``, token and rebuild side by side (the decoder's
+    #: projection weighs each channel of both, so the rebuild can add clues but never erase the
+    #: token: MCC off is one of the models it can learn).
+    combine: Literal["mix", "concat"] = "mix"
 
     def __post_init__(self) -> None:
+        if self.combine not in ("mix", "concat"):
+            raise ConfigError(f"mcc.combine={self.combine!r}: must be 'mix' or 'concat'")
+        if self.combine == "concat" and (self.residual > 0 or self.learn_residual):
+            raise ConfigError(
+                "mcc.combine=concat keeps the whole token next to its rebuild: mcc.residual must be 0 and "
+                "mcc.learn_residual false (they weigh a mix: combine=mix)"
+            )
         if self.learn_residual and not 0.0 < self.residual < 1.0:
             raise ConfigError(f"mcc.learn_residual needs a starting mcc.residual in (0, 1), got {self.residual}")
         if self.update not in ("soft", "hard"):
@@ -259,7 +271,7 @@ class ModelConfig:
         if self.variant == "mccl" and self.mcc.enabled:
             # Random-init tokens are nearly parallel: the soft assignment is near uniform and a pure
             # rebuild erases them. (With pretrained weights a residual is our default too: README.)
-            if not self.backbone.pretrained and self.mcc.residual == 0:
+            if not self.backbone.pretrained and self.mcc.residual == 0 and self.mcc.combine == "mix":
                 logger.warning(
                     "backbone.weights=none with mcc.residual=0: random-init tokens are nearly parallel, the "
                     "soft assignment is almost uniform and the rebuild erases them (MCC then hurts); use "

@@ -4,9 +4,9 @@ Each patch token x_n of a stage is softly assigned to the stage's class-owned pr
 
     a_{n,k} = softmax_k( cos(x_n, p_k) / t ),     x_hat_n = sum_k a_{n,k} p_k,
 
-and the rebuilt token x_hat (optionally mixed with the normalised token by ``residual``, fixed or
-learned per stage) is what the decoder sees, so every token is expressed as a composition of
-class clues.
+and the rebuilt token x_hat is what the decoder sees, so every token is expressed as a composition
+of class clues: alone (the paper), mixed with the normalised token by ``residual`` (fixed or
+learned per stage), or next to it (``combine="concat"``: ``[x, x_hat]``, twice the channels).
 
 Prototypes are buffers, not parameters: they receive no gradient and move only by the online
 clustering update after each optimiser step (ProtoSeg / PIP-Net lineage). For prototype k owned by
@@ -66,6 +66,8 @@ class CompositionalClues(nn.Module):
         update: how patches weigh in ``m_k``: ``soft`` by their assignment ``a_{n,k}`` (the formula
             above), ``hard`` only for their nearest prototype among the carried classes' (online
             k-means, as ProtoSeg's hard assignment). The forward rebuild is soft either way.
+        combine: ``mix`` returns ``(1 - r) x_hat + r x``; ``concat`` returns ``[x, x_hat]`` (``residual``
+            must be 0): the rebuild can only add to the token, so the decoder can learn MCC off.
     """
 
     _patches_seen: Tensor  # buffer registered in __init__
@@ -78,10 +80,16 @@ class CompositionalClues(nn.Module):
         momentum: float = 0.999,
         update: str = "soft",
         learn_residual: bool = False,
+        combine: str = "mix",
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if combine not in ("mix", "concat"):
+            raise ValueError(f"combine must be 'mix' or 'concat', got {combine!r}")
+        if combine == "concat" and (residual > 0 or learn_residual):
+            raise ValueError("combine='concat' keeps the whole token: residual must be 0, learn_residual False")
+        self.combine = combine
         if update not in ("soft", "hard"):
             raise ValueError(f"update must be 'soft' or 'hard', got {update!r}")
         self.update = update
@@ -128,6 +136,12 @@ class CompositionalClues(nn.Module):
     def stage_channels(self) -> tuple[int, ...]:
         return tuple(int(self.prototypes(s).shape[1]) for s in self.stages)
 
+    @property
+    def output_channels(self) -> tuple[int, ...]:
+        """Channels per stage of what :meth:`forward` returns (twice the input's under ``concat``)."""
+        factor = 2 if self.combine == "concat" else 1
+        return tuple(factor * c for c in self.stage_channels)
+
     def num_prototypes(self, stage: str) -> int:
         return int(self.prototypes(stage).shape[0])
 
@@ -167,6 +181,8 @@ class CompositionalClues(nn.Module):
                     rebuilt = (1.0 - r) * rebuilt + r * x
                 elif self.residual > 0:
                     rebuilt = (1.0 - self.residual) * rebuilt + self.residual * x
+                if self.combine == "concat":
+                    rebuilt = torch.cat((x, rebuilt), dim=-1)
             rebuilt_all.append(rebuilt)
             tokens_all.append(x.detach())
             assign_all.append(assignments.detach())
@@ -336,7 +352,10 @@ class CompositionalClues(nn.Module):
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{s}: {self.num_prototypes(s)}x{c}" for s, c in zip(self.stages, self.stage_channels))
         residual = f"learned from {self.residual}" if self.residual_logits is not None else str(self.residual)
-        return f"prototypes=({sizes}), temperature={self.temperature}, residual={residual}, momentum={self.momentum}"
+        return (
+            f"prototypes=({sizes}), temperature={self.temperature}, residual={residual}, "
+            f"combine={self.combine}, momentum={self.momentum}"
+        )
 
 
 #: Thresholds of :func:`mcc_warnings` (checked after every epoch).

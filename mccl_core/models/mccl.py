@@ -317,10 +317,10 @@ def _assemble_mccl(
     clues = None
     if bank is not None:
         clues = CompositionalClues(bank, cfg.mcc.temperature, cfg.mcc.residual, cfg.mcc.momentum, cfg.mcc.update,
-                                   cfg.mcc.learn_residual)  # fmt: skip
+                                   cfg.mcc.learn_residual, cfg.mcc.combine)  # fmt: skip
     queries = LabelQueries(label_embeddings, cfg.pki.dim, graph, cfg.pki.gcn_layers, cfg.pki.gcn_bias_init)
     decoder = ClueDecoder(
-        backbone.stage_channels,
+        clues.output_channels if clues is not None else backbone.stage_channels,
         num_classes,
         dim=cfg.pki.dim,
         layers=cfg.pki.decoder_layers,
