@@ -281,7 +281,7 @@ def test_owner_hit_and_its_chance_level():
 
 
 def test_the_guard_names_a_collapsed_stage_and_passes_a_healthy_one():
-    from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings, new_stage_warnings
+    from mccl_core.models.mcc import mcc_advice, mcc_warnings, new_stage_warnings
 
     bank = _bank()
     mcc = CompositionalClues(bank, temperature=0.1)
@@ -310,7 +310,10 @@ def test_the_guard_names_a_collapsed_stage_and_passes_a_healthy_one():
     k = mcc.num_prototypes("layer3")
     assert f"{k - 1} of {k} prototypes were never a patch's nearest" in warning
     assert "usage entropy 0.0" in warning and "owner hit 0.000 against" in warning
-    assert "learn_residual" in MCC_ADVICE and "bench/ablations.py" in MCC_ADVICE
+    # the advice fits the model: a mix is told about concat; concat is told its tokens are safe
+    assert "model.mcc.combine: concat with model.mcc.residual: 0" in mcc_advice("mix")
+    assert "still sees every token" in mcc_advice("concat") and "combine: concat with" not in mcc_advice("concat")
+    assert all("bench/ablations.py" in mcc_advice(c) for c in ("mix", "concat"))
     # The loop checks every epoch and speaks once per stage: a collapse after a healthy first epoch
     # is reported when it shows, and not again in the epochs after.
     epoch1 = [w for w in mcc_warnings(healthy) if "layer3" in w]

@@ -212,8 +212,9 @@ def test_bundle_reloads_to_identical_predictions(tiny_trained_bundle):
         {"pki": {"use_gcn": False}},
         {"variant": "baseline"},
         {"mcc": {"learn_residual": True, "residual": 0.5}},
+        {"mcc": {"combine": "concat"}},
     ],
-    ids=["no_cpi", "no_mcc", "no_gcn", "baseline", "learned_residual"],
+    ids=["no_cpi", "no_mcc", "no_gcn", "baseline", "learned_residual", "concat"],
 )
 @pytest.mark.slow
 def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, tmp_path, overrides, caplog):
@@ -244,6 +245,9 @@ def test_every_ablation_trains_one_epoch(tiny_demo, tiny_demo_label_embeddings, 
     assert record.mcc_warnings == mcc_warnings(record.prototype_health)
     for warning in record.mcc_warnings:
         assert warning in caplog.text
+    if model_cfg.mcc.combine == "concat":  # the reloaded decoder takes token and rebuild side by side
+        assert model.clues.combine == "concat"
+        assert [p[0].in_features for p in model.decoder.input_proj] == [2 * c for c in model.clues.stage_channels]
     if model_cfg.mcc.learn_residual:
         assert set(model.clues.residual_weights()) == set(model_cfg.backbone.stages)
         assert all(0 < record.prototype_health[f"{s}/residual"] != 0.5 for s in model_cfg.backbone.stages)  # trained

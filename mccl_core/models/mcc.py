@@ -365,10 +365,23 @@ OWNER_HIT_FACTOR = 1.5  # owner hit below this multiple of its chance level: ass
 
 MCC_ADVICE = (
     "MCC may be erasing what the decoder needs (seen with many classes and few patches per image). Try "
-    "model.mcc.learn_residual: true (the decoder keeps the token next to its rebuild), fewer prototypes "
-    "(model.cpi.prototypes_per_class), a larger train.image_size (more patches per image) or "
-    "model.mcc.enabled: false, and compare on val: python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
+    "model.mcc.combine: concat with model.mcc.residual: 0 (the decoder gets the token next to its rebuild, "
+    "which then cannot erase it), fewer prototypes (model.cpi.prototypes_per_class), a larger "
+    "train.image_size (more patches per image) or model.mcc.enabled: false, and compare on val: "
+    "python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
 )
+#: Under ``combine: concat`` the decoder still sees every token: a failing stage costs its clues.
+MCC_ADVICE_CONCAT = (
+    "With model.mcc.combine: concat the decoder still sees every token, so this stage's clues add little "
+    "rather than erase anything. Fewer prototypes (model.cpi.prototypes_per_class) or a larger "
+    "train.image_size (more patches per image) may give it working clues; compare on val: "
+    "python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
+)
+
+
+def mcc_advice(combine: str) -> str:
+    """What the guard suggests after its warnings, for the model's ``mcc.combine``."""
+    return MCC_ADVICE_CONCAT if combine == "concat" else MCC_ADVICE
 
 
 def mcc_warnings(health: dict[str, float]) -> list[str]:

@@ -31,7 +31,7 @@ from mccl_core.data.gpu_decode import EncodedImages, GpuBatchDecoder, collate_en
 from mccl_core.metrics import split_tuned_protocol
 from mccl_core.models import BaselineModel, MCCLModel, ModelConfig, PrototypeBank, build_model
 from mccl_core.models.bundle import BundleMeta, save_bundle
-from mccl_core.models.mcc import MCC_ADVICE, mcc_warnings, new_stage_warnings
+from mccl_core.models.mcc import mcc_advice, mcc_warnings, new_stage_warnings
 from mccl_core.training.checkpoint import (
     LAST_NAME,
     capture_rng_state,
@@ -378,7 +378,7 @@ def _train(
         if ctx.is_main:
             log.info(_format_epoch(record, cfg.epochs))
             for warning in first_warnings:
-                log.warning("epoch %d: %s. %s", epoch + 1, warning, MCC_ADVICE)
+                log.warning("epoch %d: %s. %s", epoch + 1, warning, mcc_advice(model_cfg.mcc.combine))
             save_checkpoint(
                 ckpt_path,
                 {
