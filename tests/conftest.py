@@ -219,7 +219,7 @@ BRIEF_EPOCHS = 5
 @pytest.fixture(scope="session")
 def briefly_trained_demo_model(tmp_path_factory) -> BrieflyTrainedDemoModel:
     """The default model (EfficientNet-Lite0 with its packaged ImageNet weights, 64 px, the
-    default half-residual rebuild) trained once per session for 5 epochs on an 800-image demo; the
+    default token-and-rebuild decoder input) trained once per session for 5 epochs on an 800-image demo; the
     learning test and the pointing test both judge it. Global RNG state is restored afterwards."""
     import numpy as np
     import torch

@@ -96,3 +96,10 @@ def test_residual_warning_matches_the_weights(backbone, residual, warns, caplog)
         ModelConfig.from_dict({"backbone": backbone, "mcc": {"residual": residual}})
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert (warns in messages) if warns else messages == ""
+
+
+def test_concat_needs_no_random_init_warning(caplog):
+    """Under ``combine: concat`` the token reaches the decoder whatever the rebuild does."""
+    with caplog.at_level("WARNING", logger="mccl_core.models.config"):
+        ModelConfig.from_dict({"backbone": {"arch": "resnet18", "weights": "none"}, "mcc": {"combine": "concat"}})
+    assert caplog.records == []

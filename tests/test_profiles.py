@@ -60,12 +60,14 @@ def test_paper_profile_holds_the_spec_values(caplog):
 
 @pytest.mark.parametrize("section", ["model", "train"])
 def test_demo_defaults_differ_from_the_paper_only_where_two_cores_force_it(section):
-    """The embedded default keeps the paper's method (pretrained, ASL) at demo size; the residual
-    0.5 (the paper: 0) is the one model choice of ours, chosen on val (README: "MCC's residual")."""
+    """The embedded default keeps the paper's method (pretrained, ASL) at demo size; feeding the
+    decoder the token next to its rebuild (the paper: the rebuild alone) is the one model choice of
+    ours, chosen on val (README: "MCC that cannot erase the token")."""
     demo = load_params(REPO / "params.yaml")[section]
     if section == "model":
         model = ModelConfig.from_dict(demo)
-        assert model.backbone.pretrained and model.mcc.residual == 0.5 and model.loss_kind == "asl"
+        assert model.backbone.pretrained and model.loss_kind == "asl"
+        assert (model.mcc.combine, model.mcc.residual) == ("concat", 0.0)
         assert model.mcc.enabled and model.use_cpi and model.pki.use_gcn and model.variant == "mccl"
     else:
         train = TrainConfig.from_dict(demo)

@@ -269,11 +269,12 @@ def test_unknown_train_key_is_named():
 @pytest.mark.slow
 def test_mccl_learns_the_demo_and_beats_the_label_prior(briefly_trained_demo_model):
     """The real learning check: a few CPU epochs of MCCL on a small demo, from the default backbone
-    (EfficientNet-Lite0 with its packaged ImageNet weights) and the default half-residual rebuild
-    (``mcc.residual: 0.5``), the session's ``briefly_trained_demo_model`` (conftest: 800 train
-    images, 5 epochs, 125 steps; measured here: test macro-F1 0.505 vs 0.243 for the label prior,
-    mAP 0.592 vs 0.169; with the pure rebuild, residual 0, it was 0.334 / 0.375). It must clear the label prior by a margin that a model which
-    does not learn cannot reach; the full demo needs its 450 steps to reach 0.8."""
+    (EfficientNet-Lite0 with its packaged ImageNet weights) and the default decoder input (token
+    and rebuild side by side, ``mcc.combine: concat``), the session's ``briefly_trained_demo_model``
+    (conftest: 800 train images, 5 epochs, 125 steps). Measured before concat: test macro-F1 0.505
+    vs 0.243 for the label prior, mAP 0.592 vs 0.169 with ``mcc.residual: 0.5``; 0.334 / 0.375 with
+    the pure rebuild. It must clear the label prior by a margin that a model which does not learn
+    cannot reach; the full demo needs its 900 steps to reach 0.8."""
     from mccl_core.data import load_split
     from mccl_core.metrics import official_protocol
     from mccl_core.metrics.baselines import LabelPriorPredictor
@@ -282,7 +283,7 @@ def test_mccl_learns_the_demo_and_beats_the_label_prior(briefly_trained_demo_mod
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     model_cfg = ModelConfig.from_dict(params["model"])
     assert (
-        model_cfg.mcc.residual == 0.5
+        model_cfg.mcc.combine == "concat"
         and model_cfg.backbone.pretrained
         and model_cfg.backbone.arch == "efficientnet_lite0"
     )
