@@ -129,6 +129,18 @@ def test_model_cache_key_follows_the_labels_and_the_code(tiny_demo, tmp_path, mo
     assert resolve_configs(params).fingerprint() != relabelled
 
 
+def test_help_lists_every_experiment(capsys):
+    """argparse %-formats help strings: the data-size summary's "10-100 %" once broke --help."""
+    from mccl_core.experiments.cli import build_parser
+    from mccl_core.experiments.experiments import EXPERIMENTS
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["data-size", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{name}:" in text for name in EXPERIMENTS) and "10-100 % of the training split" in text
+
+
 def test_unknown_variant_is_refused(tmp_path, capsys):
     assert _main("text", "--params", str(_params(tmp_path, tmp_path)), "--variants", "nope", "--no-tracking") == 2
     assert "unknown variant" in capsys.readouterr().out

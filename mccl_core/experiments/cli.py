@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mccl_core.experiments.experiments import EXPERIMENTS
 
     parser = argparse.ArgumentParser(prog="mccl experiment", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=sorted(EXPERIMENTS), help="; ".join(f"{e.name}: {e.summary}"
-                                                                     for e in EXPERIMENTS.values()))  # fmt: skip
+    # argparse %-formats help strings: a summary's "10 %" would break --help
+    summaries = "; ".join(f"{e.name}: {e.summary}" for e in EXPERIMENTS.values()).replace("%", "%%")
+    parser.add_argument("name", choices=sorted(EXPERIMENTS), help=summaries)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params value for every variant, e.g. train.epochs=4")  # fmt: skip
