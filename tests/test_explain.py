@@ -425,8 +425,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_pipeline_model_beats_the_random_pointer():
     """The model `dvc repro` trained (outputs/train/model, 2,400 demo images, 12 epochs at 64 px)
     points at its intents' clues more often than the stronger of a uniformly random pixel and a
-    pointer fixed at the centre (measured on the 1,000 test images, seed 0, ``mcc.residual: 0.5``:
-    attention 0.344, assignment 0.373, random 0.134, centre 0.246). Skips where the pipeline has
+    pointer fixed at the centre (measured on the 1,000 test images, seed 0, ``mcc.combine: concat``:
+    attention 0.535, assignment 0.381, random 0.134, centre 0.246). Skips where the pipeline has
     not run."""
     from mccl_core.data import DataConfig
     from mccl_core.models.bundle import BundleError, load_bundle

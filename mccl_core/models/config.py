@@ -270,7 +270,7 @@ class ModelConfig:
             raise ConfigError(f"variant={self.variant!r}: must be 'mccl' or 'baseline'")
         if self.variant == "mccl" and self.mcc.enabled:
             # Random-init tokens are nearly parallel: the soft assignment is near uniform and a pure
-            # rebuild erases them. (With pretrained weights a residual is our default too: README.)
+            # rebuild erases them. Under combine=concat the token reaches the decoder anyway.
             if not self.backbone.pretrained and self.mcc.residual == 0 and self.mcc.combine == "mix":
                 logger.warning(
                     "backbone.weights=none with mcc.residual=0: random-init tokens are nearly parallel, the "

@@ -363,19 +363,18 @@ NEVER_ASSIGNED_LIMIT = 0.5  # share of a stage's prototypes that were never any 
 USAGE_ENTROPY_LIMIT = 0.5  # normalised entropy of prototype usage (1 = uniform)
 OWNER_HIT_FACTOR = 1.5  # owner hit below this multiple of its chance level: assignment ignores the labels
 
+_COMPARE_ON_VAL = "compare on val: python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
 MCC_ADVICE = (
     "MCC may be erasing what the decoder needs (seen with many classes and few patches per image). Try "
     "model.mcc.combine: concat with model.mcc.residual: 0 (the decoder gets the token next to its rebuild, "
     "which then cannot erase it), fewer prototypes (model.cpi.prototypes_per_class), a larger "
-    "train.image_size (more patches per image) or model.mcc.enabled: false, and compare on val: "
-    "python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
+    "train.image_size (more patches per image) or model.mcc.enabled: false, and " + _COMPARE_ON_VAL
 )
 #: Under ``combine: concat`` the decoder still sees every token: a failing stage costs its clues.
 MCC_ADVICE_CONCAT = (
     "With model.mcc.combine: concat the decoder still sees every token, so this stage's clues add little "
     "rather than erase anything. Fewer prototypes (model.cpi.prototypes_per_class) or a larger "
-    "train.image_size (more patches per image) may give it working clues; compare on val: "
-    "python bench/ablations.py --variants mccl,no_mcc --seeds 0,1,2"
+    "train.image_size (more patches per image) may give it working clues; " + _COMPARE_ON_VAL
 )
 
 
