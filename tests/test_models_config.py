@@ -95,7 +95,7 @@ def test_residual_warning_matches_the_weights(backbone, residual, warns, caplog)
     with caplog.at_level("WARNING", logger="mccl_core.models.config"):
         ModelConfig.from_dict({"backbone": backbone, "mcc": {"residual": residual}})
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert (warns in messages) if warns else messages == ""
+    assert (warns in messages and "mcc.combine concat" in messages) if warns else messages == ""
 
 
 def test_concat_needs_no_random_init_warning(caplog):

@@ -275,7 +275,8 @@ class ModelConfig:
                 logger.warning(
                     "backbone.weights=none with mcc.residual=0: random-init tokens are nearly parallel, the "
                     "soft assignment is almost uniform and the rebuild erases them (MCC then hurts); use "
-                    "pretrained weights (e.g. arch efficientnet_lite0, weights package) or mcc.residual 0.5"
+                    "pretrained weights (e.g. arch efficientnet_lite0, weights package) or mcc.combine concat (the "
+                    "decoder then gets each token next to its rebuild)"
                 )
 
     @property
