@@ -232,6 +232,7 @@ def test_pointing_experiment_against_the_api(tiny_demo, models_dir, tmp_path, mo
     assert rows[0]["centre_hit"] == rows[1]["centre_hit"] == "0.3"  # the centre pointer beside the random one
     assert "| no_mcc | 0 | 0.500 | – |" in (out / "pointing.md").read_text()  # per-seed table
     assert "| no_mcc | 0 | 0.500 | – | 0.100 | 0.300 |" in (out / "pointing.md").read_text()  # summary: mean, no std
+    assert f"Data: `demo` ({tiny_demo})" in (out / "pointing.md").read_text()  # says what it ran on
 
 
 @pytest.mark.slow

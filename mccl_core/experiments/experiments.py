@@ -228,8 +228,10 @@ def _write(ctx: ExperimentContext, rows: list[dict[str, Any]], columns: list[tup
     report.write_csv(paths[0], rows, [k for k, _ in columns])
     budget = section(ctx.params, "train")
     seeds = ",".join(map(str, ctx.seeds)) if ctx.seeds else str(budget.get("seed", 0))
+    data = section(ctx.params, "data")
+    where = data.get("root") or data.get("manifest")  # a manifest may name its images without a root
     header = [f"# Experiment `{ctx.name}`", "",
-              f"Data: `{section(ctx.params, 'data').get('source')}` ({section(ctx.params, 'data').get('root')}); "
+              f"Data: `{data.get('source')}` ({where}); "
               f"equal budget for every variant: epochs {budget.get('epochs')}, batch {budget.get('batch_size')}, "
               f"lr {budget.get('lr')}, image size {budget.get('image_size')}, seeds {seeds}. "
               "Official protocol: one threshold tuned on val, applied to test.", ""]  # fmt: skip
