@@ -335,3 +335,16 @@ def test_data_size_experiment(tiny_demo, models_dir, tmp_path):
     assert groups == [("50%", "mccl"), ("50%", "baseline_asl"), ("100%", "mccl"), ("100%", "baseline_asl")]
     assert record["summary"][1]["verdict_map"] in ("better", "worse", "within noise")
     assert _main("data-size", "--params", str(_params(tiny_demo, tmp_path)), "--fractions", "0", "--list") == 2
+
+
+def test_report_header_names_a_manifest_when_the_data_has_no_root(tmp_path):
+    """Own data given as a manifest with absolute image paths has no root: the report names the manifest."""
+    from mccl_core.experiments.experiments import ExperimentContext, _write
+    from mccl_core.experiments.runner import ExperimentTracking
+
+    params = {"data": {"source": "manifest", "manifest": "/photos/m.csv", "class_list": "/photos/classes.txt"},
+              "train": {"epochs": 6, "batch_size": 32, "lr": 0.001, "image_size": 128, "seed": 0}}  # fmt: skip
+    ctx = ExperimentContext("text", params, tmp_path / "text", tmp_path / "models", tmp_path / "cache",
+                            ExperimentTracking(None, None))  # fmt: skip
+    paths = _write(ctx, [], [("variant", "variant")], [], lambda path: path.write_bytes(b""))
+    assert "Data: `manifest` (/photos/m.csv); equal budget" in paths[1].read_text()
